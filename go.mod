@@ -3,7 +3,10 @@ module github.com/libhaext/libhaext
 go 1.26.8
 
 require (
-	github.com/miekg/pkcs11 v1.1.2 // indirect
-	github.com/stretchr/testify v1.12.1 // indirect
-	gopkg.in/ini.v1 v1.67.3 // indirect
+	github.com/miekg/pkcs11 v1.1.2
+	github.com/stretchr/testify v1.12.1
+	golang.org/x/sys v0.49.0
+	gopkg.in/ini.v1 v1.67.3
 )
+
+require go.yaml.in/yaml/v3 v3.0.5 // indirect

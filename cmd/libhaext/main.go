@@ -1,0 +1,103 @@
+// Command libhaext is built with -buildmode=c-shared into libhaext.so. It is
+// the thin C layer: it checks arguments, recovers from panics and copies a
+// report from internal/service into the caller's CK_HA_STATUS. The path of
+// one call: CA_GetCurrentHAState -> service.State -> probe.Engine.Check ->
+// the member's worker -> cryptoki.Module.SessionInfo -> C_GetSessionInfo.
+package main
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../include -Wall -Werror
+#cgo pkg-config: p11-kit-1
+#include <stdlib.h>
+#include <string.h>
+#include "cryptoki_ha.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"os"
+	"unsafe"
+
+	"github.com/libhaext/libhaext/internal/service"
+	"github.com/libhaext/libhaext/pkg/conf"
+	"github.com/libhaext/libhaext/pkg/cryptoki"
+	"github.com/libhaext/libhaext/pkg/probe"
+)
+
+// lib is the process's one library instance; loading happens on first use.
+var lib = service.New(service.Env{
+	Getenv: cGetenv,
+	Exists: func(path string) bool {
+		st, err := os.Stat(path)
+		return err == nil && st.Mode().IsRegular()
+	},
+	OpenModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+})
+
+// cGetenv reads the environment through the C library, so that a variable
+// the host sets with setenv after loading the library is seen; Go's own
+// copy of the environment is taken when the library loads.
+func cGetenv(name string) string {
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	if v := C.getenv(cname); v != nil {
+		return C.GoString(v)
+	}
+	return ""
+}
+
+// recoverTo turns a panic into CKR_GENERAL_ERROR with the reason recorded.
+func recoverTo(rv *C.CK_RV) {
+	if r := recover(); r != nil {
+		lib.Fail(fmt.Sprintf("internal error: %v", r))
+		*rv = C.CKR_GENERAL_ERROR
+	}
+}
+
+// CA_GetCurrentHAState fills *pState with the state of the HA group that
+// slotId names. See include/cryptoki_ha.h.
+//
+//export CA_GetCurrentHAState
+func CA_GetCurrentHAState(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) (rv C.CK_RV) {
+	defer recoverTo(&rv)
+	if pState == nil {
+		return C.CKR_ARGUMENTS_BAD
+	}
+	var buf [conf.MaxMembers]probe.Verdict
+	serial, verdicts, code := lib.State(uint(slotID), buf[:0])
+	if code != service.RVOK {
+		return C.CK_RV(code)
+	}
+	// Zero all of it, padding included, so that listSize reads right
+	// through a CK_USHORT of either width.
+	C.memset(unsafe.Pointer(pState), 0, C.sizeof_CK_HA_STATUS)
+	pState.groupSerial = C.CK_ULONG(serial)
+	for i, v := range verdicts {
+		pState.memberList[i].memberSerial = C.CK_ULONG(v.Serial)
+		pState.memberList[i].memberStatus = C.CK_RV(v.Status)
+	}
+	pState.listSize = C.CK_USHORT(len(verdicts))
+	return C.CKR_OK
+}
+
+// CA_GetHAExtLastError copies the reason of the last failed call into buf.
+// See include/cryptoki_ha.h.
+//
+//export CA_GetHAExtLastError
+func CA_GetHAExtLastError(buf *C.char, size C.CK_ULONG) (n C.CK_ULONG) {
+	defer func() {
+		if recover() != nil {
+			n = 0
+		}
+	}()
+	msg := lib.LastError()
+	if buf != nil && size > 0 {
+		dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(size))
+		k := copy(dst[:len(dst)-1], msg)
+		dst[k] = 0
+	}
+	return C.CK_ULONG(len(msg))
+}
+
+func main() {}

@@ -1,0 +1,263 @@
+package probe
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/libhaext/libhaext/pkg/conf"
+)
+
+// errSlotBusy is returned when a C_GetTokenInfo on the slot is still in flight.
+var errSlotBusy = errors.New("probe: token query already in flight for this slot")
+
+// slotToken is what the module last said about the token in a slot.
+type slotToken struct {
+	serial uint64
+	label  string
+}
+
+// slotMap maps the module's slots to token serials. It is built when the
+// engine starts and refreshed on a miss, in the background: one refresh at a
+// time, and at most one C_GetTokenInfo in flight per slot, so a hung member
+// pins no more than one extra thread however often callers miss.
+type slotMap struct {
+	mod  Module
+	wait time.Duration // how long a refresh waits for slow tokens
+
+	mu       sync.Mutex
+	tokens   map[uint]slotToken
+	inflight map[uint]bool
+	running  bool
+	again    bool   // a miss arrived during a running refresh
+	started  uint64 // refresh generations started
+	finished uint64 // refresh generations finished
+	changed  chan struct{}
+	err      error // the last C_GetSlotList error, if any
+}
+
+func newSlotMap(mod Module, wait time.Duration) *slotMap {
+	return &slotMap{
+		mod:      mod,
+		wait:     wait,
+		tokens:   make(map[uint]slotToken),
+		inflight: make(map[uint]bool),
+		changed:  make(chan struct{}),
+	}
+}
+
+// lookup returns the token last seen in a slot.
+func (s *slotMap) lookup(slot uint) (slotToken, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.tokens[slot]
+	return t, ok
+}
+
+// slotOf returns the slot whose token has the serial.
+func (s *slotMap) slotOf(serial uint64) (uint, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for slot, t := range s.tokens {
+		if t.serial == serial {
+			return slot, true
+		}
+	}
+	return 0, false
+}
+
+// forget drops what is known of a slot.
+func (s *slotMap) forget(slot uint) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.tokens, slot)
+}
+
+// refresh starts a refresh generation that begins after this call, and
+// returns it together with a channel closed when the next generation ends.
+func (s *slotMap) refresh() (gen uint64, changed chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.running {
+		s.again = true
+		return s.started + 1, s.changed
+	}
+	s.running = true
+	s.started++
+	go s.run()
+	return s.started, s.changed
+}
+
+// done reports whether generation gen has finished, and if not, returns the
+// channel closed when the running generation ends.
+func (s *slotMap) done(gen uint64) (bool, chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.finished >= gen, s.changed
+}
+
+// awaitRefresh starts a refresh and waits until it finished, the deadline
+// passed or stop closed. It reports whether the refresh finished.
+func (s *slotMap) awaitRefresh(deadline time.Time, stop <-chan struct{}) bool {
+	gen, ch := s.refresh()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ch:
+		case <-timer.C:
+			return false
+		case <-stop:
+			return false
+		}
+		var finished bool
+		if finished, ch = s.done(gen); finished {
+			return true
+		}
+	}
+}
+
+// settle waits until no refresh is running, the deadline passed or stop
+// closed.
+func (s *slotMap) settle(deadline time.Time, stop <-chan struct{}) {
+	var timer *time.Timer
+	for {
+		s.mu.Lock()
+		running, ch := s.running, s.changed
+		s.mu.Unlock()
+		if !running {
+			return
+		}
+		if timer == nil {
+			timer = time.NewTimer(time.Until(deadline))
+			defer timer.Stop()
+		}
+		select {
+		case <-ch:
+		case <-timer.C:
+			return
+		case <-stop:
+			return
+		}
+	}
+}
+
+func (s *slotMap) run() {
+	for {
+		s.scan()
+		s.mu.Lock()
+		s.finished++
+		close(s.changed)
+		s.changed = make(chan struct{})
+		if s.again {
+			s.again = false
+			s.started++
+			s.mu.Unlock()
+			continue
+		}
+		s.running = false
+		s.mu.Unlock()
+		return
+	}
+}
+
+// scan lists the slots and asks each one for its token, all in parallel,
+// waiting at most s.wait for slow ones; a late answer still lands in the map.
+func (s *slotMap) scan() {
+	slots, err := s.mod.Slots()
+	s.mu.Lock()
+	s.err = err
+	if err != nil {
+		s.mu.Unlock()
+		return
+	}
+	listed := make(map[uint]bool, len(slots))
+	for _, slot := range slots {
+		listed[slot] = true
+	}
+	for slot := range s.tokens {
+		if !listed[slot] {
+			delete(s.tokens, slot)
+		}
+	}
+	s.mu.Unlock()
+
+	results := make(chan struct{}, len(slots)) // late senders never block
+	asked := 0
+	for _, slot := range slots {
+		if !s.claim(slot) {
+			continue
+		}
+		asked++
+		go func(slot uint) {
+			s.query(slot)
+			results <- struct{}{}
+		}(slot)
+	}
+	timer := time.NewTimer(s.wait)
+	defer timer.Stop()
+	for ; asked > 0; asked-- {
+		select {
+		case <-results:
+		case <-timer.C:
+			return
+		}
+	}
+}
+
+// claim marks a slot as having a token query in flight, unless it has one.
+func (s *slotMap) claim(slot uint) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.inflight[slot] {
+		return false
+	}
+	s.inflight[slot] = true
+	return true
+}
+
+// query asks a claimed slot for its token and records the answer.
+func (s *slotMap) query(slot uint) (slotToken, error) {
+	text, label, err := s.mod.Token(slot)
+	var t slotToken
+	if err == nil {
+		t.label = label
+		t.serial, err = conf.ParseSerial(text)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.inflight, slot)
+	if err != nil {
+		delete(s.tokens, slot)
+		return t, err
+	}
+	s.tokens[slot] = t
+	return t, nil
+}
+
+// verify asks a slot for its token now, unless a query is in flight.
+func (s *slotMap) verify(slot uint) (slotToken, error) {
+	if !s.claim(slot) {
+		return slotToken{}, errSlotBusy
+	}
+	return s.query(slot)
+}
+
+// resolve finds the slot of the token with the serial: the slot map's
+// answer, confirmed by asking the slot, else a fresh refresh's. It waits at
+// most wait and returns early when stop closes.
+func (s *slotMap) resolve(serial uint64, wait time.Duration, stop <-chan struct{}) (slot uint, label string, ok bool) {
+	deadline := time.Now().Add(wait)
+	s.settle(deadline, stop)
+	if slot, ok = s.slotOf(serial); ok {
+		if t, err := s.verify(slot); err == nil && t.serial == serial {
+			return slot, t.label, true
+		}
+	}
+	s.awaitRefresh(deadline, stop) // a partial refresh may do
+	if slot, ok = s.slotOf(serial); !ok {
+		return 0, "", false
+	}
+	t, _ := s.lookup(slot)
+	return slot, t.label, true
+}
