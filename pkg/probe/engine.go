@@ -21,6 +21,11 @@ import (
 	"github.com/libhaext/libhaext/pkg/conf"
 )
 
+// missRefreshInterval is the least time between a finished slot-map refresh
+// and one a miss starts: a host that keeps asking for a wrong slot does not
+// make the library scan the module on every call.
+const missRefreshInterval = time.Second
+
 // Errors returned by GroupForSlot.
 var (
 	// ErrUnknownSlot means the slot holds no token of a configured group.
@@ -192,20 +197,21 @@ func (e *Engine) Groups() []conf.Group { return e.groups }
 // GroupForSlot returns the index of the group a slot names: the slot of a
 // token whose serial is a group's serial (a vendor's virtual HA slot), or the
 // slot of any member token (the first such group in file order). A slot the
-// slot map does not know triggers a refresh, waited for until the deadline.
+// slot map does not know triggers a refresh (unless one finished within the
+// last second), waited for until the deadline.
 func (e *Engine) GroupForSlot(slot uint, deadline time.Time) (int, error) {
 	t, ok := e.slots.lookup(slot)
-	if !ok {
-		e.slots.settle(deadline, e.stop)
-		if t, ok = e.slots.lookup(slot); !ok {
-			finished := e.slots.awaitRefresh(deadline, e.stop)
-			if t, ok = e.slots.lookup(slot); !ok {
-				if !finished {
-					return -1, ErrNotReady
-				}
-				return -1, ErrUnknownSlot
-			}
+	if !ok && !e.slots.recentlyRefreshed(missRefreshInterval) {
+		finished := e.slots.find(deadline, e.stop, func() bool {
+			_, ok := e.slots.lookup(slot)
+			return ok
+		})
+		if t, ok = e.slots.lookup(slot); !ok && !finished {
+			return -1, ErrNotReady
 		}
+	}
+	if !ok {
+		return -1, ErrUnknownSlot
 	}
 	for i := range e.groups {
 		if e.groups[i].Serial == t.serial {

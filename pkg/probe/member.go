@@ -130,9 +130,6 @@ func (m *member) run() {
 // probe makes the lightweight call and publishes its result.
 func (m *member) probe(session uint) {
 	rv := RV(m.e.mod.SessionInfo(session))
-	if rv == ckrCryptokiNotInitialized {
-		m.e.reinitialize()
-	}
 	m.mu.Lock()
 	m.lastRV = rv
 	m.lastDoneAt = time.Now()
@@ -177,6 +174,9 @@ func (m *member) recover() {
 		_ = e.mod.CloseSession(stale) // best effort: the session may be gone
 	}
 	slot, label, ok := e.slots.resolve(m.serial, e.timeout, e.stop)
+	if !ok && e.slots.notInitialized() && e.reinitialize() {
+		slot, label, ok = e.slots.resolve(m.serial, e.timeout, e.stop)
+	}
 	if !ok {
 		m.setInstance(0, false, "", 0, false)
 		return

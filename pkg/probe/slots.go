@@ -32,8 +32,9 @@ type slotMap struct {
 	again    bool   // a miss arrived during a running refresh
 	started  uint64 // refresh generations started
 	finished uint64 // refresh generations finished
-	changed  chan struct{}
-	err      error // the last C_GetSlotList error, if any
+	changed    chan struct{} // closed and replaced whenever the map changes
+	finishedAt time.Time
+	err        error // the last C_GetSlotList error, if any
 }
 
 func newSlotMap(mod Module, wait time.Duration) *slotMap {
@@ -73,60 +74,39 @@ func (s *slotMap) forget(slot uint) {
 	delete(s.tokens, slot)
 }
 
-// refresh starts a refresh generation that begins after this call, and
-// returns it together with a channel closed when the next generation ends.
-func (s *slotMap) refresh() (gen uint64, changed chan struct{}) {
+// refresh starts a refresh generation that begins after this call and
+// returns it.
+func (s *slotMap) refresh() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.running {
 		s.again = true
-		return s.started + 1, s.changed
+		return s.started + 1
 	}
 	s.running = true
 	s.started++
 	go s.run()
-	return s.started, s.changed
+	return s.started
 }
 
-// done reports whether generation gen has finished, and if not, returns the
-// channel closed when the running generation ends.
-func (s *slotMap) done(gen uint64) (bool, chan struct{}) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.finished >= gen, s.changed
+// signal wakes everyone watching the map; s.mu must be held.
+func (s *slotMap) signal() {
+	close(s.changed)
+	s.changed = make(chan struct{})
 }
 
-// awaitRefresh starts a refresh and waits until it finished, the deadline
-// passed or stop closed. It reports whether the refresh finished.
-func (s *slotMap) awaitRefresh(deadline time.Time, stop <-chan struct{}) bool {
-	gen, ch := s.refresh()
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	for {
-		select {
-		case <-ch:
-		case <-timer.C:
-			return false
-		case <-stop:
-			return false
-		}
-		var finished bool
-		if finished, ch = s.done(gen); finished {
-			return true
-		}
-	}
-}
-
-// settle waits until no refresh is running, the deadline passed or stop
-// closed.
-func (s *slotMap) settle(deadline time.Time, stop <-chan struct{}) {
+// watch waits until found reports true, refresh generation gen has
+// finished, the deadline passed or stop closed. It is woken by every token
+// the map learns, so a partial refresh is enough. It reports whether
+// generation gen finished.
+func (s *slotMap) watch(gen uint64, deadline time.Time, stop <-chan struct{}, found func() bool) bool {
 	var timer *time.Timer
 	for {
 		s.mu.Lock()
-		running, ch := s.running, s.changed
+		finished, ch := s.finished >= gen, s.changed
 		s.mu.Unlock()
-		if !running {
-			return
+		if found() || finished {
+			return finished
 		}
 		if timer == nil {
 			timer = time.NewTimer(time.Until(deadline))
@@ -135,11 +115,42 @@ func (s *slotMap) settle(deadline time.Time, stop <-chan struct{}) {
 		select {
 		case <-ch:
 		case <-timer.C:
-			return
+			return false
 		case <-stop:
-			return
+			return false
 		}
 	}
+}
+
+// find waits until found reports true: first for the refresh running now,
+// if any, then for a new one. It reports whether the last refresh it waited
+// for finished, and when the last refresh finished.
+func (s *slotMap) find(deadline time.Time, stop <-chan struct{}, found func() bool) (finished bool) {
+	s.mu.Lock()
+	running, current := s.running, s.started
+	s.mu.Unlock()
+	if running {
+		s.watch(current, deadline, stop, found)
+		if found() {
+			return true
+		}
+	}
+	return s.watch(s.refresh(), deadline, stop, found)
+}
+
+// notInitialized reports whether the last C_GetSlotList said the module is
+// not initialized (someone finalized it).
+func (s *slotMap) notInitialized() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return RV(s.err) == ckrCryptokiNotInitialized
+}
+
+// recentlyRefreshed reports whether a refresh finished within d.
+func (s *slotMap) recentlyRefreshed(d time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.running && s.finished > 0 && time.Since(s.finishedAt) < d
 }
 
 func (s *slotMap) run() {
@@ -147,8 +158,8 @@ func (s *slotMap) run() {
 		s.scan()
 		s.mu.Lock()
 		s.finished++
-		close(s.changed)
-		s.changed = make(chan struct{})
+		s.finishedAt = time.Now()
+		s.signal()
 		if s.again {
 			s.again = false
 			s.started++
@@ -232,6 +243,7 @@ func (s *slotMap) query(slot uint) (slotToken, error) {
 		return t, err
 	}
 	s.tokens[slot] = t
+	s.signal()
 	return t, nil
 }
 
@@ -244,17 +256,18 @@ func (s *slotMap) verify(slot uint) (slotToken, error) {
 }
 
 // resolve finds the slot of the token with the serial: the slot map's
-// answer, confirmed by asking the slot, else a fresh refresh's. It waits at
-// most wait and returns early when stop closes.
+// answer, confirmed by asking the slot, else what a refresh learns. It waits
+// at most wait and returns early when stop closes.
 func (s *slotMap) resolve(serial uint64, wait time.Duration, stop <-chan struct{}) (slot uint, label string, ok bool) {
-	deadline := time.Now().Add(wait)
-	s.settle(deadline, stop)
 	if slot, ok = s.slotOf(serial); ok {
 		if t, err := s.verify(slot); err == nil && t.serial == serial {
 			return slot, t.label, true
 		}
 	}
-	s.awaitRefresh(deadline, stop) // a partial refresh may do
+	s.find(time.Now().Add(wait), stop, func() bool {
+		_, ok := s.slotOf(serial)
+		return ok
+	})
 	if slot, ok = s.slotOf(serial); !ok {
 		return 0, "", false
 	}

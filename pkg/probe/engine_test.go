@@ -1,0 +1,407 @@
+package probe
+
+import (
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/libhaext/libhaext/pkg/conf"
+)
+
+// start builds a started engine over the fake's first n tokens as one group.
+func start(t *testing.T, f *fakeModule, n int, opts Options) *Engine {
+	t.Helper()
+	if opts.Sockets == nil {
+		opts.Sockets = func(_ []conf.Endpoint, healthy []bool) {
+			for i := range healthy {
+				healthy[i] = true
+			}
+		}
+	}
+	e := New(f, []conf.Group{f.group("g", 4242, n)}, opts)
+	e.Start()
+	t.Cleanup(e.Close)
+	return e
+}
+
+func check(e *Engine) ([]Verdict, time.Duration) {
+	t0 := time.Now()
+	v := e.Check(0, t0.Add(e.Timeout()), nil)
+	return v, time.Since(t0)
+}
+
+func statuses(vs []Verdict) []uint {
+	out := make([]uint, len(vs))
+	for i, v := range vs {
+		out[i] = v.Status
+	}
+	return out
+}
+
+func repeat(s uint, n int) []uint {
+	out := make([]uint, n)
+	for i := range out {
+		out[i] = s
+	}
+	return out
+}
+
+// eventually polls cond every 10 ms for up to d.
+func eventually(t *testing.T, d time.Duration, cond func() bool, msg string) {
+	t.Helper()
+	require.Eventually(t, cond, d, 10*time.Millisecond, msg)
+}
+
+func TestHealthyGroupAllOK(t *testing.T) {
+	f := newFake(3)
+	e := start(t, f, 3, Options{Timeout: 3 * time.Second})
+	v, took := check(e)
+	assert.Equal(t, repeat(StatusOK, 3), statuses(v))
+	assert.Less(t, took, time.Second, "a healthy group answers far below statusTimeout")
+	for i, vv := range v {
+		assert.True(t, vv.HasSlot)
+		assert.Equal(t, uint(10+i), vv.Slot)
+		assert.Equal(t, f.slots[uint(10+i)].label, vv.Label)
+	}
+	assert.Equal(t, map[uint]int{10: 1, 11: 1, 12: 1}, f.openSessions(), "one monitor session per member")
+}
+
+func TestMembersAreCheckedInParallel(t *testing.T) {
+	f := newFake(8)
+	e := start(t, f, 8, Options{Timeout: 5 * time.Second})
+	check(e) // first call: resolution and sessions
+	for slot := uint(10); slot < 18; slot++ {
+		f.update(slot, func(s *fakeScript) { s.latency = 200 * time.Millisecond })
+	}
+	v, took := check(e)
+	assert.Equal(t, repeat(StatusOK, 8), statuses(v))
+	assert.Less(t, took, 800*time.Millisecond, "8 members of 200 ms each take about one round trip, not eight")
+	assert.GreaterOrEqual(t, took, 190*time.Millisecond)
+}
+
+func TestMemberErrorIsReportedAsItsCKRV(t *testing.T) {
+	f := newFake(3)
+	e := start(t, f, 3, Options{})
+	f.update(11, func(s *fakeScript) { s.rv = ckrDeviceError })
+	v, _ := check(e)
+	assert.Equal(t, []uint{StatusOK, ckrDeviceError, StatusOK}, statuses(v))
+	assert.Equal(t, "CKR_DEVICE_ERROR", StatusName(v[1].Status))
+}
+
+func TestSocketDownSkipsTheLightweightCall(t *testing.T) {
+	f := newFake(3)
+	g := f.group("g", 1, 3)
+	g.Members[1].Endpoint = &conf.Endpoint{Network: "unix", Address: "/run/m1.sock"}
+	var seen []conf.Endpoint
+	var mu sync.Mutex
+	e := New(f, []conf.Group{g}, Options{Sockets: func(eps []conf.Endpoint, healthy []bool) {
+		mu.Lock()
+		seen = append([]conf.Endpoint(nil), eps...)
+		mu.Unlock()
+		healthy[0] = false
+	}})
+	e.Start()
+	defer e.Close()
+	before := f.token(11).infos.Load()
+	v, took := check(e)
+	assert.Equal(t, []uint{StatusOK, StatusSocketDown, StatusOK}, statuses(v))
+	assert.Less(t, took, time.Second)
+	assert.Equal(t, before, f.token(11).infos.Load(), "nothing is sent to a member whose socket is down")
+	mu.Lock()
+	assert.Equal(t, []conf.Endpoint{*g.Members[1].Endpoint}, seen, "only members with an endpoint are scanned")
+	mu.Unlock()
+}
+
+func TestMissingAndAbsentMembersHaveNoInstance(t *testing.T) {
+	f := newFake(2)
+	g := f.group("g", 1, 2)
+	g.Members = append(g.Members, conf.Member{Serial: 0xdead, SerialText: "dead"})
+	f.update(11, func(s *fakeScript) { s.absent = true })
+	e := New(f, []conf.Group{g}, Options{Timeout: 2 * time.Second})
+	e.Start()
+	defer e.Close()
+	v, took := check(e)
+	assert.Equal(t, []uint{StatusOK, StatusNoInstance, StatusNoInstance}, statuses(v))
+	assert.Less(t, took, 2*time.Second)
+	assert.False(t, v[2].HasSlot)
+}
+
+func TestHungMember(t *testing.T) {
+	const timeout = time.Second
+	f := newFake(3)
+	e := start(t, f, 3, Options{Timeout: timeout})
+	check(e)
+	asked := f.token(11).infos.Load()
+	release := make(chan struct{})
+	f.update(11, func(s *fakeScript) { s.hang = release })
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+
+	// The first call waits for the hung member until its deadline.
+	v, took := check(e)
+	assert.Equal(t, []uint{StatusOK, StatusTimeout, StatusOK}, statuses(v))
+	assert.GreaterOrEqual(t, took, timeout-10*time.Millisecond)
+	assert.Less(t, took, timeout+300*time.Millisecond, "reported at statusTimeout")
+
+	// The stuck call is now older than statusTimeout: later calls do not
+	// wait for it, and do not ask the member again.
+	for i := 0; i < 20; i++ {
+		v, took = check(e)
+		assert.Equal(t, []uint{StatusOK, StatusTimeout, StatusOK}, statuses(v))
+		assert.Less(t, took, 200*time.Millisecond, "a member stuck past statusTimeout is reported at once")
+	}
+	assert.Equal(t, asked+1, f.token(11).infos.Load(), "one call in flight, never a second")
+
+	close(release)
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[1].Status == StatusOK
+	}, "member is OK again once it answers")
+	assert.Equal(t, int32(1), f.token(11).maxInflight.Load())
+}
+
+func TestCallerJoinsYoungStuckCallUntilItsOwnDeadline(t *testing.T) {
+	const timeout = time.Second
+	f := newFake(1)
+	e := start(t, f, 1, Options{Timeout: timeout})
+	check(e)
+	asked := f.token(10).infos.Load()
+	release := make(chan struct{})
+	f.update(10, func(s *fakeScript) { s.hang = release })
+	first := make(chan time.Duration)
+	go func() {
+		_, took := check(e)
+		first <- took
+	}()
+	time.Sleep(300 * time.Millisecond)
+	// The stuck call is 300 ms old: this caller waits, sharing it.
+	t0 := time.Now()
+	v := e.Check(0, t0.Add(400*time.Millisecond), nil)
+	took := time.Since(t0)
+	assert.Equal(t, StatusTimeout, v[0].Status)
+	assert.GreaterOrEqual(t, took, 390*time.Millisecond, "waits for the young call up to its own deadline")
+	assert.Less(t, took, 700*time.Millisecond)
+	close(release)
+	assert.Less(t, <-first, timeout+300*time.Millisecond)
+	assert.Equal(t, asked+1, f.token(10).infos.Load(), "both callers shared one call")
+}
+
+func TestManyCallersDuringAHangDoNotPileUp(t *testing.T) {
+	f := newFake(4)
+	e := start(t, f, 4, Options{Timeout: time.Second})
+	check(e)
+	release := make(chan struct{})
+	f.update(12, func(s *fakeScript) { s.hang = release })
+	goroutines := runtime.NumGoroutine()
+
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	bad := 0
+	for c := 0; c < 32; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				v, took := check(e)
+				ok := len(v) == 4 && v[0].Status == StatusOK && v[2].Status == StatusTimeout &&
+					took < e.Timeout()+300*time.Millisecond
+				if !ok {
+					mu.Lock()
+					bad++
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Zero(t, bad, "every report during the hang is well-formed and on time")
+	assert.Equal(t, int32(1), f.token(12).maxInflight.Load(), "never more than one call in flight per member")
+	assert.LessOrEqual(t, runtime.NumGoroutine(), goroutines+2, "no goroutine pile-up")
+	close(release)
+}
+
+func TestSessionLostIsRecoveredInTheBackground(t *testing.T) {
+	f := newFake(3)
+	e := start(t, f, 3, Options{RecoveryInterval: 200 * time.Millisecond})
+	check(e)
+	opens := f.opens.Load()
+	f.closeAll(11) // the host's C_CloseAllSessions
+
+	v, _ := check(e)
+	assert.Equal(t, []uint{StatusOK, ckrSessionHandleInvalid, StatusOK}, statuses(v))
+	v, _ = check(e)
+	assert.Equal(t, StatusNoInstance, v[1].Status, "no monitor session until recovery re-opens one")
+	assert.Equal(t, opens, f.opens.Load(), "a status call opens no session")
+
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[1].Status == StatusOK
+	}, "recovery re-opens the monitor session")
+	assert.Equal(t, opens+1, f.opens.Load(), "exactly one session re-opened")
+	assert.Equal(t, map[uint]int{10: 1, 11: 1, 12: 1}, f.openSessions(), "nothing leaked")
+}
+
+func TestRecoveryIsRateLimited(t *testing.T) {
+	f := newFake(1)
+	f.update(10, func(s *fakeScript) { s.absent = true })
+	e := start(t, f, 1, Options{RecoveryInterval: 300 * time.Millisecond})
+	check(e)
+	time.Sleep(1000 * time.Millisecond)
+	v, _ := check(e)
+	assert.Equal(t, StatusNoInstance, v[0].Status)
+	f.update(10, func(s *fakeScript) { s.absent = false })
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[0].Status == StatusOK
+	}, "the token came back")
+	assert.Equal(t, int32(1), f.opens.Load())
+}
+
+func TestReinitializeAfterTheHostFinalized(t *testing.T) {
+	f := newFake(2)
+	e := start(t, f, 2, Options{RecoveryInterval: 100 * time.Millisecond})
+	check(e)
+	f.finalize()
+	v, _ := check(e)
+	assert.Equal(t, repeat(ckrCryptokiNotInitialized, 2), statuses(v))
+	eventually(t, 3*time.Second, func() bool {
+		v, _ := check(e)
+		return v[0].Status == StatusOK && v[1].Status == StatusOK
+	}, "members come back once the module is initialized again")
+	assert.GreaterOrEqual(t, f.reinits.Load(), int32(1))
+	assert.Equal(t, map[uint]int{10: 1, 11: 1}, f.openSessions())
+}
+
+func TestFirstCallWaitsForResolution(t *testing.T) {
+	f := newFake(2)
+	f.update(11, func(s *fakeScript) { s.latency = 300 * time.Millisecond })
+	e := start(t, f, 2, Options{Timeout: 3 * time.Second})
+	v, took := check(e)
+	assert.Equal(t, repeat(StatusOK, 2), statuses(v), "a slow member is resolved, not reported absent")
+	assert.Less(t, took, 2*time.Second)
+}
+
+func TestFirstCallTimesOutOnAHungResolution(t *testing.T) {
+	f := newFake(2)
+	release := make(chan struct{})
+	defer close(release)
+	f.update(11, func(s *fakeScript) { s.tokHang = release })
+	e := start(t, f, 2, Options{Timeout: time.Second})
+	v, took := check(e)
+	assert.Equal(t, []uint{StatusOK, StatusTimeout}, statuses(v))
+	assert.Less(t, took, 1300*time.Millisecond)
+}
+
+func TestGroupForSlot(t *testing.T) {
+	f := newFake(4)
+	vslot := &fakeToken{fakeScript: fakeScript{serial: "777", label: "virtual"}}
+	f.add(50, vslot) // a vendor's virtual HA slot: token serial = group serial
+	g1 := f.group("one", 777, 2)
+	g2 := f.group("two", 888, 4)
+	e := New(f, []conf.Group{g1, g2}, Options{})
+	e.Start()
+	defer e.Close()
+	deadline := time.Now().Add(time.Second)
+	for slot, want := range map[uint]int{10: 0, 11: 0, 12: 1, 13: 1, 50: 0} {
+		g, err := e.GroupForSlot(slot, deadline)
+		require.NoError(t, err, "slot %d", slot)
+		assert.Equal(t, want, g, "slot %d: first group in file order", slot)
+	}
+	_, err := e.GroupForSlot(99, deadline)
+	assert.ErrorIs(t, err, ErrUnknownSlot)
+
+	// A token that appears later is found by the refresh a miss triggers,
+	// once the last refresh is a second old.
+	time.Sleep(missRefreshInterval + 100*time.Millisecond)
+	f.add(60, &fakeToken{fakeScript: fakeScript{serial: "888"}})
+	g, err := e.GroupForSlot(60, time.Now().Add(time.Second))
+	require.NoError(t, err)
+	assert.Equal(t, 1, g)
+}
+
+func TestGroupForSlotNeverBlocksPastTheDeadline(t *testing.T) {
+	f := newFake(2)
+	release := make(chan struct{})
+	f.slotsHang = release
+	defer close(release)
+	e := New(f, []conf.Group{f.group("g", 1, 2)}, Options{})
+	e.Start()
+	defer e.Close()
+	t0 := time.Now()
+	_, err := e.GroupForSlot(10, t0.Add(300*time.Millisecond))
+	assert.ErrorIs(t, err, ErrNotReady)
+	assert.Less(t, time.Since(t0), time.Second)
+}
+
+func TestMembersAreFollowedBySerialAcrossRenumbering(t *testing.T) {
+	f := newFake(2)
+	e := start(t, f, 2, Options{RecoveryInterval: 100 * time.Millisecond})
+	check(e)
+	// The token of member 1 moves from slot 11 to slot 31.
+	f.mu.Lock()
+	moved := f.slots[11]
+	delete(f.slots, 11)
+	f.order = []uint{10, 31}
+	f.slots[31] = moved
+	f.mu.Unlock()
+	f.closeAll(11)
+	eventually(t, 3*time.Second, func() bool {
+		v, _ := check(e)
+		return v[1].Status == StatusOK && v[1].Slot == 31
+	}, "member found again at its new slot")
+}
+
+func TestTransitionsAreObserved(t *testing.T) {
+	f := newFake(2)
+	var mu sync.Mutex
+	var seen []Transition
+	e := start(t, f, 2, Options{OnTransition: func(tr Transition) {
+		mu.Lock()
+		seen = append(seen, tr)
+		mu.Unlock()
+	}})
+	check(e)
+	check(e)
+	f.update(11, func(s *fakeScript) { s.rv = ckrDeviceError })
+	check(e)
+	check(e)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Len(t, seen, 3, "two first verdicts and one change")
+	assert.True(t, seen[0].First && seen[1].First)
+	last := seen[2]
+	assert.False(t, last.First)
+	assert.Equal(t, "g", last.Group)
+	assert.Equal(t, StatusOK, last.Old)
+	assert.Equal(t, ckrDeviceError, last.New)
+}
+
+func TestCloseClosesMonitorSessions(t *testing.T) {
+	f := newFake(3)
+	e := New(f, []conf.Group{f.group("g", 1, 3)}, Options{})
+	e.Start()
+	check(e)
+	e.Close()
+	assert.Empty(t, f.openSessions())
+	assert.Equal(t, int32(3), f.closes.Load())
+}
+
+func TestStatusNames(t *testing.T) {
+	assert.Equal(t, "CKR_HA_TIMEOUT", StatusName(StatusTimeout))
+	assert.Equal(t, uint(0xC8410001), StatusNoInstance)
+	assert.Equal(t, uint(0xC8410002), StatusSocketDown)
+	assert.Equal(t, uint(0xC8410003), StatusTimeout)
+	assert.Equal(t, "CKR_0x80001234", StatusName(0x80001234))
+	assert.Equal(t, ckrDeviceError, RV(Error(ckrDeviceError)))
+	assert.Equal(t, ckrGeneralError, RV(assert.AnError))
+	assert.Equal(t, StatusOK, RV(nil))
+}
