@@ -25,13 +25,13 @@ type slotMap struct {
 	mod  Module
 	wait time.Duration // how long a refresh waits for slow tokens
 
-	mu       sync.Mutex
-	tokens   map[uint]slotToken
-	inflight map[uint]bool
-	running  bool
-	again    bool   // a miss arrived during a running refresh
-	started  uint64 // refresh generations started
-	finished uint64 // refresh generations finished
+	mu         sync.Mutex
+	tokens     map[uint]slotToken
+	inflight   map[uint]bool
+	running    bool
+	again      bool          // a miss arrived during a running refresh
+	started    uint64        // refresh generations started
+	finished   uint64        // refresh generations finished
 	changed    chan struct{} // closed and replaced whenever the map changes
 	finishedAt time.Time
 	err        error // the last C_GetSlotList error, if any
