@@ -1,0 +1,521 @@
+// Package conf reads the Luna-compatible client configuration file used by
+// libhaext: Chrystoki.conf (the Linux "brace" format) or crystoki.ini (the
+// Windows INI format).
+//
+// Only the keys libhaext needs are read: the PKCS#11 module path
+// (Chrystoki2), the HA groups (VirtualToken), the HA settings
+// (HAConfiguration) and this project's member endpoints
+// (HAMemberEndpoints). Every other section and key is ignored. Section and
+// key names are case-insensitive, as in Luna.
+package conf
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gopkg.in/ini.v1"
+)
+
+const (
+	// DefaultStatusTimeout is the status timeout used when statusTimeout is
+	// missing or invalid.
+	DefaultStatusTimeout = 3 * time.Second
+	// MaxStatusTimeout is the largest status timeout; larger values are
+	// clamped to it.
+	MaxStatusTimeout = 60 * time.Second
+	// MaxMembers is the largest number of members an HA group may have.
+	MaxMembers = 32
+	// DefaultFile is the configuration file used when EnvPath is not set.
+	DefaultFile = "/etc/Chrystoki.conf"
+	// EnvPath is the environment variable naming the directory that holds
+	// Chrystoki.conf or crystoki.ini.
+	EnvPath = "ChrystokiConfigurationPath"
+)
+
+const (
+	// maxFileSize is the largest configuration file Load accepts.
+	maxFileSize = 4 << 20
+	// defaultLogLen is the HA log rotation size used when logLen is absent,
+	// zero or invalid.
+	defaultLogLen = 1 << 20
+
+	secChrystoki2 = "Chrystoki2"
+	secVirtual    = "VirtualToken"
+	secHA         = "HAConfiguration"
+	secEndpoints  = "HAMemberEndpoints"
+)
+
+// Member is one member of an HA group.
+type Member struct {
+	// Serial is the member's serial number, parsed with ParseSerial.
+	Serial uint64
+	// SerialText is the serial as written in the file, trimmed.
+	SerialText string
+	// Endpoint is where the member's status can be queried; nil when
+	// HAMemberEndpoints has no entry for this member.
+	Endpoint *Endpoint
+}
+
+// Group is an HA group (a virtual token) defined in the VirtualToken
+// section.
+type Group struct {
+	// Index is NN of the VirtualTokenNN... keys.
+	Index int
+	// Label is VirtualTokenNNLabel (may be empty).
+	Label string
+	// Serial is VirtualTokenNNSN, parsed with ParseSerial.
+	Serial uint64
+	// Members are the members listed in VirtualTokenNNMembers, in file order.
+	Members []Member
+}
+
+// HALog holds the HA logging settings of the HAConfiguration section.
+type HALog struct {
+	// Enabled is true when haLogStatus is "enabled" (case-insensitive) and
+	// haLogPath is set.
+	Enabled bool
+	// Dir is haLogPath, a directory; the log file is Dir/haErrorLog.txt.
+	Dir string
+	// MaxBytes is logLen: the log is rotated at this many bytes. Parse sets
+	// it to the default of 1 MiB when logLen is absent, 0 or invalid, so it
+	// is always positive in a parsed Config.
+	MaxBytes int64
+	// ToStdout is true when haLogToStdout is "enabled" (case-insensitive).
+	ToStdout bool
+}
+
+// Config is the part of the configuration file libhaext uses.
+type Config struct {
+	// File is the path (or name) the configuration was read from.
+	File string
+	// ModulePath is the PKCS#11 module: Chrystoki2/LibUNIX64, else
+	// Chrystoki2/LibUNIX.
+	ModulePath string
+	// Groups are the HA groups, in ascending order of their index NN.
+	Groups []Group
+	// StatusTimeout is HAConfiguration/statusTimeout.
+	StatusTimeout time.Duration
+	// HALog holds the HA logging settings.
+	HALog HALog
+	// Warnings lists non-fatal problems, each naming the file and key.
+	Warnings []string
+}
+
+// GroupBySerial returns the group whose serial is serial.
+func (c *Config) GroupBySerial(serial uint64) (*Group, bool) {
+	for i := range c.Groups {
+		if c.Groups[i].Serial == serial {
+			return &c.Groups[i], true
+		}
+	}
+	return nil, false
+}
+
+// Locate finds the configuration file. If getenv(EnvPath) is not empty it
+// names a directory: DIR/Chrystoki.conf is used if it exists, else
+// DIR/crystoki.ini; if neither exists Locate fails. Otherwise DefaultFile is
+// used, and Locate fails if it does not exist. exists reports whether a path
+// exists (production code passes a function based on os.Stat).
+func Locate(getenv func(string) string, exists func(string) bool) (string, error) {
+	if dir := getenv(EnvPath); dir != "" {
+		conf := filepath.Join(dir, "Chrystoki.conf")
+		if exists(conf) {
+			return conf, nil
+		}
+		win := filepath.Join(dir, "crystoki.ini")
+		if exists(win) {
+			return win, nil
+		}
+		return "", fmt.Errorf("%s=%s: neither %s nor %s exists", EnvPath, dir, conf, win)
+	}
+	if exists(DefaultFile) {
+		return DefaultFile, nil
+	}
+	return "", fmt.Errorf("%s does not exist and %s is not set (set it to the directory holding Chrystoki.conf or crystoki.ini)",
+		DefaultFile, EnvPath)
+}
+
+// Load reads the configuration file at path and parses it with Parse. It
+// refuses files that are not regular files or are larger than 4 MiB.
+func Load(path string) (*Config, error) {
+	// Stat before opening so that opening a FIFO cannot block.
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("configuration file: %w", err)
+	}
+	if err := checkFileInfo(path, st); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("configuration file: %w", err)
+	}
+	defer f.Close()
+	if st, err = f.Stat(); err != nil {
+		return nil, fmt.Errorf("configuration file: %w", err)
+	}
+	if err := checkFileInfo(path, st); err != nil {
+		return nil, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("configuration file %s: %w", path, err)
+	}
+	if len(data) > maxFileSize {
+		return nil, fmt.Errorf("configuration file %s is larger than the %d MiB limit", path, maxFileSize>>20)
+	}
+	return Parse(path, data)
+}
+
+// checkFileInfo refuses non-regular and oversized files.
+func checkFileInfo(path string, st fs.FileInfo) error {
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("configuration file %s is not a regular file (mode %v)", path, st.Mode().Type())
+	}
+	if st.Size() > maxFileSize {
+		return fmt.Errorf("configuration file %s is %d bytes, larger than the %d MiB limit",
+			path, st.Size(), maxFileSize>>20)
+	}
+	return nil
+}
+
+// Parse parses configuration data; name (normally the file path) is used
+// in messages and stored in Config.File. The format is INI when the first
+// line that is neither blank nor a comment starts with '['; otherwise it is
+// the brace format, which is converted with ToINI first.
+func Parse(name string, data []byte) (*Config, error) {
+	data = bytes.TrimPrefix(data, []byte(utf8BOM))
+	iniData := data
+	if !looksLikeINI(data) {
+		var err error
+		if iniData, err = toINI(name, data); err != nil {
+			return nil, err
+		}
+	}
+	f, err := loadINI(iniData)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	p := &parser{name: name, f: f, cfg: &Config{File: name}}
+	if err := p.parse(); err != nil {
+		return nil, err
+	}
+	return p.cfg, nil
+}
+
+// looksLikeINI reports whether the first line that is neither blank nor a
+// comment starts with '['.
+func looksLikeINI(data []byte) bool {
+	for rest := data; len(rest) > 0; {
+		var line []byte
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line, rest = rest[:i], rest[i+1:]
+		} else {
+			line, rest = rest, nil
+		}
+		s := strings.TrimSpace(string(line))
+		if s == "" || isComment(s) {
+			continue
+		}
+		return s[0] == '['
+	}
+	return false
+}
+
+// iniOptions are the go-ini options used to read both formats.
+func iniOptions() ini.LoadOptions {
+	return ini.LoadOptions{
+		// Luna section and key names are case-insensitive.
+		Insensitive: true,
+		// Values contain ':' (endpoints, Windows paths).
+		KeyValueDelimiters: "=",
+		// Values may contain '#' and ';'.
+		IgnoreInlineComment: true,
+		// Windows paths end with '\'.
+		IgnoreContinuation: true,
+	}
+}
+
+// loadINI reads INI text with go-ini, turning a panic in go-ini into an
+// error.
+func loadINI(data []byte) (f *ini.File, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, err = nil, fmt.Errorf("reading INI: internal error: %v", r)
+		}
+	}()
+	f, err = ini.LoadSources(iniOptions(), data)
+	if err != nil {
+		return nil, fmt.Errorf("reading INI: %w", iniError{err})
+	}
+	return f, nil
+}
+
+// iniError wraps a go-ini error, whose message may end with the offending
+// line's newline, so that the message is a single trimmed line.
+type iniError struct{ err error }
+
+func (e iniError) Error() string { return strings.TrimSpace(e.err.Error()) }
+func (e iniError) Unwrap() error { return e.err }
+
+// parser extracts a Config from a loaded INI file.
+type parser struct {
+	name string
+	f    *ini.File
+	cfg  *Config
+}
+
+// keyError wraps err with the file name and section/key.
+func (p *parser) keyError(section, key string, err error) error {
+	return fmt.Errorf("%s: %s/%s: %w", p.name, section, key, err)
+}
+
+// warn records a warning naming the file and section/key.
+func (p *parser) warn(section, key, format string, args ...any) {
+	p.cfg.Warnings = append(p.cfg.Warnings,
+		fmt.Sprintf("%s: %s/%s: %s", p.name, section, key, fmt.Sprintf(format, args...)))
+}
+
+// section returns the named section, or nil.
+func (p *parser) section(name string) *ini.Section {
+	s, err := p.f.GetSection(name)
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+// value returns the trimmed value of section/key and whether it exists.
+func value(s *ini.Section, key string) (string, bool) {
+	if s == nil || !s.HasKey(key) {
+		return "", false
+	}
+	return strings.TrimSpace(s.Key(key).Value()), true
+}
+
+func (p *parser) parse() error {
+	if err := p.parseModule(); err != nil {
+		return err
+	}
+	if err := p.parseGroups(); err != nil {
+		return err
+	}
+	p.parseHAConfiguration()
+	return p.parseEndpoints()
+}
+
+func (p *parser) parseModule() error {
+	s := p.section(secChrystoki2)
+	for _, k := range []string{"LibUNIX64", "LibUNIX"} {
+		if v, _ := value(s, k); v != "" {
+			p.cfg.ModulePath = v
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: %s: neither LibUNIX64 nor LibUNIX is set: no PKCS#11 module to load", p.name, secChrystoki2)
+}
+
+// groupKeys holds the raw VirtualTokenNN keys of one group.
+type groupKeys struct {
+	label, sn, members       string
+	hasLabel, hasSN, hasMemb bool
+}
+
+// splitGroupKey parses a lower-cased key "virtualtokenNNlabel|sn|members".
+func splitGroupKey(key string) (nn int, field string, ok bool) {
+	const prefix = "virtualtoken"
+	if len(key) < len(prefix)+2 || !strings.HasPrefix(key, prefix) {
+		return 0, "", false
+	}
+	d := key[len(prefix) : len(prefix)+2]
+	if d[0] < '0' || d[0] > '9' || d[1] < '0' || d[1] > '9' {
+		return 0, "", false
+	}
+	field = key[len(prefix)+2:]
+	switch field {
+	case "label", "sn", "members":
+		return int(d[0]-'0')*10 + int(d[1]-'0'), field, true
+	}
+	return 0, "", false
+}
+
+func groupKeyName(nn int, field string) string {
+	return fmt.Sprintf("VirtualToken%02d%s", nn, field)
+}
+
+func (p *parser) parseGroups() error {
+	s := p.section(secVirtual)
+	raw := map[int]*groupKeys{}
+	if s != nil {
+		for _, k := range s.Keys() {
+			nn, field, ok := splitGroupKey(strings.ToLower(k.Name()))
+			if !ok {
+				continue
+			}
+			g := raw[nn]
+			if g == nil {
+				g = &groupKeys{}
+				raw[nn] = g
+			}
+			v := strings.TrimSpace(k.Value())
+			switch field {
+			case "label":
+				g.label, g.hasLabel = v, true
+			case "sn":
+				g.sn, g.hasSN = v, true
+			case "members":
+				g.members, g.hasMemb = v, true
+			}
+		}
+	}
+	if len(raw) == 0 {
+		return fmt.Errorf("%s: %s: no HA groups defined (no VirtualTokenNNLabel/SN/Members keys): nothing to report on",
+			p.name, secVirtual)
+	}
+	indexes := make([]int, 0, len(raw))
+	for nn := range raw {
+		indexes = append(indexes, nn)
+	}
+	sort.Ints(indexes)
+
+	groupBySerial := map[uint64]int{}
+	for _, nn := range indexes {
+		g, err := p.parseGroup(nn, raw[nn])
+		if err != nil {
+			return err
+		}
+		if prev, dup := groupBySerial[g.Serial]; dup {
+			return p.keyError(secVirtual, groupKeyName(nn, "SN"),
+				fmt.Errorf("serial %d is also the serial of group %02d", g.Serial, prev))
+		}
+		groupBySerial[g.Serial] = nn
+		p.cfg.Groups = append(p.cfg.Groups, g)
+	}
+	return nil
+}
+
+func (p *parser) parseGroup(nn int, k *groupKeys) (Group, error) {
+	g := Group{Index: nn, Label: k.label}
+	snKey, membKey, labelKey := groupKeyName(nn, "SN"), groupKeyName(nn, "Members"), groupKeyName(nn, "Label")
+	if !k.hasSN {
+		return g, p.keyError(secVirtual, snKey, errors.New("missing: the group has no serial number"))
+	}
+	if !k.hasMemb {
+		return g, p.keyError(secVirtual, membKey, errors.New("missing: the group has no members"))
+	}
+	sn, err := ParseSerial(k.sn)
+	if err != nil {
+		return g, p.keyError(secVirtual, snKey, fmt.Errorf("serial %q: %w", k.sn, err))
+	}
+	g.Serial = sn
+	if g.Label == "" {
+		p.warn(secVirtual, labelKey, "group %02d (serial %d) has no label", nn, sn)
+	}
+
+	items := strings.Split(k.members, ",")
+	if len(items) > MaxMembers {
+		return g, p.keyError(secVirtual, membKey,
+			fmt.Errorf("group %q has %d members, at most %d are supported", g.Label, len(items), MaxMembers))
+	}
+	seen := map[uint64]string{}
+	for i, item := range items {
+		text := strings.TrimSpace(item)
+		if text == "" {
+			return g, p.keyError(secVirtual, membKey, fmt.Errorf("member %d of %d is empty", i+1, len(items)))
+		}
+		ms, err := ParseSerial(text)
+		if err != nil {
+			return g, p.keyError(secVirtual, membKey, fmt.Errorf("member %q: %w", text, err))
+		}
+		if prev, dup := seen[ms]; dup {
+			return g, p.keyError(secVirtual, membKey, fmt.Errorf("member %q is listed twice (also as %q)", text, prev))
+		}
+		seen[ms] = text
+		g.Members = append(g.Members, Member{Serial: ms, SerialText: text})
+	}
+	return g, nil
+}
+
+func (p *parser) parseHAConfiguration() {
+	s := p.section(secHA)
+	p.cfg.StatusTimeout = DefaultStatusTimeout
+	if v, ok := value(s, "statusTimeout"); ok {
+		d, w := ParseStatusTimeout(v)
+		p.cfg.StatusTimeout = d
+		if w != "" {
+			p.warn(secHA, "statusTimeout", "%s", w)
+		}
+	}
+
+	log := HALog{MaxBytes: defaultLogLen}
+	if v, _ := value(s, "haLogStatus"); strings.EqualFold(v, "enabled") {
+		log.Enabled = true
+	}
+	if v, _ := value(s, "haLogToStdout"); strings.EqualFold(v, "enabled") {
+		log.ToStdout = true
+	}
+	log.Dir, _ = value(s, "haLogPath")
+	if log.Enabled && log.Dir == "" {
+		p.warn(secHA, "haLogPath", "haLogStatus is enabled but haLogPath is not set; HA logging to a file is disabled")
+		log.Enabled = false
+	}
+	if v, ok := value(s, "logLen"); ok {
+		n, err := strconv.ParseInt(v, 10, 64)
+		switch {
+		case err != nil:
+			p.warn(secHA, "logLen", "%q is not a whole number of bytes; using the default of %d", v, defaultLogLen)
+		case n < 0:
+			p.warn(secHA, "logLen", "%q is negative; using the default of %d", v, defaultLogLen)
+		case n > 0:
+			log.MaxBytes = n
+		}
+	}
+	p.cfg.HALog = log
+}
+
+func (p *parser) parseEndpoints() error {
+	s := p.section(secEndpoints)
+	if s == nil {
+		return nil
+	}
+	bySerial := map[uint64]string{}
+	for _, k := range s.Keys() {
+		key := k.Name()
+		serial, err := ParseSerial(key)
+		if err != nil {
+			return p.keyError(secEndpoints, key, fmt.Errorf("member serial %q: %w", key, err))
+		}
+		if prev, dup := bySerial[serial]; dup {
+			return p.keyError(secEndpoints, key, fmt.Errorf("member serial %q is also given as %q", key, prev))
+		}
+		bySerial[serial] = key
+		ep, err := ParseEndpoint(k.Value())
+		if err != nil {
+			return p.keyError(secEndpoints, key, err)
+		}
+		found := false
+		for gi := range p.cfg.Groups {
+			for mi := range p.cfg.Groups[gi].Members {
+				m := &p.cfg.Groups[gi].Members[mi]
+				if m.Serial == serial {
+					e := ep
+					m.Endpoint = &e
+					found = true
+				}
+			}
+		}
+		if !found {
+			p.warn(secEndpoints, key, "serial %s is not a member of any HA group; endpoint ignored", key)
+		}
+	}
+	return nil
+}
