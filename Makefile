@@ -1,0 +1,60 @@
+# libhaext: CA_GetCurrentHAState for PKCS#11 HA groups, as a C shared library.
+#
+#   make          build build/libhaext.so (and build/hastatus)
+#   make demo     set up a SoftHSM2 group of 3 members and print its state
+#   make test     everything: Go checks and tests (race detector), C tests
+#   make bench    benchmarks, written to BENCHMARKS.md
+#   make install  PREFIX=/usr/local DESTDIR=
+
+GO       ?= go
+CC       ?= cc
+PREFIX   ?= /usr/local
+DESTDIR  ?=
+BUILD    := build
+P11FLAGS := $(shell pkg-config --cflags p11-kit-1 2>/dev/null)
+CFLAGS   := -std=c99 -O2 -g -Wall -Wextra -Werror $(P11FLAGS) -Iinclude
+SONAME   := libhaext.so.1
+GOFILES  := $(shell find cmd pkg internal -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
+LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
+
+.PHONY: all deps demo test test-go test-c fuzz bench install clean
+
+all: $(BUILD)/libhaext.so
+
+deps:
+	@bash scripts/deps.sh
+
+$(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
+	@mkdir -p $(BUILD)
+	$(GO) build -buildmode=c-shared -ldflags "$(LDFLAGS)" -o $@ ./cmd/libhaext
+	@rm -f $(BUILD)/libhaext.h
+	@ln -sf libhaext.so $(BUILD)/$(SONAME)
+	@extra=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' || true); \
+	  if [ -n "$$extra" ]; then echo "libhaext.so exports more than CA_*: $$extra" >&2; rm -f $@; exit 1; fi
+
+$(BUILD)/test_core: test/c/test_core.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_core.c test/c/harness.c -ldl -lpthread
+
+$(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
+	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
+
+demo: deps $(BUILD)/libhaext.so $(BUILD)/ha_state
+	@bash test/lab/demo.sh
+
+test: deps test-go test-c
+
+test-go:
+	@test -z "$$(gofmt -l cmd pkg internal)" || { gofmt -l cmd pkg internal; echo "gofmt needed" >&2; exit 1; }
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+test-c: $(BUILD)/libhaext.so $(BUILD)/test_core
+	bash test/c/run.sh
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzToINI -fuzztime=30s ./pkg/conf
+	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=30s ./pkg/conf
+
+clean:
+	rm -rf $(BUILD)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what building and testing libhaext needs, only when it is missing:
+# a C compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers) and
+# OpenSC's pkcs11-spy. Go itself (1.22 or newer) must be on PATH; Go modules
+# come through the module proxy on first build.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_file() { compgen -G "$1" >/dev/null 2>&1; }
+
+have_cmd gcc || need+=(gcc)
+have_cmd pkg-config || need+=(pkg-config)
+have_cmd softhsm2-util || need+=(softhsm2)
+have_cmd p11-kit || need+=(p11-kit)
+have_file '/usr/lib/*/p11-kit-proxy.so' || need+=(p11-kit-modules)
+have_file /usr/include/p11-kit-1/p11-kit/pkcs11.h || need+=(libp11-kit-dev)
+have_file '/usr/lib/*/pkcs11/pkcs11-spy.so' || need+=(opensc opensc-pkcs11)
+have_cmd unshare || need+=(util-linux)
+
+if ! have_cmd go; then
+    echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.22 or newer" >&2
+    exit 1
+fi
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+    echo "deps: missing packages: ${need[*]}; install them as root: apt-get install -y ${need[*]}" >&2
+    exit 1
+fi
+echo "deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
