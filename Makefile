@@ -36,6 +36,10 @@ $(BUILD)/test_core: test/c/test_core.c test/c/harness.c test/c/harness.h include
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ test/c/test_core.c test/c/harness.c -ldl -lpthread
 
+$(BUILD)/test_faults: test/c/test_faults.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_faults.c test/c/harness.c -ldl -lpthread
+
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
@@ -49,7 +53,7 @@ test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-test-c: $(BUILD)/libhaext.so $(BUILD)/test_core
+test-c: $(BUILD)/libhaext.so $(BUILD)/test_core $(BUILD)/test_faults
 	bash test/c/run.sh
 
 fuzz:

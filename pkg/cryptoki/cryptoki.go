@@ -1,9 +1,14 @@
 // Package cryptoki loads a vendor PKCS#11 module with github.com/miekg/pkcs11
 // and serves it to the probe engine as a probe.Module.
 //
-// It shares the module with the host application: C_Initialize answered
-// CKR_CRYPTOKI_ALREADY_INITIALIZED counts as success, and the package never
-// calls C_Finalize nor unloads the module, since the host may be using it.
+// It shares the module with the host application. When the host already
+// initialized the module (C_GetInfo succeeds), the package takes no
+// initialization of its own: some modules, p11-kit's proxy among them, count
+// C_Initialize calls, and a reference held here would turn the host's
+// C_Finalize + C_Initialize into no-ops. Only a module nobody initialized is
+// initialized here (CKR_CRYPTOKI_ALREADY_INITIALIZED counts as success), and
+// only such a module is initialized again after a C_Finalize. The package
+// never calls C_Finalize nor unloads the module.
 //
 // Every vendor call runs with SIGPIPE blocked on its OS thread. A write to a
 // dead member's socket inside the module then leaves the signal pending
@@ -74,12 +79,13 @@ type Module struct {
 	path     string
 	ctx      *pkcs11.Ctx
 	sigpipes atomic.Uint64
+	owner    atomic.Bool // this package initialized the module
 }
 
 var _ probe.Module = (*Module)(nil)
 
-// Open loads the module at path and initializes it, accepting a module the
-// host already initialized.
+// Open loads the module at path and initializes it unless the host already
+// did.
 func Open(path string) (*Module, error) {
 	if path == "" {
 		return nil, errors.New("cryptoki: no vendor module configured")
@@ -96,11 +102,38 @@ func Open(path string) (*Module, error) {
 		return nil, fmt.Errorf("cryptoki: cannot load vendor module %s: %s", path, reason)
 	}
 	runtime.UnlockOSThread()
-	if err := m.Reinitialize(); err != nil {
+	if err := m.attach(); err != nil {
 		return nil, fmt.Errorf("cryptoki: C_Initialize of %s: %w", path, err)
 	}
 	return m, nil
 }
+
+// attach initializes the module unless it is initialized already.
+func (m *Module) attach() error {
+	guard()
+	defer m.unguard()
+	if _, err := m.ctx.GetInfo(); err == nil {
+		return nil // the host's: take no reference
+	}
+	return m.initialize()
+}
+
+// initialize calls C_Initialize; ALREADY_INITIALIZED means the host won a
+// race and owns the module. The caller holds the guard.
+func (m *Module) initialize() error {
+	err := m.ctx.Initialize()
+	switch rv(err) {
+	case 0:
+		m.owner.Store(true)
+		return nil
+	case pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED:
+		return nil
+	}
+	return convert(err)
+}
+
+// Owner reports whether this package initialized the module.
+func (m *Module) Owner() bool { return m.owner.Load() }
 
 // Path returns the module's file name.
 func (m *Module) Path() string { return m.path }
@@ -124,16 +157,18 @@ func (m *Module) unguard() {
 	runtime.UnlockOSThread()
 }
 
-// Reinitialize calls C_Initialize; CKR_CRYPTOKI_ALREADY_INITIALIZED is
-// success.
+// Reinitialize initializes the module again after a C_Finalize, when this
+// package initialized it in the first place. A module the host initialized
+// is the host's to initialize again: Reinitialize then answers
+// CKR_CRYPTOKI_NOT_INITIALIZED and the engine keeps waiting.
 func (m *Module) Reinitialize() error {
+	if !m.owner.Load() {
+		return probe.Error(pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED)
+	}
 	guard()
 	defer m.unguard()
-	err := m.ctx.Initialize()
-	if rv(err) == pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED {
-		return nil
-	}
-	return convert(err)
+	m.owner.Store(false)
+	return m.initialize()
 }
 
 // Slots lists every slot, token or not, so that the module need not ask

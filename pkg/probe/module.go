@@ -22,8 +22,9 @@ type Module interface {
 	CloseSession(session uint) error
 	// SessionInfo is the lightweight call (C_GetSessionInfo).
 	SessionInfo(session uint) error
-	// Reinitialize calls C_Initialize after someone else finalized the
-	// module; CKR_CRYPTOKI_ALREADY_INITIALIZED counts as success.
+	// Reinitialize initializes the module again after someone finalized it,
+	// when that is the engine's to do (it initialized the module itself);
+	// otherwise it fails and the engine waits for the host to do it.
 	Reinitialize() error
 }
 

@@ -49,6 +49,42 @@ mkdir -p "$work"/scratch-core
 bash "$lab" up --dir "$work/lab-core" --mode direct --members 3 --group-serial 1000001 >/dev/null
 run core "$work/lab-core" env HALAB_GROUP_SERIAL=1000001 "$build/test_core"
 
+# Networked members: one p11-kit server per member behind p11-kit-proxy.
+# p11-kit-proxy gives every caller of C_GetFunctionList its own instance; a
+# vendor client is one instance per process. Scenarios where the host and
+# the library must share the module (the host closes sessions or
+# re-initializes) put OpenSC's pkcs11-spy.so in front of the proxy, which
+# also logs every call.
+timeout_s=2
+spy=$(ls /usr/lib/*/pkcs11/pkcs11-spy.so /usr/lib/pkcs11/pkcs11-spy.so 2>/dev/null | head -n 1 || true)
+
+# fault NAME SCENARIO MEMBERS proxy|spy [lab options...]: a fresh lab for
+# one scenario, torn down after it.
+fault() {
+    local name=$1 scenario=$2 members=$3 via=$4 dir proxy
+    shift 4
+    dir=$work/lab-$name
+    mkdir -p "$work/scratch-$name"
+    bash "$lab" up --dir "$dir" --mode net --members "$members" --timeout "$timeout_s" "$@" >/dev/null
+    local extra=()
+    if [ "$via" = spy ]; then
+        proxy=$(sed -n 's/^ *LibUNIX64 = \(.*\);$/\1/p' "$dir/Chrystoki.conf")
+        sed -i "s#^\( *LibUNIX64 = \).*;#\1$spy;#" "$dir/Chrystoki.conf"
+        extra=(HALAB_MODULE="$spy" PKCS11SPY="$proxy" PKCS11SPY_OUTPUT="$work/$name.spy.log"
+            HALAB_SPY_LOG="$work/$name.spy.log")
+    fi
+    run "$name" "$dir" env HALAB_LAB_SH="$lab" HALAB_TIMEOUT_MS=$((timeout_s * 1000)) "${extra[@]}" \
+        "$build/test_faults" "$scenario"
+    bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+}
+fault killed killed 3 proxy
+fault killed-noep killed-noep 3 proxy --no-endpoints
+fault hung hung 3 proxy
+fault closeall closeall 3 spy
+fault reinit reinit 3 spy
+fault spy spy 3 spy
+fault stress stress 4 proxy
+
 echo "C tests: $passed passed, $failed failed"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
