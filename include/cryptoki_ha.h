@@ -61,6 +61,13 @@ typedef CK_HA_STATUS *CK_HA_STATE_PTR;
  * after statusTimeout (HAConfiguration, default 3 s, at most 60 s).
  */
 CK_RV CK_ENTRY CA_GetCurrentHAState(CK_SLOT_ID slotId, CK_HA_STATE_PTR pState);
+
+/*
+ * The legacy call, kept for applications written for it: same arguments and
+ * results, answered by the same parallel, session-free check. (The original
+ * opened and closed a session on every member, one after the other.)
+ */
+CK_RV CK_ENTRY CA_GetHAState(CK_SLOT_ID slotId, CK_HA_STATE_PTR pState);
 #endif /* CK_HA_MAX_MEMBERS */
 
 /* Member status codes (memberStatus), besides CKR_OK (all three stages

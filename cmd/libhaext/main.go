@@ -19,6 +19,7 @@ import (
 	"os"
 	"unsafe"
 
+	"github.com/libhaext/libhaext/internal/halog"
 	"github.com/libhaext/libhaext/internal/service"
 	"github.com/libhaext/libhaext/pkg/conf"
 	"github.com/libhaext/libhaext/pkg/cryptoki"
@@ -33,7 +34,22 @@ var lib = service.New(service.Env{
 		return err == nil && st.Mode().IsRegular()
 	},
 	OpenModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+	Observe:    openHALog,
 })
+
+// openHALog starts the HA log when the configuration asks for one, logs the
+// configuration's warnings to it and has it record every transition.
+// Without haLogStatus or haLogToStdout the library writes nothing.
+func openHALog(cfg *conf.Config, opts *probe.Options) {
+	l := halog.New(cfg.HALog, os.Stdout)
+	if l == nil {
+		return
+	}
+	for _, w := range cfg.Warnings {
+		l.Warning(w)
+	}
+	opts.OnTransition = l.Transition
+}
 
 // cGetenv reads the environment through the C library, so that a variable
 // the host sets with setenv after loading the library is seen; Go's own
@@ -61,6 +77,21 @@ func recoverTo(rv *C.CK_RV) {
 //export CA_GetCurrentHAState
 func CA_GetCurrentHAState(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) (rv C.CK_RV) {
 	defer recoverTo(&rv)
+	return report(slotID, pState)
+}
+
+// CA_GetHAState is the legacy entry point, kept for applications written
+// for it: same ABI, answered by the same engine, so they get the parallel,
+// session-free check without a change.
+//
+//export CA_GetHAState
+func CA_GetHAState(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) (rv C.CK_RV) {
+	defer recoverTo(&rv)
+	return report(slotID, pState)
+}
+
+// report answers both entry points.
+func report(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) C.CK_RV {
 	if pState == nil {
 		return C.CKR_ARGUMENTS_BAD
 	}

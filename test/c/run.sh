@@ -45,9 +45,20 @@ run() {
     fi
 }
 
-mkdir -p "$work"/scratch-core
+mkdir -p "$work"/scratch-core "$work/halog"
 bash "$lab" up --dir "$work/lab-core" --mode direct --members 3 --group-serial 1000001 >/dev/null
-run core "$work/lab-core" env HALAB_GROUP_SERIAL=1000001 "$build/test_core"
+# The HA log to a file only: the library must then write nothing to the
+# host's standard output or error.
+sed -i "s#^HAConfiguration = {#&\n   haLogStatus = enabled;\n   haLogPath = $work/halog;#" "$work/lab-core/Chrystoki.conf"
+run core "$work/lab-core" env HALAB_GROUP_SERIAL=1000001 HAEXT_HALOG_DIR="$work/halog" "$build/test_core"
+stray=$(grep -cvE '^(ok |not ok |# |[0-9]+ passed, [0-9]+ failed$)' "$work/core.log" || true)
+if [ "$stray" -eq 0 ]; then
+    echo "   ok - the library wrote nothing to the host's stdout or stderr"
+    passed=$((passed + 1))
+else
+    echo "   not ok - $stray stray lines on the host's stdout/stderr"
+    failed=$((failed + 1))
+fi
 
 # Networked members: one p11-kit server per member behind p11-kit-proxy.
 # p11-kit-proxy gives every caller of C_GetFunctionList its own instance; a

@@ -255,6 +255,50 @@ static void test_no_session_churn(void)
     check(one_each, "each member holds exactly one session: the library's monitor session");
 }
 
+static void test_legacy(void)
+{
+    CK_HA_STATUS cur, old;
+    CK_RV rv;
+    check(host.get_state_legacy != NULL, "libhaext.so exports the legacy CA_GetHAState");
+    if (!host.get_state_legacy) {
+        return;
+    }
+    memset(&old, 0xA5, sizeof old);
+    rv = host.get_state_legacy(slots[1], &old);
+    host.get_state(slots[1], &cur);
+    check(rv == CKR_OK && report_is_group(&old, CKR_OK, "legacy") &&
+              memcmp(&old, &cur, offsetof(CK_HA_STATUS, listSize) + sizeof cur.listSize) == 0,
+          "CA_GetHAState gives the same report as CA_GetCurrentHAState");
+    check(host.get_state_legacy(slots[1], NULL) == CKR_ARGUMENTS_BAD, "CA_GetHAState(NULL) -> CKR_ARGUMENTS_BAD");
+}
+
+/* The HA log (haLogStatus/haLogPath set by run.sh): one line per member's
+ * first state. */
+static void test_halog(void)
+{
+    const char *dir = getenv("HAEXT_HALOG_DIR");
+    char path[600], line[1024];
+    int lines = 0, ok_lines = 0;
+    FILE *f;
+    if (!dir) {
+        return;
+    }
+    snprintf(path, sizeof path, "%s/haErrorLog.txt", dir);
+    sleep_ms(200); /* the log is written on the library's own goroutine */
+    f = fopen(path, "r");
+    check(f != NULL, "the HA log %s exists", path);
+    if (!f) {
+        return;
+    }
+    while (fgets(line, sizeof line, f)) {
+        lines++;
+        ok_lines += strstr(line, "old=none new=CKR_OK") != NULL;
+    }
+    fclose(f);
+    check(ok_lines == nmembers && lines == nmembers,
+          "the HA log has one line per member's first state and nothing else (%d of %d lines)", ok_lines, lines);
+}
+
 struct worker {
     pthread_t t;
     int calls, bad;
@@ -324,5 +368,7 @@ int main(void)
     test_unknown_slots();
     test_no_session_churn();
     test_threads();
+    test_legacy();
+    test_halog();
     return done();
 }
