@@ -19,7 +19,7 @@ LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map
 
 .PHONY: all deps demo test test-go test-c fuzz bench install clean
 
-all: $(BUILD)/libhaext.so
+all: $(BUILD)/libhaext.so $(BUILD)/hastatus
 
 deps:
 	@bash scripts/deps.sh
@@ -31,6 +31,10 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 	@ln -sf libhaext.so $(BUILD)/$(SONAME)
 	@extra=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' || true); \
 	  if [ -n "$$extra" ]; then echo "libhaext.so exports more than CA_*: $$extra" >&2; rm -f $@; exit 1; fi
+
+$(BUILD)/hastatus: $(GOFILES)
+	@mkdir -p $(BUILD)
+	$(GO) build -o $@ ./cmd/hastatus
 
 $(BUILD)/test_core: test/c/test_core.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
 	@mkdir -p $(BUILD)
@@ -53,7 +57,7 @@ test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-test-c: $(BUILD)/libhaext.so $(BUILD)/test_core $(BUILD)/test_faults
+test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults
 	bash test/c/run.sh
 
 fuzz:

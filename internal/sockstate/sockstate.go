@@ -149,6 +149,9 @@ func literalOnly(address string) string {
 func isHealthy(fd int, tcp bool) bool {
 	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
 	n, err := unix.Poll(pfd, 0)
+	for err == unix.EINTR { // the Go runtime preempts with SIGURG
+		n, err = unix.Poll(pfd, 0)
+	}
 	if err != nil {
 		return false
 	}

@@ -96,6 +96,43 @@ fault reinit reinit 3 spy
 fault spy spy 3 spy
 fault stress stress 4 proxy
 
+# hastatus --watch while a member hangs and resumes (the README shows this
+# by hand).
+check_line() { # check_line DESCRIPTION PATTERN FILE
+    if grep -qE "$2" "$3"; then
+        echo "   ok - $1"
+        passed=$((passed + 1))
+    else
+        echo "   not ok - $1"
+        failed=$((failed + 1))
+    fi
+}
+echo "== watch"
+dir=$work/lab-watch
+bash "$lab" up --dir "$dir" --mode net --members 3 --timeout "$timeout_s" >/dev/null
+rc=0
+bash "$lab" exec --dir "$dir" -- timeout --preserve-status -s INT 7 "$build/hastatus" --watch 200ms \
+    >"$work/watch.log" 2>&1 &
+watcher=$!
+sleep 1.5
+bash "$lab" stop --dir "$dir" 1 2>/dev/null
+sleep 3
+bash "$lab" cont --dir "$dir" 1 2>/dev/null
+wait "$watcher" || rc=$?
+sed 's/^/   /' "$work/watch.log"
+m01=$(. "$dir/env" && echo "$HALAB_SERIALS" | cut -d' ' -f2)
+check_line "hastatus --watch prints the hang with a timestamp" \
+    "^[0-9T:.-]+Z  halab  $m01  alive -> down \(timeout\)$" "$work/watch.log"
+check_line "and the recovery" "^[0-9T:.-]+Z  halab  $m01  down \(timeout\) -> alive$" "$work/watch.log"
+if [ "$rc" -eq 0 ]; then
+    echo "   ok - hastatus stops on SIGINT with exit status 0 (all alive at the end)"
+    passed=$((passed + 1))
+else
+    echo "   not ok - hastatus exited $rc"
+    failed=$((failed + 1))
+fi
+bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+
 echo "C tests: $passed passed, $failed failed"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
