@@ -6,10 +6,15 @@
 #   make bench    benchmarks, written to BENCHMARKS.md
 #   make install  PREFIX=/usr/local DESTDIR=
 
-GO       ?= go
-CC       ?= cc
-PREFIX   ?= /usr/local
-DESTDIR  ?=
+GO         ?= go
+CC         ?= cc
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+BINDIR     ?= $(PREFIX)/bin
+LIBDIR     ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+PCDIR      ?= $(LIBDIR)/pkgconfig
+VERSION    := 1.0.0
 BUILD    := build
 P11FLAGS := $(shell pkg-config --cflags p11-kit-1 2>/dev/null)
 CFLAGS   := -std=c99 -O2 -g -Wall -Wextra -Werror $(P11FLAGS) -Iinclude
@@ -17,7 +22,7 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c fuzz bench install clean
+.PHONY: all deps demo test test-go test-c test-install fuzz bench install uninstall clean
 
 all: $(BUILD)/libhaext.so $(BUILD)/hastatus
 
@@ -50,7 +55,7 @@ $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.s
 demo: deps $(BUILD)/libhaext.so $(BUILD)/ha_state
 	@bash test/lab/demo.sh
 
-test: deps test-go test-c
+test: deps test-go test-c test-install
 
 test-go:
 	@test -z "$$(gofmt -l cmd pkg internal)" || { gofmt -l cmd pkg internal; echo "gofmt needed" >&2; exit 1; }
@@ -59,6 +64,30 @@ test-go:
 
 test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults
 	bash test/c/run.sh
+
+test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus
+	bash test/install/run.sh
+
+$(BUILD)/haext.pc: haext.pc.in Makefile
+	@mkdir -p $(BUILD)
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
+	    -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+# The library as libhaext.so.$(VERSION) with SONAME libhaext.so.1 and the
+# usual symlinks, the header, hastatus and haext.pc.
+install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/haext.pc
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(PCDIR)
+	install -m 0755 $(BUILD)/libhaext.so $(DESTDIR)$(LIBDIR)/libhaext.so.$(VERSION)
+	ln -sf libhaext.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libhaext.so
+	install -m 0644 include/cryptoki_ha.h $(DESTDIR)$(INCLUDEDIR)/cryptoki_ha.h
+	install -m 0755 $(BUILD)/hastatus $(DESTDIR)$(BINDIR)/hastatus
+	install -m 0644 $(BUILD)/haext.pc $(DESTDIR)$(PCDIR)/haext.pc
+	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
+
+uninstall:
+	rm -f $(DESTDIR)$(LIBDIR)/libhaext.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libhaext.so \
+	    $(DESTDIR)$(INCLUDEDIR)/cryptoki_ha.h $(DESTDIR)$(BINDIR)/hastatus $(DESTDIR)$(PCDIR)/haext.pc
 
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzToINI -fuzztime=30s ./pkg/conf

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Tests `make install` into a DESTDIR: the files and symlinks, the SONAME,
+# a haext.pc free of DESTDIR, and examples/ha_state.c built with
+# `cc ha_state.c $(pkg-config --cflags --libs haext)` against the staged
+# tree, then run on a SoftHSM2 group with the installed hastatus beside it.
+set -euo pipefail
+
+top=$(cd "$(dirname "$0")/../.." && pwd)
+lab=$top/test/lab/lab.sh
+work=$(mktemp -d "${TMPDIR:-/tmp}/haext-install.XXXXXX")
+stage=$work/stage
+prefix=/usr/local
+passed=0
+failed=0
+cleanup() {
+    bash "$lab" down --dir "$work/lab" >/dev/null 2>&1 || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+ok() { # ok DESCRIPTION COMMAND...
+    local what=$1
+    shift
+    if "$@" >>"$work/detail.log" 2>&1; then
+        echo "ok - $what"
+        passed=$((passed + 1))
+    else
+        echo "not ok - $what"
+        sed 's/^/    /' "$work/detail.log" | tail -n 20
+        failed=$((failed + 1))
+    fi
+    : >"$work/detail.log"
+}
+
+make -s -C "$top" install DESTDIR="$stage" PREFIX="$prefix" >"$work/install.log" 2>&1 ||
+    { cat "$work/install.log"; echo "0 passed, 1 failed"; exit 1; }
+lib=$stage$prefix/lib
+
+ok "libhaext.so.1.0.0, libhaext.so.1 and libhaext.so installed" \
+    test -f "$lib/libhaext.so.1.0.0" -a "$(readlink "$lib/libhaext.so.1")" = libhaext.so.1.0.0 \
+    -a "$(readlink "$lib/libhaext.so")" = libhaext.so.1
+ok "SONAME is libhaext.so.1" bash -c "readelf -d '$lib/libhaext.so.1.0.0' | grep -q 'SONAME.*\[libhaext.so.1\]'"
+ok "header, hastatus and haext.pc installed" \
+    test -f "$stage$prefix/include/cryptoki_ha.h" -a -x "$stage$prefix/bin/hastatus" -a -f "$lib/pkgconfig/haext.pc"
+ok "haext.pc names the PREFIX, not the DESTDIR" \
+    bash -c "grep -qx 'prefix=$prefix' '$lib/pkgconfig/haext.pc' && ! grep -q '$stage' '$lib/pkgconfig/haext.pc'"
+
+# Build the example as its comment says, with the staged tree in front of
+# the prefix (the files are not in /usr/local until a real install).
+flags=$(PKG_CONFIG_PATH="$lib/pkgconfig" pkg-config --cflags --libs haext)
+ok "pkg-config --cflags --libs haext: $flags" test -n "$flags"
+# shellcheck disable=SC2086
+ok "examples/ha_state.c builds with cc \$(pkg-config --cflags --libs haext)" \
+    cc -Wall -Wextra -Werror "$top/examples/ha_state.c" $flags -I"$stage$prefix/include" -L"$lib" \
+    -o "$work/ha_state"
+ok "the example needs libhaext.so.1" bash -c "readelf -d '$work/ha_state' | grep -q 'NEEDED.*\[libhaext.so.1\]'"
+
+bash "$lab" up --dir "$work/lab" --mode direct --members 3 >/dev/null
+# shellcheck source=/dev/null
+. "$work/lab/env"
+first=${HALAB_SERIALS%% *}
+slot=$(softhsm2-util --show-slots | awk -v s="$first" '/^Slot [0-9]+/ {slot=$2} $1=="Serial" && $3==s {print slot; exit}')
+ok "the installed example reports all 3 members alive" bash -c \
+    "LD_LIBRARY_PATH='$lib' '$work/ha_state' '$slot' | tee /dev/stderr | grep -c ' alive$' | grep -qx 3"
+ok "the installed hastatus exits 0 on the same group" "$stage$prefix/bin/hastatus" --group halab
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
