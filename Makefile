@@ -52,7 +52,7 @@ $(BUILD)/test_faults: test/c/test_faults.c test/c/harness.c test/c/harness.h inc
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
-demo: deps $(BUILD)/libhaext.so $(BUILD)/ha_state
+demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
 	@bash test/lab/demo.sh
 
 test: deps test-go test-c test-install

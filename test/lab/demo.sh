@@ -19,5 +19,10 @@ slot=$(SOFTHSM2_CONF=$SOFTHSM2_CONF softhsm2-util --show-slots |
 echo "Configuration: $dir/Chrystoki.conf"
 sed 's/^/    /' "$dir/Chrystoki.conf"
 echo
-echo "CA_GetCurrentHAState(slot $slot), the slot of member $first:"
+echo "An application's call, CA_GetCurrentHAState(slot $slot) (examples/ha_state.c):"
 bash "$lab" exec --dir "$dir" -- "$top/build/ha_state" "$slot"
+echo
+echo "The operator's view, build/hastatus:"
+bash "$lab" exec --dir "$dir" -- "$top/build/hastatus"
+echo
+echo "Try it yourself:  . $dir/env && $top/build/hastatus --json"
