@@ -1,11 +1,11 @@
 module github.com/libhaext/libhaext
 
-go 1.26.8
+go 1.22
 
 require (
 	github.com/miekg/pkcs11 v1.1.2
 	github.com/stretchr/testify v1.12.1
-	golang.org/x/sys v0.49.0
+	golang.org/x/sys v0.30.0
 	gopkg.in/ini.v1 v1.67.3
 )
 
