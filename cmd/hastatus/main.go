@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/libhaext/libhaext/internal/halog"
+	"github.com/libhaext/libhaext/internal/service"
 	"github.com/libhaext/libhaext/pkg/conf"
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 	"github.com/libhaext/libhaext/pkg/probe"
@@ -153,6 +154,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 		return fail(fmt.Errorf("%s: Chrystoki2/LibUNIX64: %w", cfg.File, err))
 	}
 	eng := probe.New(mod, groups, probe.Options{Timeout: timeout})
+	service.RaiseProcs(sys.getenv, eng.WantProcs())
 	eng.Start()
 	defer eng.Close()
 

@@ -9,6 +9,7 @@ package service
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -154,6 +155,7 @@ func (s *Service) load(cfg *conf.Config, done chan struct{}) {
 			s.env.Observe(cfg, &opts)
 		}
 		eng = probe.New(mod, cfg.Groups, opts)
+		RaiseProcs(s.env.Getenv, eng.WantProcs())
 		eng.Start()
 	}
 	s.mu.Lock()
@@ -164,6 +166,19 @@ func (s *Service) load(cfg *conf.Config, done chan struct{}) {
 		return
 	}
 	s.eng, s.failure = eng, nil
+}
+
+// RaiseProcs raises GOMAXPROCS to want (see probe.Engine.WantProcs) unless
+// the operator chose it with the GOMAXPROCS environment variable. The Go
+// runtime inside libhaext.so is the library's own, so this touches nothing
+// of the host's.
+func RaiseProcs(getenv func(string) string, want int) {
+	if getenv("GOMAXPROCS") != "" {
+		return
+	}
+	if runtime.GOMAXPROCS(0) < want {
+		runtime.GOMAXPROCS(want)
+	}
 }
 
 // Fail records the reason of a failure the caller turned into a CK_RV.

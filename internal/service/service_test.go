@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -114,4 +115,21 @@ func TestAHungModuleLoadHoldsNoCallerPastTheTimeout(t *testing.T) {
 	close(release)
 	require.Eventually(t, func() bool { _, _, rv := s.State(7, nil); return rv == RVOK },
 		3*time.Second, 50*time.Millisecond, "the load finishes in the background")
+}
+
+func TestRaiseProcs(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	runtime.GOMAXPROCS(2)
+	RaiseProcs(func(string) string { return "" }, 40)
+	assert.Equal(t, 40, runtime.GOMAXPROCS(0))
+	RaiseProcs(func(string) string { return "" }, 10)
+	assert.Equal(t, 40, runtime.GOMAXPROCS(0), "never lowered")
+	runtime.GOMAXPROCS(2)
+	RaiseProcs(func(k string) string {
+		if k == "GOMAXPROCS" {
+			return "2"
+		}
+		return ""
+	}, 40)
+	assert.Equal(t, 2, runtime.GOMAXPROCS(0), "the operator's choice stands")
 }

@@ -14,6 +14,7 @@ package probe
 
 import (
 	"errors"
+	"runtime"
 	"sync"
 	"time"
 
@@ -187,6 +188,19 @@ func (e *Engine) Close() {
 	})
 }
 
+// Members returns how many distinct members the engine checks.
+func (e *Engine) Members() int { return len(e.members) }
+
+// WantProcs is the GOMAXPROCS a program that owns its Go runtime should run
+// the engine with: a member's lightweight call is a blocking cgo call, and a
+// goroutine in a cgo call keeps its P until the runtime's monitor takes it
+// back (after up to 10 ms in an idle program), so with fewer Ps than members
+// the calls of one check run only a few at a time. With one P per member
+// plus the CPUs, every member's call starts at once. libhaext.so and
+// hastatus raise GOMAXPROCS to this; a Go program using the engine should
+// do the same. Idle Ps cost nothing.
+func (e *Engine) WantProcs() int { return runtime.NumCPU() + len(e.members) }
+
 // Timeout returns the engine's statusTimeout.
 func (e *Engine) Timeout() time.Duration { return e.timeout }
 
@@ -242,45 +256,61 @@ func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
 	var healthy [conf.MaxMembers]bool
 	e.checkSockets(g, healthy[:len(ms)])
 
-	var waits [conf.MaxMembers]chan struct{}
-	var ready [conf.MaxMembers]bool
-	for i, m := range ms {
-		out[i] = Verdict{Serial: m.serial}
-		out[i].Status, waits[i], ready[i] = m.begin(start, healthy[i])
-	}
-
 	var timer *time.Timer
-	timedOut := false
-	for i, m := range ms {
-		for waits[i] != nil {
+	expired := false
+	wait := func(ch <-chan struct{}) bool { // false when the deadline passed
+		if expired {
 			select {
-			case <-waits[i]:
+			case <-ch:
+				return true
 			default:
-				if !timedOut {
-					if timer == nil {
-						timer = time.NewTimer(time.Until(deadline))
-						defer timer.Stop()
-					}
-					select {
-					case <-waits[i]:
-					case <-timer.C:
-						timedOut = true
-						continue
-					}
-				} else {
-					out[i].Status, waits[i] = StatusTimeout, nil
-					continue
-				}
+				return false
 			}
-			if !ready[i] {
-				// The member's first resolution ended: start its check.
-				out[i].Status, waits[i], ready[i] = m.begin(time.Now(), healthy[i])
-				continue
-			}
+		}
+		if timer == nil {
+			timer = time.NewTimer(time.Until(deadline))
+		}
+		select {
+		case <-ch:
+			return true
+		case <-timer.C:
+			expired = true
+			return false
+		}
+	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+
+	// Start or join every ready member's round, then give members still in
+	// their first resolution (only right after Start) until the deadline,
+	// then wait once for all the rounds.
+	w := newWaiter()
+	var gens [conf.MaxMembers]uint64
+	var unready [conf.MaxMembers]chan struct{}
+	for i, m := range ms {
+		out[i] = Verdict{Serial: m.serial, Status: StatusTimeout}
+		if ok, ch := m.isReady(); ok {
+			out[i].Status, gens[i] = m.begin(start, healthy[i], w)
+		} else {
+			unready[i] = ch
+		}
+	}
+	for i, m := range ms {
+		if unready[i] != nil && wait(unready[i]) {
+			out[i].Status, gens[i] = m.begin(time.Now(), healthy[i], w)
+		}
+	}
+	w.release()
+	wait(w.done)
+	for i, m := range ms {
+		if gens[i] > 0 {
 			var at time.Time
-			out[i].Status, at = m.result()
-			out[i].Took = max(at.Sub(start), 0)
-			waits[i] = nil
+			if out[i].Status, at = m.result(gens[i]); !at.IsZero() {
+				out[i].Took = max(at.Sub(start), 0)
+			}
 		}
 		if out[i].Took == 0 {
 			out[i].Took = time.Since(start)

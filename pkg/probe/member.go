@@ -2,6 +2,7 @@ package probe
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libhaext/libhaext/pkg/conf"
@@ -32,11 +33,14 @@ type member struct {
 	// Recovery (background only).
 	wantRecover bool
 	lastAttempt time.Time
-	// The lightweight call (stage 3): at most one round at a time.
+	// The lightweight call (stage 3): at most one round at a time. Status
+	// calls that wait for the round register a waiter, told when it ends.
 	roundActive  bool
 	roundRunning bool
 	roundStart   time.Time
-	roundDone    chan struct{}
+	roundGen     uint64 // rounds started
+	doneGen      uint64 // rounds finished
+	waiters      []*waiter
 	lastRV       uint
 	lastDoneAt   time.Time
 	// Last verdict reported, for transitions.
@@ -62,40 +66,74 @@ func (m *member) kick() {
 	}
 }
 
+// waiter is one status call waiting for its members' rounds: it is woken
+// once, when the last of them ends, so a caller parks once per call however
+// many members it checks.
+type waiter struct {
+	pending atomic.Int32
+	done    chan struct{}
+}
+
+func newWaiter() *waiter {
+	w := &waiter{done: make(chan struct{})}
+	w.pending.Store(1) // the caller's own hold, released by release
+	return w
+}
+
+// release drops the caller's hold, once every member is registered.
+func (w *waiter) release() { w.arrive() }
+
+func (w *waiter) arrive() {
+	if w.pending.Add(-1) == 0 {
+		close(w.done)
+	}
+}
+
 // begin runs stages 1 and 2 for a status call started at now, and starts or
-// joins the member's lightweight call. It returns either a final status
-// (wait == nil) or a channel to wait on: the member's first resolution when
-// ready is false, otherwise the round whose result will be the verdict.
-func (m *member) begin(now time.Time, socketOK bool) (status uint, wait chan struct{}, ready bool) {
+// joins the member's lightweight call, registering w to be told when that
+// round ends. It returns a final status, or the round's number (gen > 0) to
+// read the result of once w is done.
+func (m *member) begin(now time.Time, socketOK bool, w *waiter) (status uint, gen uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if !m.ready {
-		return 0, m.readyCh, false
-	}
 	if !m.hasSession {
-		return StatusNoInstance, nil, true
+		return StatusNoInstance, 0
 	}
 	if !socketOK {
-		return StatusSocketDown, nil, true
+		return StatusSocketDown, 0
 	}
 	if m.roundActive {
 		if now.Sub(m.roundStart) >= m.e.timeout {
 			// The member's earlier call is stuck: do not ask again.
-			return StatusTimeout, nil, true
+			return StatusTimeout, 0
 		}
-		return 0, m.roundDone, true
+	} else {
+		m.roundActive = true
+		m.roundStart = now
+		m.roundGen++
+		m.kick()
 	}
-	m.roundActive = true
-	m.roundStart = now
-	m.roundDone = make(chan struct{})
-	m.kick()
-	return 0, m.roundDone, true
+	w.pending.Add(1)
+	m.waiters = append(m.waiters, w)
+	return 0, m.roundGen
 }
 
-// result returns the CK_RV of the latest completed round and when it ended.
-func (m *member) result() (uint, time.Time) {
+// isReady returns whether the member's first resolution has ended, and if
+// not, a channel closed when it does.
+func (m *member) isReady() (bool, chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	return m.ready, m.readyCh
+}
+
+// result returns the verdict of round gen, or of a later one, and when it
+// ended; StatusTimeout when no such round has ended yet.
+func (m *member) result(gen uint64) (uint, time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.doneGen < gen {
+		return StatusTimeout, time.Time{}
+	}
 	return m.lastRV, m.lastDoneAt
 }
 
@@ -131,10 +169,16 @@ func (m *member) run() {
 func (m *member) probe(session uint) {
 	rv := RV(m.e.mod.SessionInfo(session))
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.lastRV = rv
 	m.lastDoneAt = time.Now()
-	done := m.roundDone
-	m.roundActive, m.roundRunning, m.roundDone = false, false, nil
+	m.doneGen = m.roundGen
+	m.roundActive, m.roundRunning = false, false
+	for i, w := range m.waiters {
+		w.arrive()
+		m.waiters[i] = nil
+	}
+	m.waiters = m.waiters[:0]
 	if dropsSession(rv) && m.hasSession && m.session == session {
 		m.hasSession = false
 		// A session that still exists on the token is closed by recovery;
@@ -143,8 +187,6 @@ func (m *member) probe(session uint) {
 			m.stale, m.hasStale = session, true
 		}
 	}
-	m.mu.Unlock()
-	close(done)
 }
 
 // dueForRecovery marks the member for recovery when it has no monitor
