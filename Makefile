@@ -89,6 +89,12 @@ uninstall:
 	rm -f $(DESTDIR)$(LIBDIR)/libhaext.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libhaext.so \
 	    $(DESTDIR)$(INCLUDEDIR)/cryptoki_ha.h $(DESTDIR)$(BINDIR)/hastatus $(DESTDIR)$(PCDIR)/haext.pc
 
+# Benchmarks on the lab: legacy sequential check against CA_GetCurrentHAState,
+# 1 to 32 members, 0/1/5 ms injected latency, faults, concurrency, resources;
+# writes BENCHMARKS.md and BENCHMARKS.json.
+bench: deps $(BUILD)/libhaext.so
+	bash test/bench/run.sh
+
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzToINI -fuzztime=30s ./pkg/conf
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=30s ./pkg/conf

@@ -11,7 +11,7 @@
 #
 # Usage: lab.sh COMMAND [--dir DIR] [options]     (DIR may also be $HALAB_DIR)
 #   up --mode direct|net --members N [--group-serial S] [--label L]
-#      [--timeout SEC] [--no-endpoints]
+#      [--timeout SEC] [--no-endpoints] [--delay-us N]
 #   down [--purge]
 #   exec -- CMD [ARGS...]
 #   status
@@ -20,6 +20,10 @@
 #                              per-connection p11-kit-remote process(es))
 #   kill-server IDX           (net mode: the member's server and children die)
 #   restart-server IDX        (net mode: start the member's server again)
+#
+# --delay-us N (net mode): every member's server loads the delay shim
+# ($HALAB_SHIM, built from test/shim/delayshim.c) as its provider, which
+# sleeps N microseconds before it forwards each call to SoftHSM2.
 #
 # See test/lab/README.md.
 set -euo pipefail
@@ -157,7 +161,7 @@ ensure_deps() {
 
 DIR=""
 ST_MODE="" ST_MEMBERS="" ST_LABID="" ST_SOFTHSM="" ST_SERVER="" ST_MODULE=""
-ST_SERIALS=""
+ST_SERIALS="" ST_PROVIDER="" ST_DELAY_US=""
 
 resolve_dir() {
 	[ -n "$DIR" ] || DIR=${HALAB_DIR:-}
@@ -186,6 +190,8 @@ load_state() {
 	ST_SERVER=$HALAB_ST_SERVER
 	ST_MODULE=$HALAB_ST_MODULE
 	ST_SERIALS=$HALAB_ST_SERIALS
+	ST_PROVIDER=${HALAB_ST_PROVIDER:-$ST_SOFTHSM}
+	ST_DELAY_US=${HALAB_ST_DELAY_US:-}
 }
 
 save_state() {
@@ -198,6 +204,8 @@ save_state() {
 		printf 'HALAB_ST_SERVER=%q\n' "$ST_SERVER"
 		printf 'HALAB_ST_MODULE=%q\n' "$ST_MODULE"
 		printf 'HALAB_ST_SERIALS=%q\n' "$ST_SERIALS"
+		printf 'HALAB_ST_PROVIDER=%q\n' "$ST_PROVIDER"
+		printf 'HALAB_ST_DELAY_US=%q\n' "$ST_DELAY_US"
 	} >"$DIR/.halab.tmp"
 	mv -f "$DIR/.halab.tmp" "$DIR/.halab"
 }
@@ -368,8 +376,10 @@ start_server() {
 	# Not a job-control shell, so the background job is not a process-group
 	# leader and setsid(1) calls setsid() without forking: $! is the server.
 	# The lock fd 9 is closed so that the server does not inherit it.
+	# With --delay-us the provider is the delay shim, in front of SoftHSM2.
 	SOFTHSM2_CONF="$conf" HALAB_LAB_ID="$ST_LABID" HALAB_MEMBER="$idx" \
-		setsid "$ST_SERVER" -f --provider "$ST_SOFTHSM" -n "$sock" \
+		DELAYSHIM_MODULE="$ST_SOFTHSM" DELAYSHIM_US="${ST_DELAY_US:-0}" \
+		setsid "$ST_SERVER" -f --provider "$ST_PROVIDER" -n "$sock" \
 		"pkcs11:token=$name" </dev/null >>"$logf" 2>&1 9>&- &
 	pid=$!
 	set_server_pid "$idx" "$pid"
@@ -492,7 +502,7 @@ up_cleanup() {
 }
 
 cmd_up() {
-	local mode=$1 members=$2 gserial=$3 label=$4 timeout=$5 endpoints=$6
+	local mode=$1 members=$2 gserial=$3 label=$4 timeout=$5 endpoints=$6 delay_us=$7
 	local idx name conf serials=()
 
 	[ -n "$mode" ] || die "up: --mode direct|net is required"
@@ -507,6 +517,15 @@ cmd_up() {
 	[[ "$label" =~ ^[A-Za-z0-9_.:@+-]([A-Za-z0-9_.:@+\ -]*[A-Za-z0-9_.:@+-])?$ ]] ||
 		die "up: bad --label '$label'"
 	[ ${#label} -le 32 ] || die "up: --label longer than 32 characters"
+	local shim=""
+	if [ -n "$delay_us" ]; then
+		[[ "$delay_us" =~ ^[0-9]+$ ]] || die "up: --delay-us must be a whole number of microseconds"
+		delay_us=$((10#$delay_us))
+		[ "$mode" = net ] || die "up: --delay-us needs --mode net"
+		[ -n "${HALAB_SHIM:-}" ] || die "up: --delay-us needs HALAB_SHIM=/path/to/delayshim.so (test/shim/delayshim.c)"
+		[ -f "$HALAB_SHIM" ] || die "up: HALAB_SHIM=$HALAB_SHIM is not a file"
+		shim=$(realpath -- "$HALAB_SHIM")
+	fi
 	resolve_dir
 	if [ "$mode" = net ]; then
 		local s
@@ -529,6 +548,8 @@ cmd_up() {
 	ST_MEMBERS=$members
 	ST_LABID="halab-$(cat /proc/sys/kernel/random/uuid)"
 	ST_SOFTHSM=$(find_softhsm_module) || die "libsofthsm2.so not found"
+	ST_PROVIDER=${shim:-$ST_SOFTHSM}
+	ST_DELAY_US=$delay_us
 	ST_SERVER=""
 	if [ "$mode" = net ]; then
 		ST_SERVER=$(find_server_bin) || die "p11-kit-server not found"
@@ -618,7 +639,7 @@ cmd_up() {
 
 	UP_OK=1
 	trap - EXIT INT TERM HUP
-	echo "halab: up mode=$mode members=$members dir=$DIR module=$ST_MODULE group=$gserial serials=${serials[*]}"
+	echo "halab: up mode=$mode members=$members dir=$DIR module=$ST_MODULE group=$gserial serials=${serials[*]}${delay_us:+ delay_us=$delay_us}"
 }
 
 cmd_exec() {
@@ -784,7 +805,7 @@ main() {
 	[ $# -gt 0 ] || usage
 	local cmd=$1
 	shift
-	local mode="" members="" gserial=1000001 label=halab timeout=3 endpoints=1 purge=0
+	local mode="" members="" gserial=1000001 label=halab timeout=3 endpoints=1 purge=0 delay_us=""
 	local pos=()
 	while [ $# -gt 0 ]; do
 		case "$1" in
@@ -801,6 +822,8 @@ main() {
 		--timeout) [ $# -ge 2 ] || die "--timeout needs a value"; timeout=$2; shift 2 ;;
 		--timeout=*) timeout=${1#--timeout=}; shift ;;
 		--no-endpoints) endpoints=0; shift ;;
+		--delay-us) [ $# -ge 2 ] || die "--delay-us needs a value"; delay_us=$2; shift 2 ;;
+		--delay-us=*) delay_us=${1#--delay-us=}; shift ;;
 		--purge) purge=1; shift ;;
 		-h | --help) usage ;;
 		--) shift; pos+=("$@"); break ;;
@@ -818,7 +841,7 @@ main() {
 	case "$cmd" in
 	up)
 		[ ${#pos[@]} -eq 0 ] || die "up: unexpected argument: ${pos[0]}"
-		cmd_up "$mode" "$members" "$gserial" "$label" "$timeout" "$endpoints"
+		cmd_up "$mode" "$members" "$gserial" "$label" "$timeout" "$endpoints" "$delay_us"
 		;;
 	down)
 		[ ${#pos[@]} -eq 0 ] || die "down: unexpected argument: ${pos[0]}"

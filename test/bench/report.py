@@ -1,0 +1,446 @@
+#!/usr/bin/env python3
+"""Writes BENCHMARKS.md and results.json from the bench results.
+
+Input: the JSON lines build/bench writes (one object per measurement) and the
+output of `go test -bench`. Called by test/bench/run.sh; standard library only.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+
+
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine():
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    distro = ""
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    distro = line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = "%.1f GiB" % (int(line.split()[1]) / 1048576)
+    except OSError:
+        pass
+    pkgs = {}
+    for p in ("p11-kit", "softhsm2"):
+        v = sh("dpkg-query", "-W", "-f=${Version}", p)
+        if v:
+            pkgs[p] = v
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "os": distro,
+        "memory": mem,
+        "packages": pkgs,
+    }
+
+
+GO_LINE = re.compile(r"^(Benchmark\S*)\s+(\d+)\s+([\d.]+) ns/op(?:\s+([\d.]+) B/op)?(?:\s+([\d.]+) allocs/op)?")
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def go_bench(path):
+    """One row per benchmark: the median of its runs (-count), with the
+    range of ns/op."""
+    runs, raw = {}, ""
+    try:
+        with open(path) as f:
+            raw = f.read()
+    except OSError:
+        return [], raw
+    for line in raw.splitlines():
+        m = GO_LINE.match(line.strip())
+        if m:
+            runs.setdefault(m.group(1), []).append({
+                "iterations": int(m.group(2)),
+                "ns_per_op": float(m.group(3)),
+                "bytes_per_op": float(m.group(4)) if m.group(4) else None,
+                "allocs_per_op": float(m.group(5)) if m.group(5) else None,
+            })
+    rows = []
+    for name, rs in runs.items():
+        def med(key):
+            vals = [r[key] for r in rs if r[key] is not None]
+            return median(vals) if vals else None
+        rows.append({
+            "name": name,
+            "runs": len(rs),
+            "iterations": int(median([r["iterations"] for r in rs])),
+            "ns_per_op": med("ns_per_op"),
+            "ns_per_op_min": min(r["ns_per_op"] for r in rs),
+            "ns_per_op_max": max(r["ns_per_op"] for r in rs),
+            "bytes_per_op": med("bytes_per_op"),
+            "allocs_per_op": med("allocs_per_op"),
+        })
+    return rows, raw
+
+
+def f(v, digits=2):
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "%.*f" % (digits, v)
+    return str(v)
+
+
+def find(results, scenario, **kw):
+    for r in results:
+        if r.get("scenario") == scenario and all(r.get(k) == v for k, v in kw.items()):
+            return r
+    return None
+
+
+def go_row(rows, members):
+    """The engine benchmark of a group of `members`: BenchmarkCheck/members=N,
+    BenchmarkCheckN or BenchmarkCheck_N (with the -GOMAXPROCS suffix)."""
+    pat = re.compile(r"^BenchmarkCheck(?:/members=|_)?%d(?:-\d+)?$" % members)
+    for r in rows:
+        if pat.match(r["name"]):
+            return r
+    return None
+
+
+def targets(results, gorows):
+    out = []
+
+    def add(name, measured, ok, note=""):
+        out.append({"target": name, "measured": measured, "pass": ok, "note": note})
+
+    s = find(results, "summary", members=32, latency_us=1000)
+    if s:
+        v = s.get("libhaext_over_floor")
+        add("32 members, 1 ms injected: libhaext p50 <= 1.5x floor p50",
+            "%s ms / %s ms = %.2fx" % (f(s.get("libhaext_p50_ms"), 3), f(s.get("floor_p50_ms"), 3), v),
+            v is not None and v <= 1.5)
+        v = s.get("legacy_over_libhaext")
+        add("32 members, 1 ms injected: legacy p50 / libhaext p50 >= 40x",
+            "%s ms / %s ms = %.1fx" % (f(s.get("legacy_p50_ms"), 1), f(s.get("libhaext_p50_ms"), 3), v),
+            v is not None and v >= 40)
+    else:
+        add("32 members, 1 ms injected (libhaext/floor, legacy/libhaext)", "not measured", False)
+
+    d = find(results, "fault_dead", latency_us=1000)
+    if d:
+        add("dead member reported < 5 ms (every call after the kill)",
+            "max %s ms, p99 %s ms, p50 %s ms over %d calls; %d wrong reports" % (
+                f(d["max_ms"], 3), f(d["p99_ms"], 3), f(d["p50_ms"], 3), d["samples"], d["errors"]),
+            d["max_ms"] < 5 and d["errors"] == 0)
+    else:
+        add("dead member reported < 5 ms", "not measured", False)
+    h = find(results, "fault_hung_first", latency_us=1000)
+    if h:
+        add("hung member: first report <= statusTimeout + 20 ms",
+            "%s ms (statusTimeout %s ms, +%s ms)%s" % (
+                f(h["first_call_ms"], 1), f(h["timeout_ms"], 0), f(h["over_timeout_ms"], 1),
+                "" if h["first_call_ok"] else "; wrong statuses"),
+            h["first_call_ms"] <= h["timeout_ms"] + 20 and h["first_call_ok"])
+    else:
+        add("hung member: first report <= statusTimeout + 20 ms", "not measured", False)
+    for lat, label in ((1000, ""), (0, " [extra: same on a lab with no injected latency]")):
+        h = find(results, "fault_hung_during", latency_us=lat)
+        ok = find(results, "fault_healthy", latency_us=lat)
+        if h:
+            add("calls during a hang (stuck call older than statusTimeout) return within 1 ms" + label,
+                "max %s ms, p99 %s ms, p50 %s ms over %d calls; %d wrong reports (healthy group before: "
+                "p50 %s ms)" % (
+                    f(h["max_ms"], 3), f(h["p99_ms"], 3), f(h["p50_ms"], 3), h["samples"], h["errors"],
+                    f(ok["p50_ms"], 3) if ok else "n/a"),
+                h["max_ms"] <= 1 and h["errors"] == 0)
+        elif lat == 1000:
+            add("calls during a hang return within 1 ms", "not measured", False)
+
+    g = go_row(gorows, 32)
+    if g:
+        us = g["ns_per_op"] / 1000
+        add("engine overhead, fake backend, 32 members: <= 30 us/op",
+            "%.1f us/op, median of %d runs (%.1f..%.1f; %s)" % (
+                us, g["runs"], g["ns_per_op_min"] / 1000, g["ns_per_op_max"] / 1000, g["name"]), us <= 30)
+        a = g["allocs_per_op"]
+        add("engine overhead, fake backend, 32 members: <= 64 allocs/op", "%s allocs/op" % f(a, 0),
+            a is not None and a <= 64)
+    else:
+        add("engine overhead, fake backend, 32 members (us/op, allocs/op)", "benchmark not found", False)
+
+    one = find(results, "concurrency", callers=1)
+    many = find(results, "concurrency", callers=64)
+    if one and many:
+        r = many["p99_ms"] / one["p99_ms"]
+        add("64 concurrent callers: p99 <= 2x single-caller p99",
+            "%s ms vs %s ms = %.2fx" % (f(many["p99_ms"], 3), f(one["p99_ms"], 3), r), r <= 2)
+    else:
+        add("64 concurrent callers: p99 <= 2x single-caller p99", "not measured", False)
+    return out
+
+
+def table(head, rows):
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(meta, results, gorows, goraw, tgts):
+    m = meta["machine"]
+    md = ["# libhaext benchmarks", "",
+          "Generated by `test/bench/run.sh`; do not edit by hand. Raw numbers: `BENCHMARKS.json`.", ""]
+    if meta.get("quick"):
+        md += ["**Smoke run (BENCH_QUICK=1): a tenth of the samples; not a reference.**", ""]
+    md += [
+        "- Command: `make bench`",
+        "- Date: %s (run took %s s)" % (meta["date"], meta["seconds"]),
+        "- Machine: %s CPUs, %s, %s; kernel %s; %s" % (m["nproc"], m["cpu"] or "unknown CPU", m["memory"],
+                                                        m["kernel"], m["os"]),
+        "- Components: %s; %s" % (", ".join("%s %s" % kv for kv in sorted(m["packages"].items())),
+                                  meta.get("go_version") or "go"),
+        "- Lab: `test/lab/lab.sh up --mode net --timeout 3`: every member is a SoftHSM2 token served by its own "
+        "`p11-kit server` over a unix socket; the vendor module is p11-kit-proxy.so. Injected latency: the "
+        "member's server loads `test/shim/delayshim.c`, which sleeps that long before every call it forwards "
+        "(once per round trip); 0 means no shim.",
+        "- Percentiles are nearest-rank over the samples taken after a warm-up.",
+        "",
+        "## 1. Latency per group size and injected latency",
+        "",
+        "legacy: for each member in turn, C_OpenSession (read-only) + C_GetSessionInfo + C_CloseSession "
+        "(3 round trips per member). libhaext: one CA_GetCurrentHAState on the group. floor: one "
+        "C_GetSessionInfo round trip over a session the bench holds on member 0. Times in ms.",
+        "",
+    ]
+    rows, cost = [], []
+    lats = sorted({r["latency_us"] for r in results if r["scenario"] == "summary"})
+    sizes = sorted({r["members"] for r in results if r["scenario"] == "summary"})
+    for lat in lats:
+        for n in sizes:
+            s = find(results, "summary", members=n, latency_us=lat)
+            if not s:
+                continue
+            leg = find(results, "legacy", members=n, latency_us=lat)
+            lib = find(results, "libhaext", members=n, latency_us=lat)
+            flo = find(results, "floor", members=n, latency_us=lat)
+            fan = find(results, "c_fanout", members=n, latency_us=lat)
+            rows.append([n, "%g ms" % (lat / 1000), f(s["legacy_p50_ms"], 2), f(s["legacy_p99_ms"], 2),
+                         f(s["libhaext_p50_ms"], 3), f(s["libhaext_p99_ms"], 3),
+                         "%.1fx" % s["legacy_over_libhaext"], f(s["floor_p50_ms"], 3),
+                         "%.2fx" % s["libhaext_over_floor"], f(fan["p50_ms"], 3) if fan else "n/a",
+                         "%d/%d/%d" % (leg["samples"], lib["samples"], flo["samples"])])
+            cost.append([n, "%g ms" % (lat / 1000), f(lib.get("cpu_ms_per_call"), 3),
+                         f(lib.get("machine_cpu_ms_per_call"), 3),
+                         f(fan.get("cpu_ms_per_call"), 3) if fan else "n/a",
+                         f(fan.get("machine_cpu_ms_per_call"), 3) if fan else "n/a",
+                         f(flo.get("machine_cpu_ms_per_call"), 3), f(leg.get("machine_cpu_ms_per_call"), 3)])
+    md += [table(["members", "injected", "legacy p50", "legacy p99", "libhaext p50", "libhaext p99",
+                  "legacy/libhaext", "floor p50", "libhaext/floor", "C fan-out p50", "samples leg/lib/floor"],
+                 rows), ""]
+    md += ["C fan-out: not libhaext; the bench's own ideal parallel check in C (one thread per member, each "
+           "holding a session, released together for one C_GetSessionInfo each; done when the last answers). "
+           "It is a reference for what a parallel check can reach on this machine.", "",
+           "CPU time per call (ms): the bench process (user+sys, p11-kit-proxy's client side included) and the "
+           "whole machine (from /proc/stat: the member servers and the kernel too). A machine figure near 0 "
+           "means below the 10 ms tick resolution over the run.", ""]
+    md += [table(["members", "injected", "libhaext process", "libhaext machine", "C fan-out process",
+                  "C fan-out machine", "floor machine", "legacy machine"], cost), ""]
+
+    md += ["## 2. Faults", "",
+           "8 members, HAMemberEndpoints configured (lab default), statusTimeout 3 s; the reference lab has "
+           "1 ms injected, a second one none. Member 1's p11-kit-remote is SIGKILLed (`lab.sh kill`); then "
+           "member 2's is SIGSTOPped (`lab.sh stop`, member 1 still dead); then SIGCONT. A call returns when "
+           "every member has a verdict, so it can never be faster than the healthy members' round trip.", ""]
+    rows = []
+    for lat in sorted({r["latency_us"] for r in results if r["scenario"].startswith("fault_")}, reverse=True):
+        inj = "%g ms" % (lat / 1000)
+        r = find(results, "fault_healthy", latency_us=lat)
+        if r:
+            rows.append([inj, "healthy group (before the faults)", "all CKR_OK", f(r["p50_ms"], 3),
+                         f(r["max_ms"], 3), r["samples"], r["errors"]])
+        r = find(results, "fault_dead", latency_us=lat)
+        if r:
+            rows.append([inj, "dead member: calls after the kill (first call %s ms, %s)" % (
+                f(r["first_call_ms"], 3), "correct" if r["first_call_ok"] else "not yet reported"),
+                "member 1 CKR_HA_SOCKET_DOWN", f(r["p50_ms"], 3), f(r["max_ms"], 3), r["samples"], r["errors"]])
+        r = find(results, "fault_hung_first", latency_us=lat)
+        if r:
+            rows.append([inj, "hung member: first call (statusTimeout %s ms)" % f(r["timeout_ms"], 0),
+                         "member 2 CKR_HA_TIMEOUT", f(r["first_call_ms"], 1), f(r["first_call_ms"], 1), 1,
+                         0 if r["first_call_ok"] else 1])
+        r = find(results, "fault_hung_during", latency_us=lat)
+        if r:
+            rows.append([inj, "hung member: calls once the stuck call is older than statusTimeout",
+                         "member 2 CKR_HA_TIMEOUT", f(r["p50_ms"], 3), f(r["max_ms"], 3), r["samples"],
+                         r["errors"]])
+        r = find(results, "fault_resume", latency_us=lat)
+        if r:
+            rows.append([inj, "resume: SIGCONT until member 2 is CKR_OK again", "member 2 CKR_OK",
+                         f(r["resume_ms"], 1) if r["ok"] else "not within statusTimeout + 5 s", "", "", ""])
+    md += [table(["injected", "case", "expected", "p50 ms", "max ms", "calls", "wrong reports"], rows), ""]
+
+    md += ["## 3. Concurrency", "",
+           "8 members, 1 ms injected; N caller threads call CA_GetCurrentHAState back to back.", ""]
+    rows = []
+    for r in sorted((r for r in results if r["scenario"] == "concurrency"), key=lambda r: r["callers"]):
+        rows.append([r["callers"], f(r["seconds"], 1), "%.0f" % r["calls_per_s"], f(r["p50_ms"], 3),
+                     f(r["p99_ms"], 3), f(r["max_ms"], 3), r["errors"], "%.2f" % r["cpu_util"],
+                     f(r.get("machine_cores_busy"), 2)])
+    md += [table(["callers", "seconds", "calls/s", "p50 ms", "p99 ms", "max ms", "wrong reports",
+                  "bench process CPUs busy", "machine CPUs busy"], rows), ""]
+
+    md += ["## 4. Resources", "", "8 members, no injected latency; VmRSS and Threads from /proc/self/status.", ""]
+    r = find(results, "resources")
+    if r:
+        md += [table(["point", "RSS KiB", "threads"], [
+            ["host loaded both libraries, no call yet", r["rss_at_load_kib"], r["threads_at_load"]],
+            ["after 1,000 warm-up calls", r["rss_before_kib"], r["threads_before"]],
+            ["after %s more calls" % format(r["calls"], ","), r["rss_after_kib"], r["threads_after"]],
+            ["peak during the run (sampled every 10,000 calls)", r["rss_peak_kib"], r["threads_peak"]],
+        ]), "", "%s calls in %s s (%s ms/call), %d wrong reports; RSS growth over the run: %+d KiB." % (
+            format(r["calls"], ","), f(r["seconds"], 1), f(r["mean_ms"], 3), r["errors"],
+            r["rss_after_kib"] - r["rss_before_kib"]), ""]
+
+    md += ["## 5. Go engine benchmarks", "",
+           "`go test -run='^$' -bench=. -benchmem -count=%s ./pkg/probe`: probe.Engine.Check over a fake, "
+           "zero-latency module (the engine's own cost); the median of the runs, and the range of ns/op." % (
+               gorows[0]["runs"] if gorows else "N"), ""]
+    if gorows:
+        md += [table(["benchmark", "runs", "iterations", "ns/op (median)", "ns/op range", "B/op", "allocs/op"],
+                     [[g["name"], g["runs"], g["iterations"], "%.0f" % g["ns_per_op"],
+                       "%.0f..%.0f" % (g["ns_per_op_min"], g["ns_per_op_max"]), f(g["bytes_per_op"], 0),
+                       f(g["allocs_per_op"], 0)] for g in gorows]), ""]
+    else:
+        md += ["No benchmark lines; the command printed:", "", "```", goraw.strip() or "(nothing)", "```", ""]
+
+    md += ["## Targets", ""]
+    md += [table(["target", "measured", "result"],
+                 [[t["target"], t["measured"], "PASS" if t["pass"] else "**MISS**"] for t in tgts]), ""]
+
+    notes = notes_for(results, gorows)
+    if notes:
+        md += ["## Notes", ""] + ["- " + n for n in notes] + [""]
+    return "\n".join(md)
+
+
+def notes_for(results, gorows):
+    """Observations computed from this run's numbers."""
+    notes = []
+    ncpu = os.cpu_count()
+    for lat in (1000, 5000):
+        d = find(results, "libhaext_gomaxprocs64", members=32, latency_us=lat)
+        s = find(results, "summary", members=32, latency_us=lat)
+        if d and s:
+            text = ("Diagnostic, 32 members at %g ms: with GOMAXPROCS=64 libhaext p50 is %s ms (%.2fx floor), "
+                    "against %s ms (%.2fx) with the default GOMAXPROCS (= %s CPUs)." % (
+                        lat / 1000, f(d["p50_ms"], 3), d["p50_ms"] / s["floor_p50_ms"],
+                        f(s["libhaext_p50_ms"], 3), s["libhaext_over_floor"], ncpu))
+            if s.get("legacy_p50_ms"):
+                text += " Legacy/libhaext would be %.1fx with GOMAXPROCS=64 (%.1fx with the default)." % (
+                    s["legacy_p50_ms"] / d["p50_ms"], s["legacy_over_libhaext"])
+            if d["p50_ms"] < 0.8 * s["libhaext_p50_ms"]:
+                waves = s["libhaext_p50_ms"] / s["floor_p50_ms"]
+                text += (" With the default, the call takes about %.0f round trips for 32 members: a member's "
+                         "C_GetSessionInfo is a blocking cgo call that keeps its Go P, and the members' calls "
+                         "run only about GOMAXPROCS at a time." % waves)
+            notes.append(text)
+    for lat in (1000, 5000):
+        s = find(results, "summary", members=32, latency_us=lat)
+        if s and s.get("c_fanout_p50_ms"):
+            fan = s["c_fanout_p50_ms"]
+            notes.append(
+                "Bound, 32 members at %g ms: the ideal C fan-out takes %s ms p50, %.2fx the floor (%s ms); "
+                "libhaext takes %.2fx the C fan-out. %s" % (
+                    lat / 1000, f(fan, 3), fan / s["floor_p50_ms"], f(s["floor_p50_ms"], 3),
+                    s["libhaext_over_c_fanout"],
+                    "Even this C fan-out does not reach 1.5x the floor at 32 members on this machine (a bound measured, not proven: its own thread wake-ups cost time too)."
+                    if fan / s["floor_p50_ms"] > 1.5 else
+                    "The C fan-out stays within 1.5x the floor here."))
+    one = find(results, "concurrency", callers=1)
+    many = find(results, "concurrency", callers=64)
+    if one and many:
+        notes.append(
+            "Concurrency: 64 callers get %.0f calls/s (1 caller: %.0f), with the machine's CPUs %s busy of %s "
+            "(1 caller: %s): the callers wait, the CPUs are not saturated. p99 %s ms against %s ms. The bench "
+            "process makes %s context switches per call with 64 callers (%.0f per second). Every waiting "
+            "caller is a C thread parked inside Go: its goroutine is locked to that thread, so each wake-up "
+            "hands a Go P to that very thread." % (
+                many["calls_per_s"], one["calls_per_s"], f(many.get("machine_cores_busy"), 2), ncpu,
+                f(one.get("machine_cores_busy"), 2), f(many["p99_ms"], 3), f(one["p99_ms"], 3),
+                f(many.get("ctxsw_per_call"), 1), (many.get("ctxsw_per_call") or 0) * many["calls_per_s"]))
+    h = find(results, "fault_hung_during", latency_us=1000)
+    ok = find(results, "fault_healthy", latency_us=1000)
+    if h and ok and h["max_ms"] > 1:
+        text = ("Hang at 1 ms injected: calls during the hang take p50 %s ms, max %s ms; the healthy group "
+                "before the faults took p50 %s ms. A call also waits for the 6 healthy members' round trips "
+                "(at least 1 ms each), so 'within 1 ms' cannot hold on this lab" % (
+                    f(h["p50_ms"], 3), f(h["max_ms"], 3), f(ok["p50_ms"], 3)))
+        if h["p50_ms"] <= ok["p50_ms"] * 1.1:
+            text += "; the hung member itself adds no wait."
+        else:
+            text += "; and the calls during the hang are slower than healthy ones."
+        notes.append(text)
+    notes.append("The bench ignores SIGPIPE (it measures time, not signal safety; test/c covers that).")
+    return notes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--go-bench", required=True)
+    ap.add_argument("--out-json", required=True)
+    ap.add_argument("--out-md", required=True)
+    ap.add_argument("--seconds", type=int, default=0)
+    ap.add_argument("--quick", default="0")
+    ap.add_argument("--go-version", default="")
+    a = ap.parse_args()
+
+    results = []
+    with open(a.results) as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                results.append(json.loads(line))
+    gorows, goraw = go_bench(a.go_bench)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "make bench",
+        "seconds": a.seconds,
+        "quick": a.quick == "1",
+        "machine": machine(),
+        "go_version": a.go_version,
+    }
+    tgts = targets(results, gorows)
+    doc = {"meta": meta, "results": results, "go_bench": gorows, "targets": tgts}
+    with open(a.out_json, "w") as fh:
+        json.dump(doc, fh, indent=1)
+        fh.write("\n")
+    with open(a.out_md, "w") as fh:
+        fh.write(markdown(meta, results, gorows, goraw, tgts))
+
+
+if __name__ == "__main__":
+    main()

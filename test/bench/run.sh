@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Benchmarks of libhaext (`make bench`): CA_GetCurrentHAState against labs of
+# real members (test/lab/lab.sh: SoftHSM2 tokens behind p11-kit servers, with
+# latency injected server-side by the delay shim, test/shim/delayshim.c),
+# compared with the old session-per-member way and with one round trip; then
+# faults, concurrency, resources and the Go engine benchmarks.
+#
+# Needs build/libhaext.so (built by `make bench`). Compiles build/delayshim.so
+# and build/bench/bench itself. Writes build/bench/results.json, a copy in
+# BENCHMARKS.json and BENCHMARKS.md (test/bench/report.py). Every lab is
+# torn down on exit.
+#
+# Environment: CC, GO, BUILD (default build), BENCH_QUICK=1 (a smoke run with
+# a tenth of the samples; the report says so), BENCH_SIZES (default
+# "1 4 8 16 32"), BENCH_LATENCIES (microseconds, default "0 1000 5000").
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+top=$(cd "$here/../.." && pwd)
+build=${BUILD:-$top/build}
+out=$build/bench
+lab=$top/test/lab/lab.sh
+cc=${CC:-cc}
+sizes=${BENCH_SIZES:-1 4 8 16 32}
+latencies=${BENCH_LATENCIES:-0 1000 5000}
+timeout_s=3
+started=$(date +%s)
+
+log() { printf 'bench: %s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 2
+}
+
+find_go() {
+    if [ -n "${GO:-}" ]; then
+        printf '%s\n' "$GO"
+    elif command -v go >/dev/null 2>&1; then
+        command -v go
+    elif [ -x /usr/local/go/bin/go ]; then
+        echo /usr/local/go/bin/go
+    else
+        return 1
+    fi
+}
+
+find_python() {
+    local p
+    for p in /usr/bin/python3 "$(command -v python3 || true)"; do
+        if [ -n "$p" ] && [ -x "$p" ]; then
+            printf '%s\n' "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+cd "$top"
+[ -f "$build/libhaext.so" ] || die "$build/libhaext.so is missing: run \`make bench\` (or make build/libhaext.so)"
+go_bin=$(find_go) || die "go not found (set GO=/path/to/go)"
+python=$(find_python) || die "python3 not found"
+[ "$(id -u)" -eq 0 ] || log "warning: not root; lab.sh may skip (exit 77)"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/haext-bench.XXXXXX")
+cleanup() {
+    local d
+    for d in "$work"/lab*; do
+        if [ -d "$d" ]; then bash "$lab" down --dir "$d" >/dev/null 2>&1 || true; fi
+    done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+
+mkdir -p "$out"
+results=$out/results.jsonl
+benchlog=$out/bench.log
+: >"$results"
+: >"$benchlog"
+
+# Build the shim and the bench program.
+p11flags=$(pkg-config --cflags p11-kit-1)
+cflags=(-std=c99 -O2 -g -Wall -Wextra -Werror)
+# shellcheck disable=SC2206 # pkg-config output is a list of flags
+cflags+=($p11flags -Iinclude)
+log "compiling $build/delayshim.so and $out/bench"
+"$cc" "${cflags[@]}" -fPIC -shared -fvisibility=hidden -o "$build/delayshim.so" test/shim/delayshim.c -ldl -lpthread
+"$cc" "${cflags[@]}" -o "$out/bench" test/bench/bench.c test/c/harness.c -ldl -lpthread -lm
+export HALAB_SHIM=$build/delayshim.so
+
+# up DIR MEMBERS LATENCY_US: a net lab; latency 0 runs without the shim.
+up() {
+    local dir=$1 members=$2 lat=$3 extra=()
+    [ "$lat" -eq 0 ] || extra=(--delay-us "$lat")
+    local rc=0
+    bash "$lab" up --dir "$dir" --mode net --members "$members" --timeout "$timeout_s" "${extra[@]}" \
+        >>"$benchlog" 2>&1 || rc=$?
+    if [ "$rc" -eq 77 ]; then
+        log "SKIP: lab.sh cannot set up a lab here (see $benchlog)"
+        exit 77
+    fi
+    [ "$rc" -eq 0 ] || die "lab.sh up --members $members ${extra[*]} failed (see $benchlog)"
+}
+
+down() { bash "$lab" down --dir "$1" >>"$benchlog" 2>&1 || true; }
+
+# bench DIR LATENCY_US [ENV=VALUE...] -- SCENARIO...: runs build/bench/bench in the lab.
+bench() {
+    local dir=$1 lat=$2 envs=()
+    shift 2
+    while [ $# -gt 0 ] && [ "$1" != -- ]; do
+        envs+=("$1")
+        shift
+    done
+    shift
+    if ! bash "$lab" exec --dir "$dir" -- env LIBHAEXT="$build/libhaext.so" HALAB_LAB_SH="$lab" \
+        BENCH_LATENCY_US="$lat" BENCH_TIMEOUT_MS=$((timeout_s * 1000)) "${envs[@]}" \
+        "$out/bench" --json "$results" "$@" 2>&1 | tee -a "$benchlog"; then
+        die "bench $* failed in $dir (see $benchlog)"
+    fi
+}
+
+# 1. Latency: group size x injected latency.
+for lat in $latencies; do
+    for n in $sizes; do
+        dir=$work/lab-$n-$lat
+        log "lab: $n members, ${lat} us injected"
+        up "$dir" "$n" "$lat"
+        bench "$dir" "$lat" -- sweep
+        if [ "$n" -eq 32 ] && [ "$lat" -gt 0 ]; then
+            # Diagnostic: the same calls with more Go Ps than members.
+            bench "$dir" "$lat" GOMAXPROCS=64 -- libonly=libhaext_gomaxprocs64
+        fi
+        down "$dir"
+    done
+done
+
+# 2. Resources: 8 members, no injected latency, a fresh process.
+dir=$work/lab-res
+log "lab: resources (8 members, 0 us)"
+up "$dir" 8 0
+bench "$dir" 0 -- resources
+down "$dir"
+
+# 3. Concurrency, then faults: 8 members, 1 ms injected, endpoints configured
+# (plus faults with no injected latency).
+dir=$work/lab-conc
+log "lab: concurrency (8 members, 1000 us)"
+up "$dir" 8 1000
+bench "$dir" 1000 -- concurrency
+down "$dir"
+for lat in 1000 0; do
+    # The 1 ms lab is the reference; the 0 us one shows the library's own
+    # time when the healthy members answer at once.
+    dir=$work/lab-faults-$lat
+    log "lab: faults (8 members, $lat us)"
+    up "$dir" 8 "$lat"
+    bench "$dir" "$lat" -- faults
+    down "$dir"
+done
+
+# 4. The Go engine benchmarks (fake backend).
+log "go test -bench ./pkg/probe"
+gobench=$out/go-bench.txt
+# Five runs: the report takes the median (one run swings by 30% on a VM).
+"$go_bin" test -run='^$' -bench=. -benchmem -count=5 ./pkg/probe 2>&1 | tee "$gobench" ||
+    log "warning: go test -bench failed (its output is in the report)"
+
+# 5. Report.
+finished=$(date +%s)
+"$python" "$here/report.py" --results "$results" --go-bench "$gobench" --out-json "$out/results.json" \
+    --out-md "$top/BENCHMARKS.md" --seconds $((finished - started)) --quick "${BENCH_QUICK:-0}" \
+    --go-version "$("$go_bin" version 2>/dev/null || true)"
+cp "$out/results.json" "$top/BENCHMARKS.json"
+log "done in $((finished - started)) s: $top/BENCHMARKS.md, $out/results.json, $top/BENCHMARKS.json"
