@@ -29,18 +29,14 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../c/harness.h"
-
-extern char **environ;
 
 #define MAX CK_HA_MAX_MEMBERS
 
@@ -642,17 +638,10 @@ static void scenario_resources(void)
          thr_load, thr_before, thr_after, thr_peak);
 }
 
-/* lab runs "lab.sh ACTION --dir HALAB_DIR IDX" and waits for it. */
+/* lab applies a fault to a member; the bench cannot go on without it. */
 static void lab(const char *action, int idx)
 {
-    char index[16];
-    pid_t pid;
-    int status;
-    char *argv[] = {"bash", (char *)need_env("HALAB_LAB_SH"), (char *)action, "--dir",
-                    (char *)need_env("HALAB_DIR"), index, NULL};
-    snprintf(index, sizeof index, "%d", idx);
-    if (posix_spawnp(&pid, "bash", NULL, NULL, argv, environ) != 0 || waitpid(pid, &status, 0) < 0 ||
-        !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    if (lab_run(action, idx) != 0) {
         fprintf(stderr, "bench: lab.sh %s %d failed\n", action, idx);
         exit(2);
     }

@@ -3,10 +3,14 @@
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+
+extern char **environ;
 
 static int passed, failed;
 static pthread_mutex_t report_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -93,6 +97,21 @@ const char *need_env(const char *name)
         exit(2);
     }
     return v;
+}
+
+int lab_run(const char *action, int idx)
+{
+    char index[16];
+    pid_t pid;
+    int status;
+    char *argv[] = {"bash", (char *)need_env("HALAB_LAB_SH"), (char *)action, "--dir",
+                    (char *)need_env("HALAB_DIR"), index, NULL};
+    snprintf(index, sizeof index, "%d", idx);
+    if (posix_spawnp(&pid, "bash", NULL, NULL, argv, environ) != 0 || waitpid(pid, &status, 0) < 0 ||
+        !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        return -1;
+    }
+    return 0;
 }
 
 void host_load(struct host *h, const char *vendor_path, const char *libhaext_path)

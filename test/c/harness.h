@@ -45,6 +45,10 @@ int thread_count(void);
 /* Resident set size of this process in KiB. */
 long rss_kib(void);
 
+/* Runs "bash $HALAB_LAB_SH ACTION --dir $HALAB_DIR IDX" (a fault on a lab
+ * member: kill, stop, cont, ...) and waits for it; returns 0 on success. */
+int lab_run(const char *action, int idx);
+
 /* Required environment variable; exits when missing. */
 const char *need_env(const char *name);
 
