@@ -259,13 +259,13 @@ func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
 	var timer *time.Timer
 	expired := false
 	wait := func(ch <-chan struct{}) bool { // false when the deadline passed
+		select {
+		case <-ch:
+			return true
+		default:
+		}
 		if expired {
-			select {
-			case <-ch:
-				return true
-			default:
-				return false
-			}
+			return false
 		}
 		if timer == nil {
 			timer = time.NewTimer(time.Until(deadline))
