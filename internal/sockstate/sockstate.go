@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -21,21 +22,41 @@ import (
 // tcpEstablished is TCP_ESTABLISHED, the tcpi_state of a usable connection.
 const tcpEstablished = 1
 
-// Checker matches sockets against endpoints. TCP host names are resolved
-// once, by NewChecker; IP literals need no resolution.
+// Checker reports on the endpoints it was prepared for. TCP host names are
+// resolved once, by NewChecker. Concurrent checks share one scan of the
+// descriptors: a check that arrives while a scan is in flight waits for it
+// rather than making its own, as concurrent status calls share a member's
+// lightweight call.
 type Checker struct {
 	fdDir string
+	eps   []conf.Endpoint             // prepared, without duplicates
+	index map[conf.Endpoint]int       // endpoint -> position in eps
 	tcp   map[string][]netip.AddrPort // endpoint address -> resolved peers
+
+	mu      sync.Mutex
+	current *scan // the scan in flight, if any
+}
+
+// scan is one pass over the descriptors: the health of every prepared
+// endpoint.
+type scan struct {
+	done    chan struct{}
+	healthy []bool
 }
 
 // NewChecker prepares a Checker for the endpoints, resolving TCP host names
 // with the system resolver within timeout. A name that does not resolve
 // matches no socket, so its member is reported with its socket down.
 func NewChecker(eps []conf.Endpoint, timeout time.Duration) *Checker {
-	c := &Checker{fdDir: "/proc/self/fd", tcp: make(map[string][]netip.AddrPort)}
+	c := &Checker{fdDir: "/proc/self/fd", index: make(map[conf.Endpoint]int), tcp: make(map[string][]netip.AddrPort)}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for _, ep := range eps {
+		if _, dup := c.index[ep]; dup {
+			continue
+		}
+		c.index[ep] = len(c.eps)
+		c.eps = append(c.eps, ep)
 		if ep.Network != "tcp" {
 			continue
 		}
@@ -71,21 +92,51 @@ func resolve(ctx context.Context, address string) []netip.AddrPort {
 }
 
 // Check sets healthy[i] when this process holds at least one healthy
-// connection to eps[i]. Endpoints not prepared by NewChecker are resolved
-// only if they are IP literals.
+// connection to eps[i]. An endpoint the Checker was not prepared for is
+// reported down.
 func (c *Checker) Check(eps []conf.Endpoint, healthy []bool) {
-	for i := range healthy {
-		healthy[i] = false
+	shared := c.shared()
+	for i, ep := range eps {
+		j, ok := c.index[ep]
+		healthy[i] = ok && shared[j]
+	}
+}
+
+// shared returns the result of the scan in flight, waiting for it, or of a
+// new scan when none is.
+func (c *Checker) shared() []bool {
+	c.mu.Lock()
+	if s := c.current; s != nil {
+		c.mu.Unlock()
+		<-s.done
+		return s.healthy
+	}
+	s := &scan{done: make(chan struct{})}
+	c.current = s
+	c.mu.Unlock()
+	s.healthy = c.scan()
+	c.mu.Lock()
+	c.current = nil
+	c.mu.Unlock()
+	close(s.done)
+	return s.healthy
+}
+
+// scan looks at every descriptor of the process once.
+func (c *Checker) scan() []bool {
+	healthy := make([]bool, len(c.eps))
+	if len(c.eps) == 0 {
+		return healthy
 	}
 	dir, err := os.Open(c.fdDir)
 	if err != nil {
-		return
+		return healthy
 	}
 	names, err := dir.Readdirnames(-1)
 	own := int(dir.Fd())
 	_ = dir.Close()
 	if err != nil {
-		return
+		return healthy
 	}
 	for _, name := range names {
 		fd, err := strconv.Atoi(name)
@@ -96,12 +147,13 @@ func (c *Checker) Check(eps []conf.Endpoint, healthy []bool) {
 		if err != nil {
 			continue // not a socket, not connected, or closed meanwhile
 		}
-		for i, ep := range eps {
-			if !healthy[i] && c.matches(peer, ep) {
-				healthy[i] = isHealthy(fd, ep.Network == "tcp")
+		for j, ep := range c.eps {
+			if !healthy[j] && c.matches(peer, ep) {
+				healthy[j] = isHealthy(fd, ep.Network == "tcp")
 			}
 		}
 	}
+	return healthy
 }
 
 func (c *Checker) matches(peer unix.Sockaddr, ep conf.Endpoint) bool {
@@ -117,29 +169,12 @@ func (c *Checker) matches(peer unix.Sockaddr, ep conf.Endpoint) bool {
 }
 
 func (c *Checker) tcpMatches(peer netip.AddrPort, address string) bool {
-	targets, ok := c.tcp[address]
-	if !ok {
-		targets = resolve(context.Background(), literalOnly(address))
-	}
-	for _, t := range targets {
+	for _, t := range c.tcp[address] {
 		if t == peer {
 			return true
 		}
 	}
 	return false
-}
-
-// literalOnly returns address when its host is an IP literal, else "", so
-// that an unprepared host name is never looked up inside a status call.
-func literalOnly(address string) string {
-	host, _, err := net.SplitHostPort(address)
-	if err != nil {
-		return ""
-	}
-	if _, err := netip.ParseAddr(host); err != nil {
-		return ""
-	}
-	return address
 }
 
 // isHealthy reports whether a connected socket shows no hang-up and no

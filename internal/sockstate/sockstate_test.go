@@ -4,6 +4,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -86,6 +88,34 @@ func TestUnixConnectionHealthAndHangUp(t *testing.T) {
 	assert.Error(t, err, "the checker read nothing: the hang-up is still there for the owner")
 }
 
+func TestConcurrentChecksShareAScan(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.sock")
+	srv := serve(t, "unix", path)
+	ep := conf.Endpoint{Network: "unix", Address: path}
+	c := NewChecker([]conf.Endpoint{ep, ep}, time.Second)
+	assert.Len(t, c.eps, 1, "duplicates are scanned once")
+	client, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	defer client.Close()
+	peer := <-srv.conns // kept: a dropped net.Conn is closed by its finalizer
+	defer peer.Close()
+	var wg sync.WaitGroup
+	var bad atomic.Int32
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := 0; k < 200; k++ {
+				if h := check(c, ep); !h[0] {
+					bad.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	assert.Zero(t, bad.Load(), "every concurrent check sees the healthy connection")
+}
+
 func TestTCPConnection(t *testing.T) {
 	srv := serve(t, "tcp", "127.0.0.1:0")
 	addr := srv.ln.Addr().String()
@@ -109,10 +139,10 @@ func TestHostNamesAreResolvedOnce(t *testing.T) {
 	client, err := net.Dial("tcp", srv.ln.Addr().String())
 	require.NoError(t, err)
 	defer client.Close()
-	<-srv.conns
+	peer := <-srv.conns
+	defer peer.Close()
 	assert.Equal(t, []bool{true}, check(c, byName))
 
-	unprepared := conf.Endpoint{Network: "tcp", Address: "localhost:" + port}
-	assert.Equal(t, []bool{false}, check(NewChecker(nil, time.Second), unprepared),
-		"a host name is never looked up inside a check")
+	assert.Equal(t, []bool{false}, check(NewChecker(nil, time.Second), byName),
+		"an endpoint the Checker was not prepared for is down: no look-up inside a check")
 }
