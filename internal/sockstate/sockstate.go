@@ -35,6 +35,10 @@ type Checker struct {
 
 	mu      sync.Mutex
 	current *scan // the scan in flight, if any
+
+	// known[j] is the descriptor that last proved eps[j] healthy, or -1.
+	// Only the scan in flight uses it, and scans run one at a time.
+	known []int
 }
 
 // scan is one pass over the descriptors: the health of every prepared
@@ -57,6 +61,7 @@ func NewChecker(eps []conf.Endpoint, timeout time.Duration) *Checker {
 		}
 		c.index[ep] = len(c.eps)
 		c.eps = append(c.eps, ep)
+		c.known = append(c.known, -1)
 		if ep.Network != "tcp" {
 			continue
 		}
@@ -122,21 +127,41 @@ func (c *Checker) shared() []bool {
 	return s.healthy
 }
 
-// scan looks at every descriptor of the process once.
+// scan first asks again the descriptors that last proved each endpoint
+// healthy (their peer is checked, so a reused descriptor does not count),
+// and looks at every descriptor of the process only when that leaves an
+// endpoint unconfirmed.
 func (c *Checker) scan() []bool {
 	healthy := make([]bool, len(c.eps))
-	if len(c.eps) == 0 {
-		return healthy
+	confirmed := 0
+	for j, ep := range c.eps {
+		if fd := c.known[j]; fd >= 0 {
+			if peer, err := unix.Getpeername(fd); err == nil && c.matches(peer, ep) && isHealthy(fd, ep.Network == "tcp") {
+				healthy[j] = true
+				confirmed++
+				continue
+			}
+			c.known[j] = -1
+		}
 	}
+	if confirmed < len(c.eps) {
+		c.walk(healthy)
+	}
+	return healthy
+}
+
+// walk looks at every descriptor of the process for the endpoints not yet
+// healthy.
+func (c *Checker) walk(healthy []bool) {
 	dir, err := os.Open(c.fdDir)
 	if err != nil {
-		return healthy
+		return
 	}
 	names, err := dir.Readdirnames(-1)
 	own := int(dir.Fd())
 	_ = dir.Close()
 	if err != nil {
-		return healthy
+		return
 	}
 	for _, name := range names {
 		fd, err := strconv.Atoi(name)
@@ -148,12 +173,12 @@ func (c *Checker) scan() []bool {
 			continue // not a socket, not connected, or closed meanwhile
 		}
 		for j, ep := range c.eps {
-			if !healthy[j] && c.matches(peer, ep) {
-				healthy[j] = isHealthy(fd, ep.Network == "tcp")
+			if !healthy[j] && c.matches(peer, ep) && isHealthy(fd, ep.Network == "tcp") {
+				healthy[j] = true
+				c.known[j] = fd
 			}
 		}
 	}
-	return healthy
 }
 
 func (c *Checker) matches(peer unix.Sockaddr, ep conf.Endpoint) bool {

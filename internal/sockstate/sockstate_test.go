@@ -116,6 +116,34 @@ func TestConcurrentChecksShareAScan(t *testing.T) {
 	assert.Zero(t, bad.Load(), "every concurrent check sees the healthy connection")
 }
 
+// The descriptor that proved an endpoint healthy is asked first next time;
+// once it is closed and its number reused for another endpoint, it must not
+// vouch for the first.
+func TestRememberedDescriptorIsVerified(t *testing.T) {
+	dir := t.TempDir()
+	pathA, pathB := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")
+	srvA, srvB := serve(t, "unix", pathA), serve(t, "unix", pathB)
+	a := conf.Endpoint{Network: "unix", Address: pathA}
+	b := conf.Endpoint{Network: "unix", Address: pathB}
+	c := NewChecker([]conf.Endpoint{a, b}, time.Second)
+
+	ca, err := net.Dial("unix", pathA)
+	require.NoError(t, err)
+	peerA := <-srvA.conns
+	defer peerA.Close()
+	assert.Equal(t, []bool{true, false}, check(c, a, b))
+	fdA := c.known[0]
+	require.GreaterOrEqual(t, fdA, 0, "the healthy descriptor is remembered")
+
+	require.NoError(t, ca.Close())
+	cb, err := net.Dial("unix", pathB)
+	require.NoError(t, err)
+	defer cb.Close()
+	peerB := <-srvB.conns
+	defer peerB.Close()
+	assert.Equal(t, []bool{false, true}, check(c, a, b), "descriptor %d now leads to b", fdA)
+}
+
 func TestTCPConnection(t *testing.T) {
 	srv := serve(t, "tcp", "127.0.0.1:0")
 	addr := srv.ln.Addr().String()
