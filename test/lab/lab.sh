@@ -339,29 +339,31 @@ wait_gone() {
 
 # SIGCONT, SIGTERM, wait up to 2 s, SIGKILL.
 stop_pids() {
-	local pids=("$@") left i p
+	local pids=("$@") left
 	[ ${#pids[@]} -gt 0 ] || return 0
 	kill -CONT "${pids[@]}" 2>/dev/null || true
 	kill -TERM "${pids[@]}" 2>/dev/null || true
-	for ((i = 0; i < STOP_GRACE_TENTHS; i++)); do
-		left=()
-		for p in "${pids[@]}"; do
-			if alive "$p" && owned "$p"; then left+=("$p"); fi
-		done
-		[ ${#left[@]} -gt 0 ] || return 0
-		sleep 0.1
-	done
+	wait_survivors "$STOP_GRACE_TENTHS" "${pids[@]}" && return 0
 	log "SIGKILL after 2 s: ${left[*]}"
 	kill -KILL "${left[@]}" 2>/dev/null || true
-	for ((i = 0; i < 20; i++)); do
+	wait_survivors 20 "${pids[@]}" && return 0
+	log "warning: still alive: ${left[*]}"
+}
+
+# wait_survivors TENTHS PID...: waits up to TENTHS tenths of a second until
+# none of the lab's PIDs is alive; leaves the survivors in the caller's `left`.
+wait_survivors() {
+	local tenths=$1 i p
+	shift
+	for ((i = 0; i < tenths; i++)); do
 		left=()
-		for p in "${pids[@]}"; do
+		for p in "$@"; do
 			if alive "$p" && owned "$p"; then left+=("$p"); fi
 		done
 		[ ${#left[@]} -gt 0 ] || return 0
 		sleep 0.1
 	done
-	log "warning: still alive: ${left[*]}"
+	return 1
 }
 
 # Start member IDX's p11-kit server (net mode) and wait for its socket.
