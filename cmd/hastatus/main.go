@@ -160,7 +160,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 
 	reports := checkAll(eng, sys.now)
 	if o.json {
-		err = writeJSON(stdout, reports, timeout, sys.now())
+		err = writeJSON(stdout, reports, timeout, sys.now(), o.watch == 0)
 	} else {
 		err = writeTable(stdout, reports, timeout)
 	}
@@ -303,7 +303,9 @@ func toJSONMember(m conf.Member, v probe.Verdict) jsonMember {
 	return jm
 }
 
-func writeJSON(w io.Writer, reports []report, timeout time.Duration, now time.Time) error {
+// writeJSON writes the document, indented for a person, or on one line
+// when a --watch stream of JSON lines follows it.
+func writeJSON(w io.Writer, reports []report, timeout time.Duration, now time.Time, indent bool) error {
 	out := jsonOutput{Schema: SchemaVersion, Time: now.UTC().Format(time.RFC3339Nano), Groups: []jsonGroup{}}
 	for _, r := range reports {
 		g := jsonGroup{Label: r.group.Label, Serial: strconv.FormatUint(r.group.Serial, 10),
@@ -314,7 +316,9 @@ func writeJSON(w io.Writer, reports []report, timeout time.Duration, now time.Ti
 		out.Groups = append(out.Groups, g)
 	}
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
+	if indent {
+		enc.SetIndent("", "  ")
+	}
 	return enc.Encode(out)
 }
 

@@ -263,6 +263,19 @@ func TestWatchStopsOnInterrupt(t *testing.T) {
 	assert.Equal(t, 1, strings.Count(out, "HA Group Label"), "the table once, then only changes (none here)")
 }
 
+func TestWatchJSONIsOneDocumentPerLine(t *testing.T) {
+	dir := writeConf(t, softhsm, group(0, "g", "1", serials[0]), "")
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	code, out, _ := hastatusCtx(ctx, t, dir, "--watch", "100ms", "--json")
+	assert.Equal(t, exitAlive, code)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	require.Len(t, lines, 1, "the first state on one line; no changes followed")
+	var doc map[string]any
+	require.NoError(t, json.Unmarshal([]byte(lines[0]), &doc))
+	assert.Equal(t, 1.0, doc["schema"])
+}
+
 func TestHelp(t *testing.T) {
 	code, out, errOut := hastatus(t, t.TempDir(), "--help")
 	assert.Equal(t, exitAlive, code)
