@@ -17,6 +17,9 @@ have_file '/usr/lib/*/p11-kit-proxy.so' || need+=(p11-kit-modules)
 have_file /usr/include/p11-kit-1/p11-kit/pkcs11.h || need+=(libp11-kit-dev)
 have_file '/usr/lib/*/pkcs11/pkcs11-spy.so' || need+=(opensc opensc-pkcs11)
 have_cmd unshare || need+=(util-linux)
+have_cmd pgrep || need+=(procps)           # the lab finds member processes
+have_cmd readelf || need+=(binutils)       # the install test and the export check (nm)
+have_cmd awk || need+=(mawk)
 have_cmd python3 || need+=(python3) # make bench writes BENCHMARKS.md with it
 
 if ! have_cmd go; then
