@@ -19,6 +19,9 @@ import (
 	"github.com/libhaext/libhaext/pkg/conf"
 )
 
+// fdDir lists this process's descriptors.
+const fdDir = "/proc/self/fd"
+
 // tcpEstablished is TCP_ESTABLISHED, the tcpi_state of a usable connection.
 const tcpEstablished = 1
 
@@ -28,7 +31,6 @@ const tcpEstablished = 1
 // rather than making its own, as concurrent status calls share a member's
 // lightweight call.
 type Checker struct {
-	fdDir string
 	eps   []conf.Endpoint             // prepared, without duplicates
 	index map[conf.Endpoint]int       // endpoint -> position in eps
 	tcp   map[string][]netip.AddrPort // endpoint address -> resolved peers
@@ -52,7 +54,7 @@ type scan struct {
 // with the system resolver within timeout. A name that does not resolve
 // matches no socket, so its member is reported with its socket down.
 func NewChecker(eps []conf.Endpoint, timeout time.Duration) *Checker {
-	c := &Checker{fdDir: "/proc/self/fd", index: make(map[conf.Endpoint]int), tcp: make(map[string][]netip.AddrPort)}
+	c := &Checker{index: make(map[conf.Endpoint]int), tcp: make(map[string][]netip.AddrPort)}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for _, ep := range eps {
@@ -153,7 +155,7 @@ func (c *Checker) scan() []bool {
 // walk looks at every descriptor of the process for the endpoints not yet
 // healthy.
 func (c *Checker) walk(healthy []bool) {
-	dir, err := os.Open(c.fdDir)
+	dir, err := os.Open(fdDir)
 	if err != nil {
 		return
 	}

@@ -76,7 +76,6 @@ import (
 // Module is a loaded vendor PKCS#11 module. It implements probe.Module and
 // is safe for concurrent use, as far as the vendor module is.
 type Module struct {
-	path     string
 	ctx      *pkcs11.Ctx
 	sigpipes atomic.Uint64
 	owner    atomic.Bool // this package initialized the module
@@ -93,7 +92,7 @@ func Open(path string) (*Module, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("cryptoki: vendor module: %w", err)
 	}
-	m := &Module{path: path}
+	m := &Module{}
 	runtime.LockOSThread() // dlerror is per thread
 	m.ctx = pkcs11.New(path)
 	if m.ctx == nil {
@@ -134,9 +133,6 @@ func (m *Module) initialize() error {
 
 // Owner reports whether this package initialized the module.
 func (m *Module) Owner() bool { return m.owner.Load() }
-
-// Path returns the module's file name.
-func (m *Module) Path() string { return m.path }
 
 // SigpipesDrained returns how many SIGPIPEs vendor calls raised and this
 // package drained.

@@ -188,9 +188,6 @@ func (e *Engine) Close() {
 	})
 }
 
-// Members returns how many distinct members the engine checks.
-func (e *Engine) Members() int { return len(e.members) }
-
 // WantProcs is the GOMAXPROCS a program that owns its Go runtime should run
 // the engine with: a member's lightweight call is a blocking cgo call, and a
 // goroutine in a cgo call keeps its P until the runtime's monitor takes it
@@ -291,31 +288,21 @@ func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
 	var gens [conf.MaxMembers]uint64
 	var unready [conf.MaxMembers]chan struct{}
 	for i, m := range ms {
-		out[i] = Verdict{Serial: m.serial, Status: StatusTimeout}
-		if ok, ch := m.isReady(); ok {
-			out[i].Status, gens[i] = m.begin(start, healthy[i], w)
-		} else {
-			unready[i] = ch
-		}
+		out[i] = Verdict{Serial: m.serial}
+		out[i].Status, gens[i], unready[i] = m.begin(start, healthy[i], w)
 	}
 	for i, m := range ms {
 		if unready[i] != nil && wait(unready[i]) {
-			out[i].Status, gens[i] = m.begin(time.Now(), healthy[i], w)
+			out[i].Status, gens[i], _ = m.begin(time.Now(), healthy[i], w)
 		}
 	}
 	w.release()
 	wait(w.done)
 	for i, m := range ms {
-		if gens[i] > 0 {
-			var at time.Time
-			if out[i].Status, at = m.result(gens[i]); !at.IsZero() {
-				out[i].Took = max(at.Sub(start), 0)
-			}
-		}
+		m.fill(&out[i], gens[i], start)
 		if out[i].Took == 0 {
 			out[i].Took = time.Since(start)
 		}
-		out[i].Slot, out[i].HasSlot, out[i].Label = m.instance()
 	}
 	e.noteTransitions(g, out)
 	return out

@@ -92,20 +92,24 @@ func (w *waiter) arrive() {
 // begin runs stages 1 and 2 for a status call started at now, and starts or
 // joins the member's lightweight call, registering w to be told when that
 // round ends. It returns a final status, or the round's number (gen > 0) to
-// read the result of once w is done.
-func (m *member) begin(now time.Time, socketOK bool, w *waiter) (status uint, gen uint64) {
+// fill the verdict from once w is done. While the member's first resolution
+// has not ended it does nothing and returns a channel closed when it does.
+func (m *member) begin(now time.Time, socketOK bool, w *waiter) (status uint, gen uint64, unready chan struct{}) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if !m.ready {
+		return StatusTimeout, 0, m.readyCh
+	}
 	if !m.hasSession {
-		return StatusNoInstance, 0
+		return StatusNoInstance, 0, nil
 	}
 	if !socketOK {
-		return StatusSocketDown, 0
+		return StatusSocketDown, 0, nil
 	}
 	if m.roundActive {
 		if now.Sub(m.roundStart) >= m.e.timeout {
 			// The member's earlier call is stuck: do not ask again.
-			return StatusTimeout, 0
+			return StatusTimeout, 0, nil
 		}
 	} else {
 		m.roundActive = true
@@ -115,26 +119,22 @@ func (m *member) begin(now time.Time, socketOK bool, w *waiter) (status uint, ge
 	}
 	w.pending.Add(1)
 	m.waiters = append(m.waiters, w)
-	return 0, m.roundGen
+	return 0, m.roundGen, nil
 }
 
-// isReady returns whether the member's first resolution has ended, and if
-// not, a channel closed when it does.
-func (m *member) isReady() (bool, chan struct{}) {
+// fill completes a verdict of a status call started at start: for gen > 0
+// the result of that round or a later one (StatusTimeout when none has
+// ended) and how long it took, and the member's slot and label.
+func (m *member) fill(v *Verdict, gen uint64, start time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.ready, m.readyCh
-}
-
-// result returns the verdict of round gen, or of a later one, and when it
-// ended; StatusTimeout when no such round has ended yet.
-func (m *member) result(gen uint64) (uint, time.Time) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.doneGen < gen {
-		return StatusTimeout, time.Time{}
+	if gen > 0 {
+		v.Status = StatusTimeout
+		if m.doneGen >= gen {
+			v.Status, v.Took = m.lastRV, max(m.lastDoneAt.Sub(start), 0)
+		}
 	}
-	return m.lastRV, m.lastDoneAt
+	v.Slot, v.HasSlot, v.Label = m.slot, m.hasSlot, m.label
 }
 
 // run is the member's worker loop.
@@ -262,13 +262,6 @@ func (m *member) closeSession() {
 	if ok {
 		_ = m.e.mod.CloseSession(h)
 	}
-}
-
-// instance returns the member's slot and token label as last resolved.
-func (m *member) instance() (slot uint, hasSlot bool, label string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.slot, m.hasSlot, m.label
 }
 
 // noteVerdict records a verdict; it reports the previous one, whether this

@@ -124,7 +124,7 @@ func (s *slotMap) watch(gen uint64, deadline time.Time, stop <-chan struct{}, fo
 
 // find waits until found reports true: first for the refresh running now,
 // if any, then for a new one. It reports whether the last refresh it waited
-// for finished, and when the last refresh finished.
+// for finished.
 func (s *slotMap) find(deadline time.Time, stop <-chan struct{}, found func() bool) (finished bool) {
 	s.mu.Lock()
 	running, current := s.running, s.started
