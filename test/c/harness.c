@@ -15,35 +15,37 @@ extern char **environ;
 static int passed, failed;
 static pthread_mutex_t report_mu = PTHREAD_MUTEX_INITIALIZER;
 
-void check(int ok, const char *fmt, ...)
+/* emit prints one reporter line, whole even when threads report at once;
+ * ok is -1 for a note, else the result of a check. */
+static void emit(int ok, const char *fmt, va_list ap)
 {
-    va_list ap;
     pthread_mutex_lock(&report_mu);
-    if (ok) {
-        passed++;
+    if (ok < 0) {
+        printf("# ");
     } else {
-        failed++;
+        ok ? passed++ : failed++;
+        printf("%s %d - ", ok ? "ok" : "not ok", passed + failed);
     }
-    printf("%s %d - ", ok ? "ok" : "not ok", passed + failed);
-    va_start(ap, fmt);
     vprintf(fmt, ap);
-    va_end(ap);
     printf("\n");
     fflush(stdout);
     pthread_mutex_unlock(&report_mu);
 }
 
+void check(int ok, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    emit(ok != 0, fmt, ap);
+    va_end(ap);
+}
+
 void note(const char *fmt, ...)
 {
     va_list ap;
-    pthread_mutex_lock(&report_mu);
-    printf("# ");
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    emit(-1, fmt, ap);
     va_end(ap);
-    printf("\n");
-    fflush(stdout);
-    pthread_mutex_unlock(&report_mu);
 }
 
 int done(void)
