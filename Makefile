@@ -19,7 +19,7 @@ BUILD    := build
 P11FLAGS := $(shell pkg-config --cflags p11-kit-1 2>/dev/null)
 CFLAGS   := -std=c99 -O2 -g -Wall -Wextra -Werror $(P11FLAGS) -Iinclude
 SONAME   := libhaext.so.1
-GOFILES  := $(shell find cmd pkg internal -name '*.go' -not -name '*_test.go' 2>/dev/null) go.mod go.sum
+GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
 .PHONY: all deps demo test test-go test-c test-install fuzz bench install uninstall clean

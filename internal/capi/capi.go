@@ -1,0 +1,126 @@
+// Package capi is the C ABI of libhaext: the CA_* entry points of
+// include/cryptoki_ha.h. Their C definitions (capi.c) call the Go functions
+// exported here, which check arguments, recover from panics and copy a
+// report from internal/service into the caller's CK_HA_STATUS. Every shared
+// library of the project links this package. The path of one call:
+// CA_GetCurrentHAState (capi.c) -> haextState -> service.State ->
+// probe.Engine.Check -> the member's worker -> cryptoki.Module.SessionInfo
+// -> C_GetSessionInfo.
+package capi
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../../include -Wall -Werror
+#cgo pkg-config: p11-kit-1
+#include <stdlib.h>
+#include <string.h>
+#include "cryptoki_ha.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"os"
+	"unsafe"
+
+	"github.com/libhaext/libhaext/internal/halog"
+	"github.com/libhaext/libhaext/internal/service"
+	"github.com/libhaext/libhaext/pkg/conf"
+	"github.com/libhaext/libhaext/pkg/cryptoki"
+	"github.com/libhaext/libhaext/pkg/probe"
+)
+
+// lib is the process's one library instance; loading happens on first use.
+var lib = service.New(service.Env{
+	Getenv: cGetenv,
+	Exists: func(path string) bool {
+		st, err := os.Stat(path)
+		return err == nil && st.Mode().IsRegular()
+	},
+	OpenModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+	Observe:    openHALog,
+})
+
+// openHALog starts the HA log when the configuration asks for one, logs the
+// configuration's warnings to it and has it record every transition.
+// Without haLogStatus or haLogToStdout the library writes nothing.
+func openHALog(cfg *conf.Config, opts *probe.Options) {
+	l := halog.New(cfg.HALog, os.Stdout)
+	if l == nil {
+		return
+	}
+	for _, w := range cfg.Warnings {
+		l.Warning(w)
+	}
+	opts.OnTransition = l.Transition
+}
+
+// cGetenv reads the environment through the C library, so that a variable
+// the host sets with setenv after loading the library is seen; Go's own
+// copy of the environment is taken when the library loads.
+func cGetenv(name string) string {
+	cname := C.CString(name)
+	defer C.free(unsafe.Pointer(cname))
+	if v := C.getenv(cname); v != nil {
+		return C.GoString(v)
+	}
+	return ""
+}
+
+// recoverTo turns a panic into CKR_GENERAL_ERROR with the reason recorded.
+func recoverTo(rv *C.CK_RV) {
+	if r := recover(); r != nil {
+		lib.Fail(fmt.Sprintf("internal error: %v", r))
+		*rv = C.CKR_GENERAL_ERROR
+	}
+}
+
+// haextState answers CA_GetCurrentHAState and the legacy CA_GetHAState
+// (capi.c): the same engine serves both, so applications written for the
+// legacy call get the parallel, session-free check without a change.
+//
+//export haextState
+func haextState(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) (rv C.CK_RV) {
+	defer recoverTo(&rv)
+	return report(slotID, pState)
+}
+
+// report fills *pState with the state of the group slotID names.
+func report(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) C.CK_RV {
+	if pState == nil {
+		return C.CKR_ARGUMENTS_BAD
+	}
+	var buf [conf.MaxMembers]probe.Verdict
+	serial, verdicts, code := lib.State(uint(slotID), buf[:0])
+	if code != service.RVOK {
+		return C.CK_RV(code)
+	}
+	// Zero all of it, padding included, so that listSize reads right
+	// through a CK_USHORT of either width.
+	C.memset(unsafe.Pointer(pState), 0, C.sizeof_CK_HA_STATUS)
+	pState.groupSerial = C.CK_ULONG(serial)
+	for i, v := range verdicts {
+		pState.memberList[i].memberSerial = C.CK_ULONG(v.Serial)
+		pState.memberList[i].memberStatus = C.CK_RV(v.Status)
+	}
+	pState.listSize = C.CK_USHORT(len(verdicts))
+	return C.CKR_OK
+}
+
+// haextLastError answers CA_GetHAExtLastError (capi.c): it copies the
+// reason of the last failed call into buf.
+//
+//export haextLastError
+func haextLastError(buf *C.char, size C.CK_ULONG) (n C.CK_ULONG) {
+	defer func() {
+		if recover() != nil {
+			n = 0
+		}
+	}()
+	msg := lib.LastError()
+	if buf != nil && size > 0 {
+		dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(size))
+		k := copy(dst[:len(dst)-1], msg)
+		dst[k] = 0
+	}
+	return C.CK_ULONG(len(msg))
+}
