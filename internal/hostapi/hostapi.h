@@ -1,0 +1,47 @@
+/*
+ * hostapi.h - what a front module lends the probe engine.
+ *
+ * In front of the vendor module (libhaext-pkcs11.so), libhaext sees every
+ * call the host makes. It then uses the host's own instance of the vendor
+ * module, never one of its own, and makes its lightweight call over a
+ * session the host holds and is not using at that moment. The front fills
+ * in a struct haext_host; the engine's C prober threads call through it.
+ *
+ * Beside the vendor module there is no front: the engine fills in `list`
+ * only (its own instance, or the one a host handed it with
+ * CA_SetHAExtFunctionList) and leaves the hooks NULL.
+ *
+ * Every hook is plain C, never blocks for long, and is safe to call from
+ * any thread at any time, including while the host is inside C_Finalize.
+ */
+#ifndef HAEXT_HOSTAPI_H
+#define HAEXT_HOSTAPI_H
+
+#include <p11-kit/pkcs11.h>
+
+struct haext_host {
+    /* The vendor function list the host's calls go to. */
+    CK_FUNCTION_LIST_PTR list;
+
+    /* Opens the gate for one vendor call of libhaext's. Returns 1 when the
+     * module is initialized and no C_Finalize has begun; every 1 must be
+     * paired with one leave(). Returns 0 otherwise: make no vendor call
+     * (the member is then CKR_HA_NO_INSTANCE). The front's C_Finalize
+     * closes the gate, waits (bounded) for the calls inside it, then
+     * forwards. NULL: always open. */
+    int (*enter)(void);
+    void (*leave)(void);
+
+    /* Lends a session on slot for one call, made between enter and leave:
+     * an idle session of the host's when there is one (marked busy until
+     * given back), else the front's own read-only session on that slot,
+     * opened on demand. Returns CKR_OK and *session, or the CK_RV that
+     * stopped it (e.g. C_OpenSession's). NULL: the engine opens its own
+     * sessions. */
+    CK_RV (*borrow)(CK_SLOT_ID slot, CK_SESSION_HANDLE *session);
+    /* Gives a lent session back with the CK_RV of the call made on it, so
+     * that the front forgets a session the module dropped. */
+    void (*give_back)(CK_SESSION_HANDLE session, CK_RV rv);
+};
+
+#endif
