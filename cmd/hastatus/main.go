@@ -22,8 +22,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/libhaext/libhaext/internal/halog"
-	"github.com/libhaext/libhaext/internal/service"
 	"github.com/libhaext/libhaext/pkg/conf"
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 	"github.com/libhaext/libhaext/pkg/probe"
@@ -61,7 +59,7 @@ Exit status: 0 all members alive, 1 some down, 2 all down or no such group,
 type system struct {
 	getenv     func(string) string
 	exists     func(string) bool
-	openModule func(path string) (probe.Module, error)
+	openModule func(path string) (*cryptoki.Module, error)
 	now        func() time.Time
 }
 
@@ -74,7 +72,7 @@ func main() {
 			st, err := os.Stat(path)
 			return err == nil && st.Mode().IsRegular()
 		},
-		openModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+		openModule: cryptoki.Open,
 		now:        time.Now,
 	}))
 }
@@ -153,9 +151,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 	if err != nil {
 		return fail(fmt.Errorf("%s: Chrystoki2/LibUNIX64: %w", cfg.File, err))
 	}
-	eng := probe.New(mod, groups, probe.Options{Timeout: timeout})
-	service.RaiseProcs(sys.getenv, eng.WantProcs())
-	eng.Start()
+	eng, err := probe.Launch(mod, groups, probe.Options{Timeout: timeout}, sys.getenv)
+	if err != nil {
+		return fail(err)
+	}
 	defer eng.Close()
 
 	reports := checkAll(eng, sys.now)
@@ -208,7 +207,7 @@ func exitCode(reports []report) int {
 	for _, r := range reports {
 		for _, v := range r.verdicts {
 			total++
-			if v.Status == probe.StatusOK {
+			if v.Status.Alive() {
 				alive++
 			}
 		}
@@ -223,11 +222,11 @@ func exitCode(reports []report) int {
 }
 
 // describe is a member's status in words: alive, or down and why.
-func describe(status uint) string {
-	if status == probe.StatusOK {
+func describe(status probe.Status) string {
+	if status.Alive() {
 		return "alive"
 	}
-	return "down (" + halog.Reason(status) + ")"
+	return "down (" + status.Reason() + ")"
 }
 
 func slotText(v probe.Verdict) string {
@@ -293,8 +292,8 @@ type jsonOutput struct {
 func toJSONMember(m conf.Member, v probe.Verdict) jsonMember {
 	jm := jsonMember{
 		Serial: m.SerialText, SerialDec: strconv.FormatUint(v.Serial, 10), Label: v.Label,
-		Status: v.Status, StatusName: probe.StatusName(v.Status), Alive: v.Status == probe.StatusOK,
-		Reason: halog.Reason(v.Status), CheckMS: millis(v.Took),
+		Status: uint(v.Status), StatusName: v.Status.String(), Alive: v.Status.Alive(),
+		Reason: v.Status.Reason(), CheckMS: millis(v.Took),
 	}
 	if v.HasSlot {
 		slot := v.Slot
@@ -354,7 +353,7 @@ func watch(ctx context.Context, eng *probe.Engine, last []report, o options, w i
 				}
 				if o.json {
 					_ = enc.Encode(jsonTransition{Schema: SchemaVersion, Time: at.Format(time.RFC3339Nano),
-						Group: r.group.Label, Old: probe.StatusName(old), Member: toJSONMember(r.group.Members[j], v)})
+						Group: r.group.Label, Old: old.String(), Member: toJSONMember(r.group.Members[j], v)})
 				} else {
 					fmt.Fprintf(w, "%s  %s  %s  %s -> %s\n", at.Format("2006-01-02T15:04:05.000Z"), r.group.Label,
 						r.group.Members[j].SerialText, describe(old), describe(v.Status))

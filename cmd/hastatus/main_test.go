@@ -16,7 +16,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libhaext/libhaext/pkg/cryptoki"
-	"github.com/libhaext/libhaext/pkg/probe"
 )
 
 // The tests run hastatus against real SoftHSM2 tokens made in TestMain.
@@ -125,7 +124,7 @@ func hastatusCtx(ctx context.Context, t *testing.T, dir string, args ...string) 
 			_, err := os.Stat(p)
 			return err == nil
 		},
-		openModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+		openModule: cryptoki.Open,
 		now:        time.Now,
 	})
 	return code, out.String(), errOut.String()

@@ -18,8 +18,10 @@ package capi
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"sync"
 	"unsafe"
 
 	"github.com/libhaext/libhaext/internal/halog"
@@ -36,7 +38,7 @@ var lib = service.New(service.Env{
 		st, err := os.Stat(path)
 		return err == nil && st.Mode().IsRegular()
 	},
-	OpenModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+	OpenModule: cryptoki.Open,
 	Observe:    openHALog,
 })
 
@@ -66,11 +68,35 @@ func cGetenv(name string) string {
 	return ""
 }
 
+// lastError is the reason of the last failed call.
+var lastError struct {
+	sync.Mutex
+	msg string
+}
+
+func setLastError(msg string) {
+	lastError.Lock()
+	defer lastError.Unlock()
+	lastError.msg = msg
+}
+
+// rv maps a failed status call to its CK_RV, recording the reason: the
+// only place where the library's errors become CK_RV values.
+func rv(err error) C.CK_RV {
+	setLastError(err.Error())
+	switch {
+	case errors.Is(err, probe.ErrUnknownSlot):
+		return C.CKR_SLOT_ID_INVALID
+	case errors.Is(err, service.ErrTransient):
+		return C.CKR_FUNCTION_FAILED
+	}
+	return C.CKR_GENERAL_ERROR
+}
+
 // recoverTo turns a panic into CKR_GENERAL_ERROR with the reason recorded.
-func recoverTo(rv *C.CK_RV) {
+func recoverTo(out *C.CK_RV) {
 	if r := recover(); r != nil {
-		lib.Fail(fmt.Sprintf("internal error: %v", r))
-		*rv = C.CKR_GENERAL_ERROR
+		*out = rv(fmt.Errorf("internal error: %v", r))
 	}
 }
 
@@ -79,31 +105,31 @@ func recoverTo(rv *C.CK_RV) {
 // legacy call get the parallel, session-free check without a change.
 //
 //export haextState
-func haextState(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) (rv C.CK_RV) {
-	defer recoverTo(&rv)
-	return report(slotID, pState)
-}
-
-// report fills *pState with the state of the group slotID names.
-func report(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) C.CK_RV {
+func haextState(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) (out C.CK_RV) {
+	defer recoverTo(&out)
 	if pState == nil {
 		return C.CKR_ARGUMENTS_BAD
 	}
 	var buf [conf.MaxMembers]probe.Verdict
-	serial, verdicts, code := lib.State(uint(slotID), buf[:0])
-	if code != service.RVOK {
-		return C.CK_RV(code)
+	r, err := lib.State(uint(slotID), buf[:0])
+	if err != nil {
+		return rv(err)
 	}
+	fill(pState, r)
+	return C.CKR_OK
+}
+
+// fill copies a report into the caller's CK_HA_STATUS.
+func fill(pState C.CK_HA_STATE_PTR, r service.Report) {
 	// Zero all of it, padding included, so that listSize reads right
 	// through a CK_USHORT of either width.
 	C.memset(unsafe.Pointer(pState), 0, C.sizeof_CK_HA_STATUS)
-	pState.groupSerial = C.CK_ULONG(serial)
-	for i, v := range verdicts {
+	pState.groupSerial = C.CK_ULONG(r.GroupSerial)
+	for i, v := range r.Verdicts {
 		pState.memberList[i].memberSerial = C.CK_ULONG(v.Serial)
 		pState.memberList[i].memberStatus = C.CK_RV(v.Status)
 	}
-	pState.listSize = C.CK_USHORT(len(verdicts))
-	return C.CKR_OK
+	pState.listSize = C.CK_USHORT(len(r.Verdicts))
 }
 
 // haextLastError answers CA_GetHAExtLastError (capi.c): it copies the
@@ -116,7 +142,9 @@ func haextLastError(buf *C.char, size C.CK_ULONG) (n C.CK_ULONG) {
 			n = 0
 		}
 	}()
-	msg := lib.LastError()
+	lastError.Lock()
+	msg := lastError.msg
+	lastError.Unlock()
 	if buf != nil && size > 0 {
 		dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(size))
 		k := copy(dst[:len(dst)-1], msg)

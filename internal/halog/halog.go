@@ -68,30 +68,15 @@ func (l *Logger) Path() string { return l.path }
 func (l *Logger) Transition(t probe.Transition) {
 	old := "none"
 	if !t.First {
-		old = probe.StatusName(t.Old)
+		old = t.Old.String()
 	}
 	l.queue(t.Time, fmt.Sprintf("group=%q group_serial=%d member=%d member_hex=%016x old=%s new=%s reason=%q",
-		t.Group, t.GroupSerial, t.Serial, t.Serial, old, probe.StatusName(t.New), Reason(t.New)))
+		t.Group, t.GroupSerial, t.Serial, t.Serial, old, t.New, t.New.Reason()))
 }
 
 // Warning logs a configuration warning; it never blocks.
 func (l *Logger) Warning(msg string) {
 	l.queue(time.Now(), fmt.Sprintf("warning=%q", msg))
-}
-
-// Reason explains a member status in a few words.
-func Reason(status uint) string {
-	switch status {
-	case probe.StatusOK:
-		return "alive"
-	case probe.StatusNoInstance:
-		return "no instance"
-	case probe.StatusSocketDown:
-		return "socket down"
-	case probe.StatusTimeout:
-		return "timeout"
-	}
-	return probe.StatusName(status)
 }
 
 func (l *Logger) queue(at time.Time, msg string) {

@@ -15,7 +15,7 @@ import (
 	"github.com/libhaext/libhaext/pkg/probe"
 )
 
-func transition(old, new uint, first bool) probe.Transition {
+func transition(old, new probe.Status, first bool) probe.Transition {
 	return probe.Transition{
 		Time: time.Date(2026, 11, 22, 2, 30, 1, 0, time.UTC), Group: "payments", GroupSerial: 1000001,
 		Serial: 0xecea00247ea256ba, Old: old, New: new, First: first,
@@ -92,9 +92,4 @@ func TestAFullQueueDropsAndSaysSo(t *testing.T) {
 	assert.NotContains(t, text, `warning="two"`)
 	assert.Contains(t, text, "dropped=2")
 	assert.Contains(t, text, `warning="four"`)
-}
-
-func TestReason(t *testing.T) {
-	assert.Equal(t, "no instance", Reason(probe.StatusNoInstance))
-	assert.Equal(t, "CKR_DEVICE_ERROR", Reason(0x30))
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/libhaext/libhaext/pkg/conf"
+	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
 
 // errSlotBusy is returned when a C_GetTokenInfo on the slot is still in flight.
@@ -22,7 +23,7 @@ type slotToken struct {
 // time, and at most one C_GetTokenInfo in flight per slot, so a hung member
 // pins no more than one extra thread however often callers miss.
 type slotMap struct {
-	mod  Module
+	mod  *cryptoki.Module
 	wait time.Duration // how long a refresh waits for slow tokens
 
 	mu         sync.Mutex
@@ -37,7 +38,7 @@ type slotMap struct {
 	err        error // the last C_GetSlotList error, if any
 }
 
-func newSlotMap(mod Module, wait time.Duration) *slotMap {
+func newSlotMap(mod *cryptoki.Module, wait time.Duration) *slotMap {
 	return &slotMap{
 		mod:      mod,
 		wait:     wait,
@@ -143,7 +144,7 @@ func (s *slotMap) find(deadline time.Time, stop <-chan struct{}, found func() bo
 func (s *slotMap) notInitialized() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return RV(s.err) == ckrCryptokiNotInitialized
+	return cryptoki.RV(s.err) == ckrCryptokiNotInitialized
 }
 
 // recentlyRefreshed reports whether a refresh finished within d.
@@ -239,7 +240,12 @@ func (s *slotMap) query(slot uint) (slotToken, error) {
 	defer s.mu.Unlock()
 	delete(s.inflight, slot)
 	if err != nil {
-		delete(s.tokens, slot)
+		// Forget the slot only when the answer is about the slot: a module
+		// the host finalized, or a member that does not answer, says
+		// nothing about which token the slot holds.
+		if rv := cryptoki.RV(err); rv == ckrSlotIDInvalid || rv == ckrTokenNotPresent || rv == ckrTokenNotRecognized {
+			delete(s.tokens, slot)
+		}
 		return t, err
 	}
 	s.tokens[slot] = t
