@@ -67,6 +67,13 @@ type Module struct {
 	slotsHang chan struct{}
 	notInit   bool
 
+	// proxyLock, when SerializeSlotList is set, models p11-kit's proxy:
+	// C_GetSlotList takes it exclusively, every C_GetSessionInfo shared,
+	// so a slot list waits for a hung member and every other call waits
+	// behind the slot list.
+	proxyLock         sync.RWMutex
+	serializeSlotList atomic.Bool
+
 	// Opens, Closes and Inits count C_OpenSession, C_CloseSession and
 	// successful C_Initialize calls.
 	Opens, Closes, Inits atomic.Int32
@@ -142,6 +149,10 @@ func (f *Module) HangSlotList(release chan struct{}) {
 	f.slotsHang = release
 }
 
+// SerializeSlotList makes C_GetSlotList wait for every C_GetSessionInfo
+// in flight and hold up new ones while it waits, as p11-kit's proxy does.
+func (f *Module) SerializeSlotList() { f.serializeSlotList.Store(true) }
+
 // Group returns a conf.Group of the fake's first n tokens.
 func (f *Module) Group(label string, serial uint64, n int) conf.Group {
 	g := conf.Group{Label: label, Serial: serial}
@@ -167,6 +178,14 @@ func (f *Module) CloseAll(slot uint) {
 			delete(f.sessions, h)
 		}
 	}
+}
+
+// HostInitialize does what the host's C_Initialize does: a module the host
+// initialized is the host's, and libhaext takes no initialization of it.
+func (f *Module) HostInitialize() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.notInit = false
 }
 
 // Finalize does what the host's C_Finalize does.
@@ -228,6 +247,10 @@ func fakeGetInfo() C.CK_RV {
 //export fakeSlotList
 func fakeSlotList(list *C.CK_SLOT_ID, count *C.CK_ULONG) C.CK_RV {
 	f := current.Load()
+	if f.serializeSlotList.Load() {
+		f.proxyLock.Lock()
+		defer f.proxyLock.Unlock()
+	}
 	f.mu.Lock()
 	hang := f.slotsHang
 	f.mu.Unlock()
@@ -320,6 +343,10 @@ func fakeSessionInfo(session C.CK_SESSION_HANDLE) C.CK_RV {
 	}
 	if !ok {
 		return ckrSessionHandleInvalid
+	}
+	if f.serializeSlotList.Load() {
+		f.proxyLock.RLock()
+		defer f.proxyLock.RUnlock()
 	}
 	t := f.Token(slot)
 	sc, _ := f.script(slot)

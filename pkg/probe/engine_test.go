@@ -452,3 +452,52 @@ func TestLaunchRaisesProcsUnlessTheOperatorChose(t *testing.T) {
 	})
 	assert.Equal(t, 1, runtime.GOMAXPROCS(0), "the operator's choice stands")
 }
+
+// A slot-map miss during a hang must not make healthy members time out: in
+// p11-kit's proxy a C_GetSlotList waits for the hung member, and every other
+// call waits behind it (issue 9, item 4).
+func TestUnknownSlotDuringAHangLeavesHealthyMembersAlone(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	f := fakep11.New(3)
+	f.SerializeSlotList()
+	e := start(t, f, 3, Options{Timeout: timeout})
+	check(e)
+	release := make(chan struct{})
+	defer close(release)
+	f.Update(11, func(s *fakep11.Script) { s.Hang = release })
+	check(e) // member 1 hangs; its call is now stuck
+	for i := 0; i < 2; i++ {
+		time.Sleep(missRefreshInterval + 50*time.Millisecond)
+		_, err := e.GroupForSlot(99, time.Now().Add(timeout))
+		assert.ErrorIs(t, err, ErrUnknownSlot)
+		v, _ := check(e)
+		assert.Equal(t, []Status{StatusOK, StatusTimeout, StatusOK}, statuses(v), "after unknown slot %d", i+1)
+	}
+}
+
+// Between the host's C_Finalize and its C_Initialize a member's slot still
+// names its group, whose members are CKR_HA_NO_INSTANCE; a slot never seen
+// is ErrNotInitialized, never ErrUnknownSlot (issue 9, item 5).
+func TestFinalizeWindow(t *testing.T) {
+	f := fakep11.New(2)
+	f.HostInitialize()
+	e := start(t, f, 2, Options{RecoveryInterval: 50 * time.Millisecond})
+	check(e)
+	f.Finalize()
+	for i := 0; i < 5; i++ {
+		g, err := e.GroupForSlot(11, time.Now().Add(time.Second))
+		require.NoError(t, err, "a member's slot still names its group")
+		v := e.Check(g, time.Now().Add(time.Second), nil)
+		assert.Equal(t, repeat(StatusNoInstance, 2), statuses(v))
+		time.Sleep(100 * time.Millisecond) // recovery tries, and must not forget the slots
+	}
+	time.Sleep(missRefreshInterval)
+	_, err := e.GroupForSlot(77, time.Now().Add(time.Second))
+	assert.ErrorIs(t, err, ErrNotInitialized)
+
+	f.HostInitialize() // the host's C_Initialize ends the window
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[0].Status == StatusOK && v[1].Status == StatusOK
+	}, "members come back once the host initializes the module again")
+}
