@@ -45,12 +45,13 @@ static inline void hx_sigpipe_block(struct hx_sigpipe *g)
     g->was_blocked = sigismember(&old, SIGPIPE);
 }
 
-/* Drains this thread's pending SIGPIPEs and unblocks SIGPIPE again unless
- * it was blocked before hx_sigpipe_block. Returns how many were drained.
- * Vendor calls run only on libhaext's own threads (never on a host
- * thread), so a pending SIGPIPE here is always one a vendor call raised;
- * the lanes keep every signal blocked and drain after each call. */
-static inline int hx_sigpipe_restore(const struct hx_sigpipe *g)
+/* Drains this thread's pending SIGPIPEs and unblocks SIGPIPE again, unless
+ * it was blocked before hx_sigpipe_block: a SIGPIPE pending on such a
+ * thread may be its owner's (a host thread that blocks it to collect it),
+ * so it is left alone. Returns how many were drained. Threads of
+ * libhaext's own that keep SIGPIPE blocked (the lanes) drain with
+ * hx_sigpipe_drain. */
+static inline int hx_sigpipe_drain(void)
 {
     sigset_t set;
     struct timespec zero = {0, 0};
@@ -60,9 +61,20 @@ static inline int hx_sigpipe_restore(const struct hx_sigpipe *g)
     while (sigtimedwait(&set, NULL, &zero) == SIGPIPE) {
         drained++;
     }
-    if (!g->was_blocked) {
-        pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+    return drained;
+}
+
+static inline int hx_sigpipe_restore(const struct hx_sigpipe *g)
+{
+    sigset_t set;
+    int drained;
+    if (g->was_blocked) {
+        return 0;
     }
+    drained = hx_sigpipe_drain();
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
     return drained;
 }
 

@@ -153,8 +153,7 @@ func (m *Module) Host() unsafe.Pointer { return unsafe.Pointer(m.host) }
 
 // attach initializes the module unless it is initialized already.
 func (m *Module) attach() error {
-	var info C.CK_INFO
-	if C.hx_get_info(m.host, &info) == C.CKR_OK {
+	if m.Initialized() {
 		return nil // the host's: take no reference
 	}
 	return m.initialize()
@@ -172,6 +171,13 @@ func (m *Module) initialize() error {
 	default:
 		return check("C_Initialize", rv)
 	}
+}
+
+// Initialized reports whether the module answers C_GetInfo, i.e. is
+// initialized (and, behind a front, not being finalized).
+func (m *Module) Initialized() bool {
+	var info C.CK_INFO
+	return C.hx_get_info(m.host, &info) == C.CKR_OK
 }
 
 // Owner reports whether this package initialized the module.

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libhaext/libhaext/internal/sockstate"
@@ -119,6 +120,10 @@ type Engine struct {
 
 	reinitMu   sync.Mutex
 	lastReinit time.Time
+	// finalized is set when a lightweight call found the module not
+	// initialized (the host finalized it), and cleared when recovery gets
+	// an answer from it again: until then every member is no instance.
+	finalized atomic.Bool
 
 	checks               sync.RWMutex // Close waits for the checks in flight
 	startOnce, closeOnce sync.Once
@@ -311,6 +316,11 @@ func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
 	}
 	e.round(grp, ready, healthy[:n], start, deadline, out)
 	wg.Wait()
+	if e.finalized.Load() {
+		for i := range out {
+			out[i].Status = StatusNoInstance
+		}
+	}
 	e.noteTransitions(grp, out)
 	return out
 }
@@ -340,7 +350,7 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 		switch {
 		case !m.isReady():
 			out[i].Status = StatusTimeout
-		case !v.usable(e.mode):
+		case e.finalized.Load() || !v.usable(e.mode):
 			out[i].Status = StatusNoInstance
 		case !healthy[i]:
 			out[i].Status = StatusSocketDown
@@ -351,6 +361,16 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 			continue
 		}
 		out[i].Took = time.Since(start)
+	}
+	if k < len(idx) && !e.finalized.Load() && !e.mod.Initialized() {
+		// A member failed stage 1 or 2: a host that finalized the module
+		// closed its connections too. That is no instance, not a socket
+		// down (C_GetInfo is local to the module).
+		e.moduleFinalized()
+		for _, i := range idx {
+			out[i].Status = StatusNoInstance
+		}
+		return
 	}
 	if k == 0 {
 		return
@@ -373,13 +393,28 @@ func (e *Engine) verdict(m *member, v instanceView, r result) Status {
 	case rvGate:
 		return StatusNoInstance
 	}
+	if r.rv == ckrCryptokiNotInitialized {
+		e.moduleFinalized()
+		return StatusNoInstance
+	}
 	if dropsSession(r.rv) && m.inst.lose(e.mode, v.session, r.rv) {
 		m.kick()
 	}
-	if r.rv == ckrCryptokiNotInitialized {
-		return StatusNoInstance // the host finalized the module
-	}
 	return r.rv
+}
+
+// moduleFinalized records that the host finalized the module: every
+// member's session went with it, and recovery waits for the host to
+// initialize the module again (or, when the engine owns it, does so).
+func (e *Engine) moduleFinalized() {
+	if e.finalized.Swap(true) {
+		return
+	}
+	for _, m := range e.members {
+		if m.inst.forgetSession() {
+			m.kick()
+		}
+	}
 }
 
 // checkSockets runs stage 2 for the members that have an endpoint; members

@@ -98,13 +98,11 @@ static void *lane_main(void *arg)
 {
     struct hx_lane *l = arg;
     struct hx_lanes *p = l->pool;
-    struct hx_sigpipe g;
     int last;
 
     /* Every signal stays blocked on a lane (set before it was created):
      * it never runs a host's handler, never takes a signal a sigwait-style
      * host collects, and a SIGPIPE a vendor call raises is drained here. */
-    hx_sigpipe_block(&g);
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (!p->stop && !(l->active && !l->running)) {
@@ -120,7 +118,7 @@ static void *lane_main(void *arg)
         pthread_mutex_unlock(&p->mu);
 
         CK_RV rv = call(p->host, mode, slot, session);
-        hx_sigpipe_restore(&g);
+        hx_sigpipe_drain();
 
         pthread_mutex_lock(&p->mu);
         p->calls++;

@@ -100,6 +100,16 @@ func (in *instance) lose(md mode, session uint, rv Status) bool {
 	return false
 }
 
+// forgetSession drops the monitor session without closing it (the module
+// already forgot it); it reports whether there was one.
+func (in *instance) forgetSession() bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	had := in.hasSession
+	in.hasSession = false
+	return had
+}
+
 // beginAttempt records a recovery attempt and hands over a stale session.
 func (in *instance) beginAttempt(now time.Time) (stale uint, ok bool) {
 	in.mu.Lock()

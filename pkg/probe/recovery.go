@@ -55,6 +55,9 @@ func rearm(t *time.Timer, d time.Duration) (*time.Timer, <-chan time.Time) {
 // opens its read-only monitor session.
 func (e *Engine) recover(m *member) {
 	defer closeOnce(m.ready)
+	if e.finalized.Load() && e.mod.Initialized() {
+		e.finalized.Store(false) // the host initialized it again
+	}
 	stale, hasStale := m.inst.beginAttempt(time.Now())
 	if hasStale {
 		_ = e.mod.CloseSession(stale) // best effort: the session may be gone

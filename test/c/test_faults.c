@@ -317,6 +317,41 @@ static void scenario_closeall(void)
     check(one_each, "one monitor session per member afterwards");
 }
 
+/* Between the host's C_Finalize and its C_Initialize, a member's slot
+ * gets either a report whose members are all CKR_HA_NO_INSTANCE, or
+ * CKR_FUNCTION_FAILED with the reason; never CKR_SLOT_ID_INVALID. */
+static void finalize_window(void)
+{
+    CK_HA_STATUS st;
+    char why[256];
+    int i, k, ok = 1, calls = 0;
+
+    for (k = 0; k < 3; k++) {
+        for (i = 0; i < nmembers; i++) {
+            CK_RV rv = host.get_state(slots[i], &st);
+            calls++;
+            if (rv == CKR_OK) {
+                CK_ULONG j;
+                for (j = 0; j < st.listSize; j++) {
+                    if (st.memberList[j].memberStatus != CKR_HA_NO_INSTANCE) {
+                        note("slot %lu in the finalize window: member %lu %s", (unsigned long)slots[i],
+                             (unsigned long)j, status_name(st.memberList[j].memberStatus));
+                        ok = 0;
+                    }
+                }
+            } else if (rv == CKR_FUNCTION_FAILED) {
+                ok &= host.last_error(why, sizeof why) > 0;
+            } else {
+                note("slot %lu in the finalize window: %s", (unsigned long)slots[i], status_name(rv));
+                ok = 0;
+            }
+        }
+        sleep_ms(300);
+    }
+    check(ok, "finalize window: %d calls on members' slots, each CKR_HA_NO_INSTANCE or CKR_FUNCTION_FAILED "
+              "with the reason, none CKR_SLOT_ID_INVALID", calls);
+}
+
 /* Fault 5: a killed member whose server is still up. p11-kit's client does
  * not reconnect until the module is initialized again, which is the host's
  * decision: the library reports the member down, never finalizes the
@@ -351,6 +386,7 @@ static void scenario_reinit(void)
      * is the host's business, as the library guards its own calls. */
     host_guard_sigpipe(1);
     host.p11->C_Finalize(NULL);
+    finalize_window();
     memset(&args, 0, sizeof args);
     args.flags = CKF_OS_LOCKING_OK;
     rv = host.p11->C_Initialize(&args);
