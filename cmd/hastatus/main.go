@@ -151,7 +151,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 	if err != nil {
 		return fail(fmt.Errorf("%s: Chrystoki2/LibUNIX64: %w", cfg.File, err))
 	}
-	eng, err := probe.Launch(mod, groups, probe.Options{Timeout: timeout}, sys.getenv)
+	eng, err := probe.Launch(mod, groups, probe.Options{Timeout: timeout, NoSession: cfg.NoSession}, sys.getenv)
 	if err != nil {
 		return fail(err)
 	}

@@ -156,7 +156,7 @@ func (s *Service) launch(cfg *conf.Config) (*probe.Engine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %s: %w", cfg.File, moduleKey(cfg), err)
 	}
-	opts := probe.Options{Timeout: cfg.StatusTimeout}
+	opts := probe.Options{Timeout: cfg.StatusTimeout, NoSession: cfg.NoSession}
 	if s.env.Observe != nil {
 		s.env.Observe(cfg, &opts)
 	}

@@ -102,6 +102,10 @@ type Config struct {
 	ModulePath string
 	// Groups are the HA groups, in ascending order of their index NN.
 	Groups []Group
+	// NoSession is true when HAConfiguration/haExtMonitorSession is
+	// "disabled": libhaext then holds no session of its own, and stage 3
+	// is C_GetTokenInfo on the member's slot.
+	NoSession bool
 	// StatusTimeout is HAConfiguration/statusTimeout.
 	StatusTimeout time.Duration
 	// HALog holds the HA logging settings.
@@ -453,6 +457,15 @@ func (p *parser) parseHAConfiguration() {
 		p.cfg.StatusTimeout = d
 		if w != "" {
 			p.warn(secHA, "statusTimeout", "%s", w)
+		}
+	}
+
+	if v, ok := value(s, "haExtMonitorSession"); ok {
+		switch {
+		case strings.EqualFold(v, "disabled"):
+			p.cfg.NoSession = true
+		case !strings.EqualFold(v, "enabled"):
+			p.warn(secHA, "haExtMonitorSession", "%q is neither enabled nor disabled; using enabled", v)
 		}
 	}
 

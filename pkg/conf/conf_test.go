@@ -316,6 +316,17 @@ func TestWarnings(t *testing.T) {
 			check: func(t *testing.T, c *Config) { assert.Equal(t, int64(1<<20), c.HALog.MaxBytes) },
 		},
 		{
+			name:  "no monitor session",
+			extra: map[string]string{"HAConfiguration": "haExtMonitorSession = Disabled;\n"},
+			check: func(t *testing.T, c *Config) { assert.True(t, c.NoSession) },
+		},
+		{
+			name:  "monitor session neither enabled nor disabled",
+			extra: map[string]string{"HAConfiguration": "haExtMonitorSession = off;\n"},
+			want:  []string{`f.conf: HAConfiguration/haExtMonitorSession: "off" is neither enabled nor disabled; using enabled`},
+			check: func(t *testing.T, c *Config) { assert.False(t, c.NoSession) },
+		},
+		{
 			name:  "log enabled without path",
 			extra: map[string]string{"HAConfiguration": "haLogStatus = ENABLED;\nhaLogToStdout = Enabled;\n"},
 			want:  []string{"f.conf: HAConfiguration/haLogPath: haLogStatus is enabled but haLogPath is not set; HA logging to a file is disabled"},

@@ -501,3 +501,33 @@ func TestFinalizeWindow(t *testing.T) {
 		return v[0].Status == StatusOK && v[1].Status == StatusOK
 	}, "members come back once the host initializes the module again")
 }
+
+// With NoSession the engine opens no session at all: stage 3 is
+// C_GetTokenInfo on the member's slot, with the same timing rules.
+func TestNoSessionChecksTokenInfo(t *testing.T) {
+	f := fakep11.New(3)
+	e := start(t, f, 3, Options{NoSession: true, Timeout: 500 * time.Millisecond, RecoveryInterval: 100 * time.Millisecond})
+	v, _ := check(e)
+	assert.Equal(t, repeat(StatusOK, 3), statuses(v))
+	assert.Equal(t, int32(0), f.Opens.Load(), "no session opened")
+
+	f.Update(11, func(s *fakep11.Script) { s.Absent = true })
+	v, _ = check(e)
+	assert.Equal(t, []Status{StatusOK, ckrTokenNotPresent, StatusOK}, statuses(v))
+	f.Update(11, func(s *fakep11.Script) { s.Absent = false })
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[1].Status == StatusOK
+	}, "the member is resolved again once its token is back")
+
+	release := make(chan struct{})
+	defer close(release)
+	f.Update(12, func(s *fakep11.Script) { s.TokHang = release })
+	v, took := check(e)
+	assert.Equal(t, []Status{StatusOK, StatusOK, StatusTimeout}, statuses(v))
+	assert.Less(t, took, time.Second)
+	v, took = check(e)
+	assert.Equal(t, StatusTimeout, v[2].Status, "a stuck member is not asked again")
+	assert.Less(t, took, 200*time.Millisecond)
+	assert.Equal(t, int32(0), f.Opens.Load(), "still no session")
+}

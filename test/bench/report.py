@@ -214,6 +214,16 @@ def fanout_section(results):
                      [["%g ms" % (r["latency_us"] / 1000), r["members"], r["regime"], f(r["p50_ms"], 3),
                        f(r["c_fanout_p50_ms"], 3), "%.2fx" % r["libhaext_over_c_fanout"], f(r["p99_ms"], 3),
                        f(r["c_fanout_p99_ms"], 3)] for r in rows]), ""]
+    a, b = find(results, "stage3_session"), find(results, "stage3_token")
+    if a and b:
+        md += ["**Without a session.** 8 members, 1 ms injected, the same lab, one process each: stage 3 over "
+               "libhaext's monitor session (C_GetSessionInfo, the default) against no session at all "
+               "(`haExtMonitorSession = disabled`: C_GetTokenInfo on the member's slot).", "",
+               table(["stage 3", "p50 ms", "p99 ms", "CPU ms per call (bench process)"],
+                     [["C_GetSessionInfo, monitor session", f(a["p50_ms"], 3), f(a["p99_ms"], 3),
+                       f(a.get("cpu_ms_per_call"), 3)],
+                      ["C_GetTokenInfo, no session", f(b["p50_ms"], 3), f(b["p99_ms"], 3),
+                       f(b.get("cpu_ms_per_call"), 3)]]), ""]
     i = find(results, "idle")
     if i:
         md += ["**Idle.** A host with the library loaded, 8 healthy members and one status call behind it, "

@@ -150,6 +150,14 @@ dir=$work/lab-conc
 log "lab: concurrency (8 members, 1000 us)"
 up "$dir" 8 1000
 bench "$dir" 1000 -- concurrency
+# Stage 3 with the monitor session (C_GetSessionInfo) and without any
+# session (haExtMonitorSession = disabled: C_GetTokenInfo), side by side on
+# the same lab, one process each.
+nosession=$work/conf-nosession
+mkdir -p "$nosession"
+sed "s#^HAConfiguration = {#&\n   haExtMonitorSession = disabled;#" "$dir/Chrystoki.conf" >"$nosession/Chrystoki.conf"
+bench "$dir" 1000 -- libonly=stage3_session
+bench "$dir" 1000 ChrystokiConfigurationPath="$nosession" -- libonly=stage3_token
 down "$dir"
 for lat in 1000 0; do
     # The 1 ms lab is the reference; the 0 us one shows the library's own

@@ -60,6 +60,18 @@ else
     failed=$((failed + 1))
 fi
 
+# The host's login state, with libhaext's monitor sessions (the default)
+# and without any session (haExtMonitorSession = disabled).
+for variant in default nosession; do
+    dir=$work/lab-login-$variant
+    bash "$lab" up --dir "$dir" --mode direct --members 2 >/dev/null
+    if [ "$variant" = nosession ]; then
+        sed -i "s#^HAConfiguration = {#&\n   haExtMonitorSession = disabled;#" "$dir/Chrystoki.conf"
+    fi
+    run "login-$variant" "$dir" "$build/test_login" "$variant"
+    bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+done
+
 # Networked members: one p11-kit server per member behind p11-kit-proxy.
 # p11-kit-proxy gives every caller of C_GetFunctionList its own instance; a
 # vendor client is one instance per process. Scenarios where the host and
