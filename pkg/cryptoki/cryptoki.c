@@ -27,9 +27,10 @@ unsigned long hx_sigpipes_drained(void)
         hx_leave(host);                                      \
     } while (0)
 
-CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, const char **why)
+CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, int *per_caller, const char **why)
 {
     CK_C_GetFunctionList get;
+    CK_FUNCTION_LIST_PTR again = NULL;
     CK_RV rv;
     struct hx_sigpipe g;
 
@@ -49,6 +50,11 @@ CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, const
     *list = NULL;
     hx_sigpipe_block(&g);
     rv = get(list);
+    /* A module that hands every caller its own function list gives every
+     * caller its own instance (p11-kit-proxy does). */
+    if (rv == CKR_OK && *list != NULL && get(&again) == CKR_OK) {
+        *per_caller = again != *list;
+    }
     drained_total += (unsigned long)hx_sigpipe_restore(&g);
     if (rv == CKR_OK && *list == NULL) {
         *why = "C_GetFunctionList returned CKR_OK and no function list";

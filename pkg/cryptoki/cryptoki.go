@@ -86,10 +86,13 @@ func check(fn string, rv C.CK_RV) error {
 // every call. Its methods are safe for concurrent use, as far as the vendor
 // module is.
 type Module struct {
-	host  *C.struct_haext_host // C memory: the lanes keep pointers to it
-	lent  bool                 // the host lent it: never initialize it
-	owner atomic.Bool          // this package initialized the module
-	mu    sync.Mutex           // serializes Restart
+	host *C.struct_haext_host // C memory: the lanes keep pointers to it
+	lent bool                 // the host lent it: never initialize it
+	// perCaller: the module gives every C_GetFunctionList caller its own
+	// instance, so this one is not the host's.
+	perCaller bool
+	owner     atomic.Bool // this package initialized the module
+	mu        sync.Mutex  // serializes Restart
 }
 
 // Open loads the module at path and initializes it unless the host already
@@ -105,14 +108,16 @@ func Open(path string) (*Module, error) {
 	defer C.free(unsafe.Pointer(cpath))
 	var handle unsafe.Pointer
 	var list C.CK_FUNCTION_LIST_PTR
+	var perCaller C.int
 	var why *C.char
-	if rv := C.hx_load(cpath, &handle, &list, &why); rv != C.CKR_OK {
+	if rv := C.hx_load(cpath, &handle, &list, &perCaller, &why); rv != C.CKR_OK {
 		if why != nil {
 			return nil, fmt.Errorf("cryptoki: cannot load vendor module %s: %s", path, C.GoString(why))
 		}
 		return nil, fmt.Errorf("cryptoki: cannot load vendor module %s: %w", path, check("C_GetFunctionList", rv))
 	}
 	m := newModule(list, false)
+	m.perCaller = perCaller != 0
 	if err := m.attach(); err != nil {
 		return nil, fmt.Errorf("cryptoki: %s: %w", path, err)
 	}
@@ -185,6 +190,25 @@ func (m *Module) Owner() bool { return m.owner.Load() }
 
 // Lent reports whether the host lent the module (Lend).
 func (m *Module) Lent() bool { return m.lent }
+
+// PerCaller reports whether the module gives every caller of
+// C_GetFunctionList its own instance (p11-kit-proxy does): the Module then
+// has an instance of its own, not the host's, which keeps its own
+// connections to the members. A host should lend its function list
+// instead (Lend).
+func (m *Module) PerCaller() bool { return m.perCaller }
+
+// Release finalizes the module when this package initialized it (an
+// instance of its own that nobody else uses), so that its connections are
+// closed. The caller must make sure no call is in flight.
+func (m *Module) Release() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.owner.Swap(false) {
+		return nil
+	}
+	return check("C_Finalize", C.hx_finalize(m.host))
+}
 
 // LendsSessions reports whether the host also lends its sessions for the
 // lightweight call (a front module does).

@@ -5,7 +5,7 @@
 #include "call.h"
 
 unsigned long hx_sigpipes_drained(void);
-CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, const char **why);
+CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, int *per_caller, const char **why);
 CK_RV hx_get_info(struct haext_host *h, CK_INFO *info);
 CK_RV hx_initialize(struct haext_host *h);
 CK_RV hx_finalize(struct haext_host *h);

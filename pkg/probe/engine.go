@@ -127,6 +127,7 @@ type Engine struct {
 
 	checks               sync.RWMutex // Close waits for the checks in flight
 	startOnce, closeOnce sync.Once
+	quiet                bool // set by Close
 	stop                 chan struct{}
 	workers              sync.WaitGroup
 }
@@ -204,14 +205,16 @@ func (e *Engine) Start() {
 }
 
 // Close stops the engine and closes the monitor sessions of members whose
-// worker is idle, waiting at most Timeout for them. A lane stuck in a
-// vendor call exits when the call returns.
+// worker is idle, waiting at most Timeout for the engine's vendor calls in
+// flight. A lane or worker stuck in a vendor call exits when the call
+// returns; Quiet tells whether one was.
 func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
 		close(e.stop)
 		e.checks.Lock() // no check in flight uses the lanes any more
 		e.lanes.stop()
 		e.checks.Unlock()
+		deadline := time.Now().Add(e.timeout)
 		done := make(chan struct{})
 		go func() {
 			e.workers.Wait()
@@ -219,12 +222,21 @@ func (e *Engine) Close() {
 		}()
 		timer := time.NewTimer(e.timeout)
 		defer timer.Stop()
+		workersDone := false
 		select {
 		case <-done:
+			workersDone = true
 		case <-timer.C:
 		}
+		e.quiet = e.lanes.waitIdle(time.Until(deadline)) && workersDone
+		e.lanes.release()
 	})
 }
+
+// Quiet reports, after Close, whether none of the engine's vendor calls was
+// still in flight when Close returned: only then may the module be
+// finalized.
+func (e *Engine) Quiet() bool { return e.quiet }
 
 // Timeout returns the engine's statusTimeout.
 func (e *Engine) Timeout() time.Duration { return e.timeout }

@@ -43,7 +43,9 @@ struct hx_lanes {
     struct haext_host *host;
     int64_t stuck_ns;
     int stop;
-    int alive; /* lane threads not yet exited */
+    int alive;   /* lane threads not yet exited, plus the owner's hold */
+    int running; /* lanes inside a vendor call */
+    pthread_cond_t idle; /* signalled when running drops to 0 */
     uint64_t calls;
     int n;
     struct hx_lane lane[];
@@ -63,6 +65,14 @@ static void cond_init_monotonic(pthread_cond_t *cv)
     pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
     pthread_cond_init(cv, &a);
     pthread_condattr_destroy(&a);
+}
+
+static void destroy(struct hx_lanes *p)
+{
+    pthread_cond_destroy(&p->go);
+    pthread_cond_destroy(&p->idle);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
 }
 
 /* The lightweight call itself, outside the pool's lock. */
@@ -112,6 +122,7 @@ static void *lane_main(void *arg)
             break;
         }
         l->running = 1;
+        p->running++;
         int mode = l->mode;
         CK_SLOT_ID slot = l->slot;
         CK_SESSION_HANDLE session = l->session;
@@ -122,6 +133,9 @@ static void *lane_main(void *arg)
 
         pthread_mutex_lock(&p->mu);
         p->calls++;
+        if (--p->running == 0) {
+            pthread_cond_broadcast(&p->idle);
+        }
         l->rv = rv;
         l->done = l->gen;
         l->done_ns = now_ns();
@@ -139,9 +153,7 @@ static void *lane_main(void *arg)
     last = --p->alive == 0;
     pthread_mutex_unlock(&p->mu);
     if (last) {
-        pthread_cond_destroy(&p->go);
-        pthread_mutex_destroy(&p->mu);
-        free(p);
+        destroy(p);
     }
     return NULL;
 }
@@ -158,6 +170,8 @@ struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int64_t stuck_ns)
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->go, NULL);
+    cond_init_monotonic(&p->idle);
+    p->alive = 1; /* the owner's hold, dropped by hx_lanes_release */
     p->host = host;
     p->stuck_ns = stuck_ns;
     p->n = n;
@@ -188,9 +202,7 @@ struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int64_t stuck_ns)
     pthread_attr_destroy(&attr);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (failed) {
-        if (p->alive == 0) {
-            free(p);
-        }
+        hx_lanes_release(p);
         return NULL;
     }
     return p;
@@ -283,6 +295,30 @@ void hx_lanes_stop(struct hx_lanes *p)
     p->stop = 1;
     pthread_cond_broadcast(&p->go);
     pthread_mutex_unlock(&p->mu);
+}
+
+int hx_lanes_wait_idle(struct hx_lanes *p, int64_t wait_ns)
+{
+    int64_t deadline = now_ns() + wait_ns;
+    struct timespec ts = {deadline / 1000000000, deadline % 1000000000};
+    int n;
+    pthread_mutex_lock(&p->mu);
+    while (p->running > 0 && pthread_cond_timedwait(&p->idle, &p->mu, &ts) != ETIMEDOUT) {
+    }
+    n = p->running;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void hx_lanes_release(struct hx_lanes *p)
+{
+    int last;
+    pthread_mutex_lock(&p->mu);
+    last = --p->alive == 0;
+    pthread_mutex_unlock(&p->mu);
+    if (last) {
+        destroy(p);
+    }
 }
 
 uint64_t hx_lanes_calls(struct hx_lanes *p)

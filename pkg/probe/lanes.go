@@ -90,6 +90,13 @@ func (l lanes) calls() uint64 { return uint64(C.hx_lanes_calls(l.p)) }
 // stop stops the lanes; one inside a vendor call exits when it returns.
 func (l lanes) stop() { C.hx_lanes_stop(l.p) }
 
+// waitIdle waits at most d for every lane to be out of its vendor call and
+// reports whether they all are.
+func (l lanes) waitIdle(d time.Duration) bool { return C.hx_lanes_wait_idle(l.p, C.int64_t(d)) == 0 }
+
+// release drops the engine's hold on the pool; l must not be used again.
+func (l lanes) release() { C.hx_lanes_release(l.p) }
+
 // stuck returns how many lanes are inside a call older than the stuck
 // limit.
 func (l lanes) stuck() int { return int(C.hx_lanes_stuck(l.p)) }

@@ -52,8 +52,14 @@ struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int64_t stuck_ns);
  * running) and waits at most wait_ns for all of them. */
 void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res);
 /* Stops the lanes: idle ones exit now, one inside a vendor call when the
- * call returns. The last one out frees the pool. */
+ * call returns. */
 void hx_lanes_stop(struct hx_lanes *p);
+/* Waits at most wait_ns for every lane to be out of its vendor call;
+ * returns how many are still inside one. */
+int hx_lanes_wait_idle(struct hx_lanes *p, int64_t wait_ns);
+/* Drops the owner's hold: the last of the owner and the lane threads frees
+ * the pool. The pool must not be used afterwards. */
+void hx_lanes_release(struct hx_lanes *p);
 /* Lanes inside a call older than the stuck limit. */
 int hx_lanes_stuck(struct hx_lanes *p);
 /* Lightweight calls the lanes made. */
