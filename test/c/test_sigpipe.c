@@ -4,6 +4,9 @@
  * with haLogToStdout = enabled, must survive libhaext's writes whatever it
  * did with SIGPIPE: kept the default action, ignored it, or installed a
  * handler of its own; and that handler must not run because of libhaext.
+ * Each is tried before libhaext is loaded (the Go runtime then installs its
+ * own handler and forwards to the host's) and after (the host's disposition
+ * replaces the Go runtime's handler).
  *
  * Every variant runs in a child process that loads both libraries itself
  * (the parent never loads libhaext: the Go runtime does not survive a
@@ -39,6 +42,7 @@ enum {
 enum variant { V_READER, V_DEFAULT, V_IGNORED, V_HANDLER };
 static const char *variant_name[] = {"a reader on the pipe", "SIGPIPE default", "SIGPIPE ignored",
                                      "own SIGPIPE handler"};
+static const char *when_name[] = {"set before loading libhaext", "set after loading libhaext"};
 
 static volatile sig_atomic_t handler_runs;
 
@@ -100,25 +104,35 @@ static int write_conf(const char *dir)
     return fclose(f);
 }
 
-/* child runs one variant with out as its standard output; it never returns. */
-static void child(enum variant v, int out, const char *dir, const char *serial, int nmembers)
+static int set_sigpipe(enum variant v)
 {
-    struct host host;
     struct sigaction sa;
-    char log[1100];
-    CK_SLOT_ID slot;
-    int i, seen = 0;
-
     memset(&sa, 0, sizeof sa);
     sigemptyset(&sa.sa_mask);
     sa.sa_handler = v == V_IGNORED ? SIG_IGN : v == V_HANDLER ? on_sigpipe : SIG_DFL;
     sa.sa_flags = SA_RESTART;
-    if (sigaction(SIGPIPE, &sa, NULL) != 0 || dup2(out, 1) != 1 || write_conf(dir) != 0 ||
+    return sigaction(SIGPIPE, &sa, NULL);
+}
+
+/* child runs one variant with out as its standard output, setting its
+ * SIGPIPE disposition before (after == 0) or after loading libhaext; it
+ * never returns. */
+static void child(enum variant v, int after, int out, const char *dir, const char *serial, int nmembers)
+{
+    struct host host;
+    char log[1100];
+    CK_SLOT_ID slot;
+    int i, seen = 0;
+
+    if ((!after && set_sigpipe(v) != 0) || dup2(out, 1) != 1 || write_conf(dir) != 0 ||
         setenv("ChrystokiConfigurationPath", dir, 1) != 0) {
         _exit(CHILD_SETUP);
     }
     close(out);
     host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
+    if (after && set_sigpipe(v) != 0) {
+        _exit(CHILD_SETUP);
+    }
     if ((slot = slot_of_serial(&host, serial)) == (CK_SLOT_ID)-1) {
         fprintf(stderr, "member %s not found\n", serial);
         _exit(CHILD_SETUP);
@@ -135,22 +149,24 @@ static void child(enum variant v, int out, const char *dir, const char *serial, 
         sleep_ms(50);
     }
     if (seen < nmembers) {
-        fprintf(stderr, "%s: the HA log shows %d of %d members\n", variant_name[v], seen, nmembers);
+        fprintf(stderr, "variant %d: the HA log shows %d of %d members\n", (int)v, seen, nmembers);
         _exit(CHILD_NO_LOG);
     }
     sleep_ms(200);
     _exit(handler_runs ? CHILD_HANDLER_RAN : CHILD_OK);
 }
 
-static void run_variant(enum variant v, const char *serial, int nmembers)
+static void run_variant(enum variant v, int after, const char *serial, int nmembers)
 {
-    char dir[1024], out[8192];
+    char dir[1024], out[8192], name[128];
     int p[2], status;
     size_t got = 0;
     ssize_t n;
     pid_t pid;
 
-    snprintf(dir, sizeof dir, "%s/v%d", need_env("HALAB_SCRATCH"), (int)v);
+    snprintf(dir, sizeof dir, "%s/v%d-%d", need_env("HALAB_SCRATCH"), (int)v, after);
+    snprintf(name, sizeof name, "%s%s%s", variant_name[v], v == V_READER ? "" : ", ",
+             v == V_READER ? "" : when_name[after]);
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         fprintf(stderr, "mkdir %s: %s\n", dir, strerror(errno));
         exit(2);
@@ -166,7 +182,7 @@ static void run_variant(enum variant v, const char *serial, int nmembers)
         if (v != V_READER) {
             close(p[0]); /* nobody will ever read the pipe */
         }
-        child(v, p[1], dir, serial, nmembers);
+        child(v, after, p[1], dir, serial, nmembers);
     }
     close(p[1]);
     if (v == V_READER) {
@@ -179,26 +195,26 @@ static void run_variant(enum variant v, const char *serial, int nmembers)
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (WIFSIGNALED(status)) {
-        check(0, "%s: the host survives libhaext's writes (killed by signal %d, %s)", variant_name[v],
+        check(0, "%s: the host survives libhaext's writes (killed by signal %d, %s)", name,
               WTERMSIG(status), strsignal(WTERMSIG(status)));
         return;
     }
     check(WEXITSTATUS(status) == CHILD_OK || WEXITSTATUS(status) == CHILD_HANDLER_RAN,
-          "%s: the host survives libhaext's writes (exit %d)", variant_name[v], WEXITSTATUS(status));
+          "%s: the host survives libhaext's writes (exit %d)", name, WEXITSTATUS(status));
     if (v == V_HANDLER) {
-        check(WEXITSTATUS(status) == CHILD_OK, "%s: the host's handler did not run", variant_name[v]);
+        check(WEXITSTATUS(status) == CHILD_OK, "%s: the host's handler did not run", name);
     }
     if (v == V_READER) {
         check(count(out, "old=none") == nmembers,
               "%s: haLogToStdout writes each member's first verdict to standard output (%d of %d)",
-              variant_name[v], count(out, "old=none"), nmembers);
+              name, count(out, "old=none"), nmembers);
     }
 }
 
 int main(void)
 {
     char *list = strdup(need_env("HALAB_SERIALS")), *first, *save = NULL, *tok;
-    int nmembers = 0;
+    int nmembers = 0, after;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     first = strtok_r(list, " ", &save);
@@ -211,10 +227,12 @@ int main(void)
             return 2;
         }
     }
-    run_variant(V_READER, first, nmembers);
-    run_variant(V_DEFAULT, first, nmembers);
-    run_variant(V_IGNORED, first, nmembers);
-    run_variant(V_HANDLER, first, nmembers);
+    run_variant(V_READER, 0, first, nmembers);
+    for (after = 0; after < 2; after++) {
+        run_variant(V_DEFAULT, after, first, nmembers);
+        run_variant(V_IGNORED, after, first, nmembers);
+        run_variant(V_HANDLER, after, first, nmembers);
+    }
     free(list);
     return done();
 }
