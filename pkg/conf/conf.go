@@ -356,36 +356,7 @@ func groupKeyName(nn int, field string) string {
 }
 
 func (p *parser) parseGroups() error {
-	s := p.section(secVirtual)
-	raw := map[int]*groupKeys{}
-	if s != nil {
-		for _, k := range s.Keys() {
-			digits, field, ok := splitGroupKey(strings.ToLower(k.Name()))
-			if !ok {
-				continue
-			}
-			if len(digits) != 2 {
-				p.warn(secVirtual, "VirtualToken"+digits+groupFields[field],
-					"group index %q is not two digits (NN is 00..99); key ignored", digits)
-				continue
-			}
-			nn := int(digits[0]-'0')*10 + int(digits[1]-'0')
-			g := raw[nn]
-			if g == nil {
-				g = &groupKeys{}
-				raw[nn] = g
-			}
-			v := strings.TrimSpace(k.Value())
-			switch field {
-			case "label":
-				g.label, g.hasLabel = v, true
-			case "sn":
-				g.sn, g.hasSN = v, true
-			case "members":
-				g.members, g.hasMemb = v, true
-			}
-		}
-	}
+	raw := p.rawGroups()
 	if len(raw) == 0 {
 		return fmt.Errorf("%s: %s: no HA groups defined (no VirtualTokenNNLabel/SN/Members keys): nothing to report on",
 			p.name, secVirtual)
@@ -410,6 +381,43 @@ func (p *parser) parseGroups() error {
 		p.cfg.Groups = append(p.cfg.Groups, g)
 	}
 	return nil
+}
+
+// rawGroups collects the VirtualTokenNN keys by group index NN, warning
+// about (and ignoring) keys whose index is not two digits.
+func (p *parser) rawGroups() map[int]*groupKeys {
+	s := p.section(secVirtual)
+	raw := map[int]*groupKeys{}
+	if s == nil {
+		return raw
+	}
+	for _, k := range s.Keys() {
+		digits, field, ok := splitGroupKey(strings.ToLower(k.Name()))
+		if !ok {
+			continue
+		}
+		if len(digits) != 2 {
+			p.warn(secVirtual, "VirtualToken"+digits+groupFields[field],
+				"group index %q is not two digits (NN is 00..99); key ignored", digits)
+			continue
+		}
+		nn := int(digits[0]-'0')*10 + int(digits[1]-'0')
+		g := raw[nn]
+		if g == nil {
+			g = &groupKeys{}
+			raw[nn] = g
+		}
+		v := strings.TrimSpace(k.Value())
+		switch field {
+		case "label":
+			g.label, g.hasLabel = v, true
+		case "sn":
+			g.sn, g.hasSN = v, true
+		case "members":
+			g.members, g.hasMemb = v, true
+		}
+	}
+	return raw
 }
 
 func (p *parser) parseGroup(nn int, k *groupKeys) (Group, error) {
