@@ -53,6 +53,10 @@ $(BUILD)/test_login: test/c/test_login.c test/c/harness.c test/c/harness.h inclu
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ test/c/test_login.c test/c/harness.c -ldl -lpthread
 
+$(BUILD)/test_sigpipe: test/c/test_sigpipe.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_sigpipe.c test/c/harness.c -ldl -lpthread
+
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
@@ -66,7 +70,7 @@ test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login
+test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login $(BUILD)/test_sigpipe
 	bash test/c/run.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus

@@ -111,7 +111,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys system) int {
 	fail := func(err error) int {
-		fmt.Fprintf(stderr, "hastatus: %v\n", err)
+		fmt.Fprintf(stderr, "hastatus: %s\n", printable(err.Error()))
 		return exitError
 	}
 	o, err := parseArgs(args, stderr)
@@ -120,23 +120,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 	} else if err != nil {
 		return fail(err)
 	}
-
-	path := o.config
-	if path == "" {
-		if path, err = conf.Locate(sys.getenv, sys.exists); err != nil {
-			return fail(err)
-		}
-	}
-	cfg, err := conf.Load(path)
+	cfg, timeout, err := configure(o, sys, stderr)
 	if err != nil {
 		return fail(err)
-	}
-	timeout := cfg.StatusTimeout
-	if o.timeout != "" {
-		var warning string
-		if timeout, warning = conf.ParseStatusTimeout(o.timeout); warning != "" {
-			fmt.Fprintf(stderr, "hastatus: --timeout: %s\n", warning)
-		}
 	}
 	groups := cfg.Groups
 	if o.group != "" {
@@ -147,29 +133,71 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 		}
 		groups = []conf.Group{g}
 	}
-	mod, err := sys.openModule(cfg.ModulePath)
-	if err != nil {
-		return fail(fmt.Errorf("%s: Chrystoki2/LibUNIX64: %w", cfg.File, err))
-	}
-	eng, err := probe.Launch(mod, groups, probe.Options{Timeout: timeout, NoSession: cfg.NoSession}, sys.getenv)
+	eng, err := startEngine(cfg, groups, timeout, sys)
 	if err != nil {
 		return fail(err)
 	}
 	defer eng.Close()
-
-	reports := checkAll(eng, sys.now)
-	if o.json {
-		err = writeJSON(stdout, reports, timeout, sys.now(), o.watch == 0)
-	} else {
-		err = writeTable(stdout, reports, timeout)
-	}
+	code, err := show(ctx, eng, o, stdout, sys.now)
 	if err != nil {
 		return fail(err)
 	}
-	if o.watch > 0 {
-		reports = watch(ctx, eng, reports, o, stdout, sys.now)
+	return code
+}
+
+// configure reads the configuration, prints its warnings on stderr and
+// returns it with the status timeout to use (--timeout, else the file's).
+func configure(o options, sys system, stderr io.Writer) (*conf.Config, time.Duration, error) {
+	path := o.config
+	if path == "" {
+		var err error
+		if path, err = conf.Locate(sys.getenv, sys.exists); err != nil {
+			return nil, 0, err
+		}
 	}
-	return exitCode(reports)
+	cfg, err := conf.Load(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stderr, "hastatus: warning: %s\n", printable(w))
+	}
+	timeout := cfg.StatusTimeout
+	if o.timeout != "" {
+		var warning string
+		if timeout, warning = conf.ParseStatusTimeout(o.timeout); warning != "" {
+			fmt.Fprintf(stderr, "hastatus: --timeout: %s\n", printable(warning))
+		}
+	}
+	return cfg, timeout, nil
+}
+
+// startEngine loads the vendor module and starts checking the groups.
+func startEngine(cfg *conf.Config, groups []conf.Group, timeout time.Duration, sys system) (*probe.Engine, error) {
+	mod, err := sys.openModule(cfg.ModulePath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %w", cfg.File, cfg.ModuleKey, err)
+	}
+	return probe.Launch(mod, groups, probe.Options{Timeout: timeout, NoSession: cfg.NoSession}, sys.getenv)
+}
+
+// show prints the groups' state once, then, with --watch, each change
+// until ctx ends; it returns the exit status for the last state.
+func show(ctx context.Context, eng *probe.Engine, o options, w io.Writer, now func() time.Time) (int, error) {
+	reports := checkAll(eng, now)
+	var err error
+	if o.json {
+		err = writeJSON(w, reports, eng.Timeout(), now(), o.watch == 0)
+	} else {
+		err = writeTable(w, reports, eng.Timeout())
+	}
+	if err != nil {
+		return exitError, err
+	}
+	if o.watch > 0 {
+		reports = watch(ctx, eng, reports, o, w, now)
+	}
+	return exitCode(reports), nil
 }
 
 // findGroup finds a group by label, else by serial.
@@ -245,12 +273,12 @@ func writeTable(w io.Writer, reports []report, timeout time.Duration) error {
 			b.WriteString("\n")
 		}
 		fmt.Fprintf(&b, "HA Group Label:   %s\nHA Group Number:  %d\nStatus Timeout:   %v\n\n",
-			r.group.Label, r.group.Serial, timeout)
+			printable(r.group.Label), r.group.Serial, timeout)
 		tw := tabwriter.NewWriter(&b, 0, 4, 3, ' ', 0)
 		fmt.Fprintln(tw, "Member S/N\tMember Label\tSlot #\tStatus\tCheck")
 		fmt.Fprintln(tw, "==========\t============\t======\t======\t=====")
 		for j, v := range r.verdicts {
-			label := v.Label
+			label := printable(v.Label)
 			if label == "" {
 				label = "-"
 			}
@@ -265,19 +293,19 @@ func writeTable(w io.Writer, reports []report, timeout time.Duration) error {
 
 // jsonMember is one member in the --json output; see README.md.
 type jsonMember struct {
-	Serial     string  `json:"serial"`     // as configured
-	SerialDec  string  `json:"serial_dec"` // memberSerial, decimal
-	Label      string  `json:"label"`
-	Slot       *uint   `json:"slot"` // null when not resolved
-	Status     uint    `json:"status"`
-	StatusName string  `json:"status_name"`
-	Alive      bool    `json:"alive"`
-	Reason     string  `json:"reason"`
-	CheckMS    float64 `json:"check_ms"`
+	Serial     string   `json:"serial"`     // as configured
+	SerialDec  string   `json:"serial_dec"` // memberSerial, decimal
+	Label      jsonText `json:"label"`
+	Slot       *uint    `json:"slot"` // null when not resolved
+	Status     uint     `json:"status"`
+	StatusName string   `json:"status_name"`
+	Alive      bool     `json:"alive"`
+	Reason     string   `json:"reason"`
+	CheckMS    float64  `json:"check_ms"`
 }
 
 type jsonGroup struct {
-	Label    string       `json:"label"`
+	Label    jsonText     `json:"label"`
 	Serial   string       `json:"serial"` // decimal
 	TimeoutS float64      `json:"timeout_s"`
 	Members  []jsonMember `json:"members"`
@@ -291,7 +319,7 @@ type jsonOutput struct {
 
 func toJSONMember(m conf.Member, v probe.Verdict) jsonMember {
 	jm := jsonMember{
-		Serial: m.SerialText, SerialDec: strconv.FormatUint(v.Serial, 10), Label: v.Label,
+		Serial: m.SerialText, SerialDec: strconv.FormatUint(v.Serial, 10), Label: jsonText(v.Label),
 		Status: uint(v.Status), StatusName: v.Status.String(), Alive: v.Status.Alive(),
 		Reason: v.Status.Reason(), CheckMS: millis(v.Took),
 	}
@@ -307,7 +335,7 @@ func toJSONMember(m conf.Member, v probe.Verdict) jsonMember {
 func writeJSON(w io.Writer, reports []report, timeout time.Duration, now time.Time, indent bool) error {
 	out := jsonOutput{Schema: SchemaVersion, Time: now.UTC().Format(time.RFC3339Nano), Groups: []jsonGroup{}}
 	for _, r := range reports {
-		g := jsonGroup{Label: r.group.Label, Serial: strconv.FormatUint(r.group.Serial, 10),
+		g := jsonGroup{Label: jsonText(r.group.Label), Serial: strconv.FormatUint(r.group.Serial, 10),
 			TimeoutS: timeout.Seconds(), Members: []jsonMember{}}
 		for j, v := range r.verdicts {
 			g.Members = append(g.Members, toJSONMember(r.group.Members[j], v))
@@ -325,7 +353,7 @@ func writeJSON(w io.Writer, reports []report, timeout time.Duration, now time.Ti
 type jsonTransition struct {
 	Schema int        `json:"schema"`
 	Time   string     `json:"time"`
-	Group  string     `json:"group"`
+	Group  jsonText   `json:"group"`
 	Old    string     `json:"old"`
 	Member jsonMember `json:"member"`
 }
@@ -353,9 +381,9 @@ func watch(ctx context.Context, eng *probe.Engine, last []report, o options, w i
 				}
 				if o.json {
 					_ = enc.Encode(jsonTransition{Schema: SchemaVersion, Time: at.Format(time.RFC3339Nano),
-						Group: r.group.Label, Old: old.String(), Member: toJSONMember(r.group.Members[j], v)})
+						Group: jsonText(r.group.Label), Old: old.String(), Member: toJSONMember(r.group.Members[j], v)})
 				} else {
-					fmt.Fprintf(w, "%s  %s  %s  %s -> %s\n", at.Format("2006-01-02T15:04:05.000Z"), r.group.Label,
+					fmt.Fprintf(w, "%s  %s  %s  %s -> %s\n", at.Format("2006-01-02T15:04:05.000Z"), printable(r.group.Label),
 						r.group.Members[j].SerialText, describe(old), describe(v.Status))
 				}
 			}

@@ -46,7 +46,7 @@ var lib = service.New(service.Env{
 // configuration's warnings to it and has it record every transition.
 // Without haLogStatus or haLogToStdout the library writes nothing.
 func openHALog(cfg *conf.Config, opts *probe.Options) {
-	l := halog.New(cfg.HALog, os.Stdout)
+	l := halog.New(cfg.HALog, nil) // nil: standard output through the SIGPIPE guard
 	if l == nil {
 		return
 	}

@@ -154,16 +154,11 @@ func (s *Service) load(cfg *conf.Config, done chan struct{}) {
 func (s *Service) launch(cfg *conf.Config) (*probe.Engine, error) {
 	mod, err := s.env.OpenModule(cfg.ModulePath)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %s: %w", cfg.File, moduleKey(cfg), err)
+		return nil, fmt.Errorf("%s: %s: %w", cfg.File, cfg.ModuleKey, err)
 	}
 	opts := probe.Options{Timeout: cfg.StatusTimeout, NoSession: cfg.NoSession}
 	if s.env.Observe != nil {
 		s.env.Observe(cfg, &opts)
 	}
 	return probe.Launch(mod, cfg.Groups, opts, s.env.Getenv)
-}
-
-// moduleKey names the key that supplied the module path.
-func moduleKey(cfg *conf.Config) string {
-	return "Chrystoki2/LibUNIX64"
 }

@@ -72,6 +72,12 @@ for variant in default nosession; do
     bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 done
 
+# The HA log to a standard output nobody reads: the host must survive with
+# SIGPIPE at its default action, ignored, or handled by its own handler.
+bash "$lab" up --dir "$work/lab-sigpipe" --mode direct --members 3 >/dev/null
+run sigpipe "$work/lab-sigpipe" "$build/test_sigpipe"
+bash "$lab" down --dir "$work/lab-sigpipe" >/dev/null 2>&1 || true
+
 # Networked members: one p11-kit server per member behind p11-kit-proxy.
 # p11-kit-proxy gives every caller of C_GetFunctionList its own instance; a
 # vendor client is one instance per process. Scenarios where the host and
