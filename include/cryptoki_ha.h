@@ -94,6 +94,19 @@ CK_RV CK_ENTRY CA_GetHAState(CK_SLOT_ID slotId, CK_HA_STATE_PTR pState);
  */
 CK_ULONG CK_ENTRY CA_GetHAExtLastError(char *buf, CK_ULONG size);
 
+/*
+ * libhaext's own addition: hands libhaext the function list the host uses
+ * itself, initialized by the host. libhaext then makes its calls through the
+ * host's own instance of the module, and never initializes or finalizes it.
+ * Needed with modules that give every caller of C_GetFunctionList its own
+ * instance (p11-kit-proxy does): an instance of libhaext's own would keep
+ * its own connections to the members, and a dead one can make the host's
+ * C_Finalize + C_Initialize fail. Call it before or after the first status
+ * call; an instance libhaext opened itself is then finalized. Returns CKR_OK,
+ * or CKR_ARGUMENTS_BAD for NULL.
+ */
+CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList);
+
 #ifdef __cplusplus
 }
 #endif

@@ -133,12 +133,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 		}
 		groups = []conf.Group{g}
 	}
-	eng, err := startEngine(cfg, groups, timeout, sys)
+	c, err := startEngine(cfg, groups, timeout, sys, stderr)
 	if err != nil {
 		return fail(err)
 	}
-	defer eng.Close()
-	code, err := show(ctx, eng, o, stdout, sys.now)
+	defer c.Close()
+	code, err := show(ctx, c, o, stdout, sys.now)
 	if err != nil {
 		return fail(err)
 	}
@@ -172,30 +172,96 @@ func configure(o options, sys system, stderr io.Writer) (*conf.Config, time.Dura
 	return cfg, timeout, nil
 }
 
+// checker is hastatus's engine over its own module. hastatus is its own
+// host: when members are lost it may initialize the module again (a vendor
+// client such as p11-kit's reconnects only then), at most once a second.
+type checker struct {
+	mod      *cryptoki.Module
+	eng      *probe.Engine
+	start    func() (*probe.Engine, error)
+	restarts time.Time // the last restart
+}
+
 // startEngine loads the vendor module and starts checking the groups.
-func startEngine(cfg *conf.Config, groups []conf.Group, timeout time.Duration, sys system) (*probe.Engine, error) {
+func startEngine(cfg *conf.Config, groups []conf.Group, timeout time.Duration, sys system, stderr io.Writer) (*checker, error) {
 	mod, err := sys.openModule(cfg.ModulePath)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %s: %w", cfg.File, cfg.ModuleKey, err)
 	}
-	return probe.Launch(mod, groups, probe.Options{Timeout: timeout, NoSession: cfg.NoSession}, sys.getenv)
+	if mod.PerCaller() {
+		fmt.Fprintf(stderr, "hastatus: note: %s gives each caller of C_GetFunctionList its own instance; "+
+			"hastatus runs its own, as it should, but an application must lend libhaext its own "+
+			"(CA_SetHAExtFunctionList) or load libhaext-pkcs11.so in front of it\n", printable(cfg.ModulePath))
+	}
+	c := &checker{mod: mod, start: func() (*probe.Engine, error) {
+		return probe.Launch(mod, groups, probe.Options{Timeout: timeout, NoSession: cfg.NoSession}, sys.getenv)
+	}}
+	if c.eng, err = c.start(); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
+
+// lost reports whether a status says the member's connection or instance
+// is gone (not merely slow): what initializing the module again can mend.
+func lost(s probe.Status) bool {
+	switch s {
+	case probe.StatusSocketDown, probe.StatusNoInstance, 0x30, 0x32, 0xB0, 0xB3, 0xE0:
+		// CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_SESSION_CLOSED,
+		// CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT
+		return true
+	}
+	return false
+}
+
+// mend initializes the module again when a member in reports is lost, the
+// last restart is a second old and no member's call is stuck. The engine is closed first; the module
+// is finalized only when none of the engine's calls is left in flight
+// (C_Finalize during a call is undefined behaviour), and a new engine
+// starts over it either way.
+func (c *checker) mend(reports []report, now time.Time) {
+	if !c.mod.Owner() || now.Sub(c.restarts) < time.Second || !anyLost(reports) || c.eng.Stuck() > 0 {
+		return // a hung member's call must stay the only one it has
+	}
+	c.restarts = now
+	c.eng.Close()
+	if c.eng.Quiet() {
+		_ = c.mod.Restart()
+	}
+	if eng, err := c.start(); err == nil {
+		c.eng = eng
+	}
+}
+
+func anyLost(reports []report) bool {
+	for _, r := range reports {
+		for _, v := range r.verdicts {
+			if lost(v.Status) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Close stops the engine.
+func (c *checker) Close() { c.eng.Close() }
 
 // show prints the groups' state once, then, with --watch, each change
 // until ctx ends; it returns the exit status for the last state.
-func show(ctx context.Context, eng *probe.Engine, o options, w io.Writer, now func() time.Time) (int, error) {
-	reports := checkAll(eng, now)
+func show(ctx context.Context, c *checker, o options, w io.Writer, now func() time.Time) (int, error) {
+	reports := checkAll(c.eng, now)
 	var err error
 	if o.json {
-		err = writeJSON(w, reports, eng.Timeout(), now(), o.watch == 0)
+		err = writeJSON(w, reports, c.eng.Timeout(), now(), o.watch == 0)
 	} else {
-		err = writeTable(w, reports, eng.Timeout())
+		err = writeTable(w, reports, c.eng.Timeout())
 	}
 	if err != nil {
 		return exitError, err
 	}
 	if o.watch > 0 {
-		reports = watch(ctx, eng, reports, o, w, now)
+		reports = watch(ctx, c, reports, o, w, now)
 	}
 	return exitCode(reports), nil
 }
@@ -360,7 +426,7 @@ type jsonTransition struct {
 
 // watch checks every o.watch until ctx ends and prints each member whose
 // status changed. It returns the last reports.
-func watch(ctx context.Context, eng *probe.Engine, last []report, o options, w io.Writer,
+func watch(ctx context.Context, c *checker, last []report, o options, w io.Writer,
 	now func() time.Time) []report {
 	tick := time.NewTicker(o.watch)
 	defer tick.Stop()
@@ -371,7 +437,8 @@ func watch(ctx context.Context, eng *probe.Engine, last []report, o options, w i
 			return last
 		case <-tick.C:
 		}
-		cur := checkAll(eng, now)
+		c.mend(last, now())
+		cur := checkAll(c.eng, now)
 		at := now().UTC()
 		for i, r := range cur {
 			for j, v := range r.verdicts {

@@ -19,3 +19,8 @@ CK_ULONG CK_ENTRY CA_GetHAExtLastError(char *buf, CK_ULONG size)
 {
     return haextLastError(buf, size);
 }
+
+CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList)
+{
+    return haextSetFunctionList(pFunctionList);
+}

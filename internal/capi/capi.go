@@ -9,11 +9,12 @@
 package capi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include -Wall -Werror
+#cgo CFLAGS: -I${SRCDIR}/../../include -I${SRCDIR}/../hostapi -Wall -Werror
 #cgo pkg-config: p11-kit-1
 #include <stdlib.h>
 #include <string.h>
 #include "cryptoki_ha.h"
+#include "hostapi.h"
 */
 import "C"
 
@@ -115,6 +116,9 @@ func haextState(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) (out C.CK_RV) {
 	if err != nil {
 		return rv(err)
 	}
+	if notice := lib.TakeNotice(); notice != "" {
+		setLastError(notice) // said once, with the first report
+	}
 	fill(pState, r)
 	return C.CKR_OK
 }
@@ -130,6 +134,22 @@ func fill(pState C.CK_HA_STATE_PTR, r service.Report) {
 		pState.memberList[i].memberStatus = C.CK_RV(v.Status)
 	}
 	pState.listSize = C.CK_USHORT(len(r.Verdicts))
+}
+
+// haextSetFunctionList answers CA_SetHAExtFunctionList (capi.c): the
+// library then uses the host's own instance of the module.
+//
+//export haextSetFunctionList
+func haextSetFunctionList(list C.CK_FUNCTION_LIST_PTR) (out C.CK_RV) {
+	defer recoverTo(&out)
+	if list == nil {
+		return C.CKR_ARGUMENTS_BAD
+	}
+	host := C.struct_haext_host{list: list}
+	if err := lib.Lend(cryptoki.Lend(unsafe.Pointer(&host))); err != nil {
+		return rv(err)
+	}
+	return C.CKR_OK
 }
 
 // haextLastError answers CA_GetHAExtLastError (capi.c): it copies the

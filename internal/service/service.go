@@ -57,9 +57,19 @@ type Service struct {
 	cfg      *conf.Config
 	loading  chan struct{} // closed when the module load in progress ends
 	eng      *probe.Engine
+	mod      *cryptoki.Module // the engine's
+	lent     *cryptoki.Module // the host's, from Lend
+	notice   string           // said once, by TakeNotice
 	failure  error
 	failedAt time.Time
 }
+
+// perCallerNotice is what libhaext says when it runs an instance of its own
+// of a module that gives each caller one.
+const perCallerNotice = "%s gives each caller of C_GetFunctionList its own instance (p11-kit-proxy does): " +
+	"libhaext runs an instance of its own, which keeps its own connections to the members and can make " +
+	"the host's re-initialization fail; hand libhaext the host's function list with " +
+	"CA_SetHAExtFunctionList, or load libhaext-pkcs11.so in front of the module"
 
 // New returns a Service that loads everything on first use.
 func New(env Env) *Service { return &Service{env: env} }
@@ -140,7 +150,10 @@ func (s *Service) readConfig() (*conf.Config, error) {
 // load opens the vendor module and starts the engine, then closes done.
 func (s *Service) load(cfg *conf.Config, done chan struct{}) {
 	defer close(done)
-	eng, err := s.launch(cfg)
+	s.mu.Lock()
+	lent := s.lent
+	s.mu.Unlock()
+	eng, mod, err := s.launch(cfg, lent)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loading = nil
@@ -148,17 +161,81 @@ func (s *Service) load(cfg *conf.Config, done chan struct{}) {
 		s.failure, s.failedAt = err, time.Now()
 		return
 	}
-	s.eng, s.failure = eng, nil
+	s.eng, s.mod, s.failure = eng, mod, nil
 }
 
-func (s *Service) launch(cfg *conf.Config) (*probe.Engine, error) {
-	mod, err := s.env.OpenModule(cfg.ModulePath)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %s: %w", cfg.File, cfg.ModuleKey, err)
+// launch starts an engine over the lent module, else over the configured
+// one, which it opens.
+func (s *Service) launch(cfg *conf.Config, mod *cryptoki.Module) (*probe.Engine, *cryptoki.Module, error) {
+	if mod == nil {
+		var err error
+		if mod, err = s.env.OpenModule(cfg.ModulePath); err != nil {
+			return nil, nil, fmt.Errorf("%s: %s: %w", cfg.File, cfg.ModuleKey, err)
+		}
+	}
+	if !mod.Lent() && mod.PerCaller() {
+		notice := fmt.Sprintf(perCallerNotice, cfg.ModulePath)
+		s.mu.Lock()
+		s.notice = notice
+		s.mu.Unlock()
+		withNotice := *cfg
+		withNotice.Warnings = append(append([]string(nil), cfg.Warnings...), notice)
+		cfg = &withNotice
 	}
 	opts := probe.Options{Timeout: cfg.StatusTimeout, NoSession: cfg.NoSession}
 	if s.env.Observe != nil {
 		s.env.Observe(cfg, &opts)
 	}
-	return probe.Launch(mod, cfg.Groups, opts, s.env.Getenv)
+	eng, err := probe.Launch(mod, cfg.Groups, opts, s.env.Getenv)
+	return eng, mod, err
+}
+
+// TakeNotice returns, once, what the library has to tell the host about
+// its module (that it gives each caller its own instance), or "".
+func (s *Service) TakeNotice() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.notice
+	s.notice = ""
+	return n
+}
+
+// Lend makes the library use the module instance the host uses itself
+// (CA_SetHAExtFunctionList): from the first status call on, or at once when
+// the engine already runs over an instance of its own, which it then
+// stops and, when nothing of it is left in flight, finalizes.
+func (s *Service) Lend(mod *cryptoki.Module) error {
+	s.mu.Lock()
+	s.lent = mod
+	loading := s.loading
+	timeout := conf.DefaultStatusTimeout
+	if s.cfg != nil {
+		timeout = s.cfg.StatusTimeout
+	}
+	s.mu.Unlock()
+	if loading != nil {
+		select {
+		case <-loading:
+		case <-time.After(timeout):
+			return fmt.Errorf("%w: %w", ErrTransient, errStillLoading)
+		}
+	}
+	s.mu.Lock()
+	old, oldMod, cfg := s.eng, s.mod, s.cfg
+	s.mu.Unlock()
+	if old == nil || oldMod == mod {
+		return nil // the next load uses it
+	}
+	eng, _, err := s.launch(cfg, mod)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.eng, s.mod, s.notice = eng, mod, ""
+	s.mu.Unlock()
+	old.Close()
+	if old.Quiet() {
+		_ = oldMod.Release() // its own instance: close its connections
+	}
+	return nil
 }

@@ -233,6 +233,19 @@ func (e *Engine) Close() {
 	})
 }
 
+// Stuck returns how many members have a call in flight older than
+// statusTimeout (0 once the engine is closed).
+func (e *Engine) Stuck() int {
+	e.checks.RLock()
+	defer e.checks.RUnlock()
+	select {
+	case <-e.stop:
+		return 0
+	default:
+		return e.lanes.stuck()
+	}
+}
+
 // Quiet reports, after Close, whether none of the engine's vendor calls was
 // still in flight when Close returned: only then may the module be
 // finalized.
@@ -244,9 +257,6 @@ func (e *Engine) Timeout() time.Duration { return e.timeout }
 // Groups returns the configured groups, in file order; the index of a group
 // is what GroupForSlot returns and Check takes.
 func (e *Engine) Groups() []conf.Group { return e.conf }
-
-// VendorCalls returns how many lightweight calls the lanes have made.
-func (e *Engine) VendorCalls() uint64 { return e.lanes.calls() }
 
 // GroupForSlot returns the index of the group a slot names: the slot of a
 // token whose serial is a group's serial (a vendor's virtual HA slot), or the
@@ -301,6 +311,14 @@ func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
 	start := time.Now()
 	e.checks.RLock()
 	defer e.checks.RUnlock()
+	select {
+	case <-e.stop: // closed (the library moved to another instance)
+		for i, m := range grp.members {
+			out[i] = Verdict{Serial: m.serial, Status: StatusNoInstance}
+		}
+		return out
+	default:
+	}
 
 	var healthy [conf.MaxMembers]bool
 	grp.checkSockets(e.sockets, healthy[:n])

@@ -531,3 +531,15 @@ func TestNoSessionChecksTokenInfo(t *testing.T) {
 	assert.Less(t, took, 200*time.Millisecond)
 	assert.Equal(t, int32(0), f.Opens.Load(), "still no session")
 }
+
+func TestCheckAfterCloseTouchesNoVendor(t *testing.T) {
+	f := fakep11.New(2)
+	e := start(t, f, 2, Options{})
+	check(e)
+	infos := f.Token(10).Infos.Load()
+	e.Close()
+	assert.True(t, e.Quiet())
+	v, _ := check(e)
+	assert.Equal(t, repeat(StatusNoInstance, 2), statuses(v))
+	assert.Equal(t, infos, f.Token(10).Infos.Load(), "no call after Close")
+}

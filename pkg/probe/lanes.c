@@ -46,7 +46,6 @@ struct hx_lanes {
     int alive;   /* lane threads not yet exited, plus the owner's hold */
     int running; /* lanes inside a vendor call */
     pthread_cond_t idle; /* signalled when running drops to 0 */
-    uint64_t calls;
     int n;
     struct hx_lane lane[];
 };
@@ -132,7 +131,6 @@ static void *lane_main(void *arg)
         hx_sigpipe_drain();
 
         pthread_mutex_lock(&p->mu);
-        p->calls++;
         if (--p->running == 0) {
             pthread_cond_broadcast(&p->idle);
         }
@@ -319,15 +317,6 @@ void hx_lanes_release(struct hx_lanes *p)
     if (last) {
         destroy(p);
     }
-}
-
-uint64_t hx_lanes_calls(struct hx_lanes *p)
-{
-    uint64_t n;
-    pthread_mutex_lock(&p->mu);
-    n = p->calls;
-    pthread_mutex_unlock(&p->mu);
-    return n;
 }
 
 int hx_lanes_stuck(struct hx_lanes *p)

@@ -84,9 +84,6 @@ func (l lanes) check(reqs []request, wait time.Duration, out []result) {
 	}
 }
 
-// calls returns how many vendor calls the lanes made.
-func (l lanes) calls() uint64 { return uint64(C.hx_lanes_calls(l.p)) }
-
 // stop stops the lanes; one inside a vendor call exits when it returns.
 func (l lanes) stop() { C.hx_lanes_stop(l.p) }
 

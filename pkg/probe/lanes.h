@@ -62,7 +62,5 @@ int hx_lanes_wait_idle(struct hx_lanes *p, int64_t wait_ns);
 void hx_lanes_release(struct hx_lanes *p);
 /* Lanes inside a call older than the stuck limit. */
 int hx_lanes_stuck(struct hx_lanes *p);
-/* Lightweight calls the lanes made. */
-uint64_t hx_lanes_calls(struct hx_lanes *p);
 
 #endif

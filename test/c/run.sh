@@ -113,6 +113,9 @@ fault closeall closeall 3 spy
 fault reinit reinit 3 spy
 fault spy spy 3 spy
 fault stress stress 4 proxy
+fault lend lend 3 proxy
+fault lend-late lend-late 3 proxy
+fault percaller percaller 3 proxy
 
 # hastatus --watch while a member hangs and resumes (the README shows this
 # by hand).
@@ -129,19 +132,26 @@ echo "== watch"
 dir=$work/lab-watch
 bash "$lab" up --dir "$dir" --mode net --members 3 --timeout "$timeout_s" >/dev/null
 rc=0
-bash "$lab" exec --dir "$dir" -- timeout --preserve-status -s INT 7 "$build/hastatus" --watch 200ms \
+bash "$lab" exec --dir "$dir" -- timeout --preserve-status -s INT 11 "$build/hastatus" --watch 200ms \
     >"$work/watch.log" 2>&1 &
 watcher=$!
 sleep 1.5
 bash "$lab" stop --dir "$dir" 1 2>/dev/null
 sleep 3
 bash "$lab" cont --dir "$dir" 1 2>/dev/null
+sleep 1.5
+bash "$lab" kill --dir "$dir" 2 2>/dev/null # its p11-kit server stays up
 wait "$watcher" || rc=$?
 sed 's/^/   /' "$work/watch.log"
 m01=$(. "$dir/env" && echo "$HALAB_SERIALS" | cut -d' ' -f2)
+m02=$(. "$dir/env" && echo "$HALAB_SERIALS" | cut -d' ' -f3)
 check_line "hastatus --watch prints the hang with a timestamp" \
     "^[0-9T:.-]+Z  halab  $m01  alive -> down \(timeout\)$" "$work/watch.log"
 check_line "and the recovery" "^[0-9T:.-]+Z  halab  $m01  down \(timeout\) -> alive$" "$work/watch.log"
+check_line "a killed member is reported down" "^[0-9T:.-]+Z  halab  $m02  alive -> down \((socket down|no instance)\)$" \
+    "$work/watch.log"
+check_line "and alive again without restarting hastatus (it re-initializes its own module)" \
+    "^[0-9T:.-]+Z  halab  $m02  down \((socket down|no instance)\) -> alive$" "$work/watch.log"
 if [ "$rc" -eq 0 ]; then
     echo "   ok - hastatus stops on SIGINT with exit status 0 (all alive at the end)"
     passed=$((passed + 1))
