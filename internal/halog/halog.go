@@ -89,9 +89,6 @@ func guarded(w io.Writer) io.Writer {
 	return w
 }
 
-// Path returns the log file's path, or "" when the log goes to stdout only.
-func (l *Logger) Path() string { return l.path }
-
 // Transition logs a member's change of state; it never blocks.
 func (l *Logger) Transition(t probe.Transition) {
 	old := "none"

@@ -52,7 +52,7 @@ func TestStdoutOnly(t *testing.T) {
 	var out bytes.Buffer
 	l := New(conf.HALog{ToStdout: true}, &out)
 	require.NotNil(t, l)
-	assert.Empty(t, l.Path())
+	assert.Empty(t, l.path, "no file")
 	l.Transition(transition(probe.StatusOK, probe.StatusSocketDown, false))
 	l.Close()
 	assert.Contains(t, out.String(), `new=CKR_HA_SOCKET_DOWN reason="socket down"`)

@@ -214,9 +214,9 @@ func (m *Module) Release() error {
 // lightweight call (a front module does).
 func (m *Module) LendsSessions() bool { return m.host.borrow != nil }
 
-// SigpipesDrained returns how many SIGPIPEs vendor calls raised and were
-// drained, process-wide.
-func SigpipesDrained() uint64 { return uint64(C.hx_sigpipes_drained()) }
+// sigpipesDrained returns how many SIGPIPEs this package's vendor calls
+// raised and drained, process-wide (the tests read it).
+func sigpipesDrained() uint64 { return uint64(C.hx_sigpipes_drained()) }
 
 // Reinitialize initializes the module again after a C_Finalize, when this
 // package initialized it in the first place. A module the host initialized

@@ -106,9 +106,9 @@ func TestVendorCallDrainsSIGPIPE(t *testing.T) {
 	defer runtime.UnlockOSThread()
 	var before, after unix.Sigset_t
 	require.NoError(t, unix.PthreadSigmask(unix.SIG_SETMASK, nil, &before))
-	drained := SigpipesDrained()
+	drained := sigpipesDrained()
 	require.NoError(t, m.SessionInfo(h), "the process survives the SIGPIPE")
-	assert.Equal(t, drained+1, SigpipesDrained())
+	assert.Equal(t, drained+1, sigpipesDrained())
 	require.NoError(t, unix.PthreadSigmask(unix.SIG_SETMASK, nil, &after))
 	assert.Equal(t, before, after, "the thread's mask is restored")
 }
