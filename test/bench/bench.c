@@ -841,7 +841,6 @@ static void scenario_faults(void)
 
 int main(int argc, char **argv)
 {
-    char *list, *tok, *save = NULL;
     const char *env;
     int i, argi = 1;
 
@@ -859,12 +858,7 @@ int main(int argc, char **argv)
                 argv[0]);
         return 2;
     }
-    list = strdup(need_env("HALAB_SERIALS"));
-    for (tok = strtok_r(list, " ", &save); tok && nmembers < MAX; tok = strtok_r(NULL, " ", &save)) {
-        snprintf(serial_text[nmembers], sizeof serial_text[0], "%s", tok);
-        serials[nmembers++] = parse_serial(tok);
-    }
-    free(list);
+    nmembers = lab_members(serial_text, serials, MAX);
     latency_us = (env = getenv("BENCH_LATENCY_US")) ? atol(env) : 0;
     timeout_ms = (env = getenv("BENCH_TIMEOUT_MS")) ? atof(env) : 3000;
     quick = (env = getenv("BENCH_QUICK")) && strcmp(env, "1") == 0;
@@ -873,13 +867,7 @@ int main(int argc, char **argv)
     /* A benchmark, not a test of signal handling: a SIGPIPE from a write to
      * a dead member must not end the run. */
     signal(SIGPIPE, SIG_IGN);
-    for (i = 0; i < nmembers; i++) {
-        slots[i] = slot_of_serial(&host, serial_text[i]);
-        if (slots[i] == (CK_SLOT_ID)-1) {
-            fprintf(stderr, "bench: member %s not found in the module\n", serial_text[i]);
-            return 2;
-        }
-    }
+    lab_slots(&host, serial_text, nmembers, slots);
     for (i = argi; i < argc; i++) {
         if (strcmp(argv[i], "sweep") == 0) {
             scenario_sweep();

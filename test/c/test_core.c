@@ -341,28 +341,15 @@ static void test_threads(void)
 int main(void)
 {
     const char *scratch = need_env("HALAB_SCRATCH");
-    char *list = strdup(need_env("HALAB_SERIALS")), *tok, *save = NULL;
-    int i;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    for (tok = strtok_r(list, " ", &save); tok && nmembers < MAX; tok = strtok_r(NULL, " ", &save)) {
-        snprintf(serial_text[nmembers], sizeof serial_text[0], "%s", tok);
-        serials[nmembers] = parse_serial(tok);
-        nmembers++;
-    }
-    free(list);
+    nmembers = lab_members(serial_text, serials, MAX);
     group_serial = parse_serial(need_env("HALAB_GROUP_SERIAL"));
     unsetenv("ChrystokiConfigurationPath");
 
     test_layout();
     host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
-    for (i = 0; i < nmembers; i++) {
-        slots[i] = slot_of_serial(&host, serial_text[i]);
-        if (slots[i] == (CK_SLOT_ID)-1) {
-            fprintf(stderr, "member %s not found in the module\n", serial_text[i]);
-            return 2;
-        }
-    }
+    lab_slots(&host, serial_text, nmembers, slots);
     test_bad_input(scratch);
     test_healthy();
     test_unknown_slots();

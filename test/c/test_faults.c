@@ -616,17 +616,10 @@ static void scenario_stress(void)
 
 int main(int argc, char **argv)
 {
-    char *list, *tok, *save = NULL;
     const char *scenario = argc > 1 ? argv[1] : "";
-    int i;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    list = strdup(need_env("HALAB_SERIALS"));
-    for (tok = strtok_r(list, " ", &save); tok && nmembers < MAX; tok = strtok_r(NULL, " ", &save)) {
-        snprintf(serial_text[nmembers], sizeof serial_text[0], "%s", tok);
-        serials[nmembers++] = parse_serial(tok);
-    }
-    free(list);
+    nmembers = lab_members(serial_text, serials, MAX);
     timeout_ms = atof(need_env("HALAB_TIMEOUT_MS"));
 
     host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
@@ -642,13 +635,7 @@ int main(int argc, char **argv)
         sigaction(SIGPIPE, NULL, &sa);
         sigpipe_was_default = sa.sa_handler == SIG_DFL;
     }
-    for (i = 0; i < nmembers; i++) {
-        slots[i] = slot_of_serial(&host, serial_text[i]);
-        if (slots[i] == (CK_SLOT_ID)-1) {
-            fprintf(stderr, "member %s not found in the module\n", serial_text[i]);
-            return 2;
-        }
-    }
+    lab_slots(&host, serial_text, nmembers, slots);
     if (strcmp(scenario, "killed") == 0) {
         scenario_killed();
     } else if (strcmp(scenario, "lend") == 0) {
