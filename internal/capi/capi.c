@@ -20,11 +20,13 @@
  *    the loading thread while the runtime starts, and restore the mask
  *    right after, so that the runtime's threads keep every signal blocked
  *    that a C library may block (the runtime unblocks a fixed few anyway;
- *    README, "Signals").
+ *    README, "Threads, signals and fork").
  *
  *  - fork(). A child created after the library was loaded has none of the
- *    Go runtime's threads; Go code there hangs. Status calls in such a
- *    child return CKR_FUNCTION_FAILED without entering Go.
+ *    Go runtime's threads; Go code there hangs. A pthread_atfork child
+ *    handler marks such a child (no system call on the way in, unlike
+ *    getpid), and status calls there return CKR_FUNCTION_FAILED without
+ *    entering Go.
  *
  *  - The last error, per thread like dlerror: a malloc'd string in
  *    thread-specific data (a pthread key rather than __thread, which would
@@ -38,13 +40,11 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "_cgo_export.h"
 
-/* Process that loaded the library; a status call from another is a fork
- * child's. */
-static pid_t haext_pid;
+/* Set in a child of fork() (pthread_atfork). */
+static volatile int haext_forked;
 
 /* Thread-specific last error: NULL (none), haext_fork_reason, or a string
  * malloc'd by the Go side (C.CString). */
@@ -86,13 +86,18 @@ static void haext_keep_reason(char *reason)
     haext_reason_free(old);
 }
 
+static void haext_atfork_child(void)
+{
+    haext_forked = 1;
+}
+
 /* Runs before the Go runtime's own constructor in this library (a priority
  * constructor runs before those without one), which starts the runtime on
  * a thread that inherits the loading thread's mask. */
 __attribute__((constructor(101))) static void haext_load_begin(void)
 {
     sigset_t all;
-    haext_pid = getpid();
+    pthread_atfork(NULL, NULL, haext_atfork_child);
     haext_reason_key_ok = pthread_key_create(&haext_reason_key, haext_reason_free) == 0;
     sigemptyset(&haext_go_needs);
     sigaddset(&haext_go_needs, SIGILL);
@@ -117,7 +122,7 @@ static CK_RV haext_status(CK_SLOT_ID slotId, void *pState, int layout)
     char *reason = NULL;
     CK_RV rv;
 
-    if (getpid() != haext_pid) {
+    if (haext_forked) {
         haext_keep_reason(haext_fork_reason);
         return CKR_FUNCTION_FAILED;
     }
