@@ -16,12 +16,16 @@
  *              kills the host. This is the limit the README documents;
  *   redirect   the same with the README's remedy: a handler for SIGRTMIN
  *              that sends each one on to the collecting thread with
- *              rt_tgsigqueueinfo: the host survives and collects every one.
+ *              rt_tgsigqueueinfo: the host survives and collects every one;
+ *   urg        whether every thread but the host's blocks SIGURG, the Go
+ *              runtime's preemption signal: only when the process starts
+ *              with GODEBUG=asyncpreemptoff=1 (the README's remedy).
  *
  * Environment (test/c/run.sh and the lab): LIBHAEXT, HALAB_MODULE,
  * HALAB_SERIALS, ChrystokiConfigurationPath.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -90,6 +94,46 @@ static pid_t start_burst(int sig)
         _exit(0);
     }
     return pid;
+}
+
+/* Exit 0 when every thread but this one blocks SIGURG. */
+static int urg_main(void)
+{
+    char path[300], line[256];
+    struct dirent *e;
+    DIR *d;
+    CK_HA_STATUS st;
+    int threads = 0, accept = 0;
+    host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
+    {
+        char *list = strdup(need_env("HALAB_SERIALS")), *save = NULL;
+        slot = slot_of_serial(&host, strtok_r(list, " ", &save));
+        free(list);
+    }
+    host.get_state(slot, &st);
+    d = opendir("/proc/self/task");
+    while (d && (e = readdir(d))) {
+        FILE *f;
+        if (e->d_name[0] == '.' || atoi(e->d_name) == gettid()) {
+            continue;
+        }
+        snprintf(path, sizeof path, "/proc/self/task/%.32s/status", e->d_name);
+        if (!(f = fopen(path, "r"))) {
+            continue;
+        }
+        while (fgets(line, sizeof line, f)) {
+            if (strncmp(line, "SigBlk:", 7) == 0) {
+                threads++;
+                accept += !(strtoull(line + 7, NULL, 16) >> (SIGURG - 1) & 1);
+            }
+        }
+        fclose(f);
+    }
+    if (d) {
+        closedir(d);
+    }
+    printf("%d of the library's %d threads accept SIGURG\n", accept, threads);
+    return threads > 0 && accept == 0 ? 0 : 1;
 }
 
 static int host_main(const char *scenario)
@@ -218,7 +262,7 @@ int main(int argc, char **argv)
 
     setvbuf(stdout, NULL, _IOLBF, 0);
     if (argc == 3 && strcmp(argv[1], "host") == 0) {
-        return host_main(argv[2]);
+        return strcmp(argv[2], "urg") == 0 ? urg_main() : host_main(argv[2]);
     }
 
     status = run_host("rt1", line, sizeof line);
@@ -238,5 +282,16 @@ int main(int argc, char **argv)
           "with the README's handler sending SIGRTMIN on to the collecting thread, it survives and collects "
           "every one (%s: %s)",
           how(status, h, sizeof h), line);
+
+    /* GODEBUG is read from the environment the process starts with. */
+    unsetenv("GODEBUG");
+    status = run_host("urg", line, sizeof line);
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 1,
+          "without GODEBUG the Go runtime's threads accept SIGURG, its preemption signal (%s)", line);
+    setenv("GODEBUG", "asyncpreemptoff=1", 1);
+    status = run_host("urg", line, sizeof line);
+    unsetenv("GODEBUG");
+    check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "with GODEBUG=asyncpreemptoff=1 they keep SIGURG blocked (%s)", line);
     return done();
 }
