@@ -92,6 +92,7 @@ must_fail() {
 build_and_run luna5 luna5 1 "Luna 5 header (listSize CK_USHORT), then cryptoki_ha.h"
 build_and_run luna5-ulong luna5 1 "Luna 5 header (listSize CK_ULONG, prototypes), then cryptoki_ha.h" \
     -DTEST_LUNA_LISTSIZE_ULONG -DTEST_LUNA_PROTOTYPES
+build_and_run luna5-alone luna5 5 "Luna 5 header (prototypes) alone, without cryptoki_ha.h" -DTEST_LUNA_PROTOTYPES
 build_and_run classic-base - 2 "pkcs11.h, then cryptoki_ha.h (classic)"
 build_and_run classic-ha - 3 "cryptoki_ha.h, then pkcs11.h (classic)"
 build_and_run luna7 luna7 1 "Luna 7 header, then cryptoki_ha.h with LIBHAEXT_HA_LAYOUT_SA6" \
