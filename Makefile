@@ -57,6 +57,14 @@ $(BUILD)/test_sigpipe: test/c/test_sigpipe.c test/c/harness.c test/c/harness.h i
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ test/c/test_sigpipe.c test/c/harness.c -ldl -lpthread
 
+$(BUILD)/test_capi: test/c/test_capi.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_capi.c test/c/harness.c -ldl -lpthread
+
+$(BUILD)/test_sigwait: test/c/test_sigwait.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_sigwait.c test/c/harness.c -ldl -lpthread
+
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
@@ -70,7 +78,8 @@ test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login $(BUILD)/test_sigpipe
+test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login \
+	$(BUILD)/test_sigpipe $(BUILD)/test_capi $(BUILD)/test_sigwait
 	bash test/c/run.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus

@@ -86,12 +86,13 @@ type Transition struct {
 
 // Verdict is one member's line in a report.
 type Verdict struct {
-	Serial  uint64
-	Status  Status
-	Slot    uint          // the member's slot, when HasSlot
-	HasSlot bool          // the member has been resolved to a slot
-	Label   string        // the member token's label, when known
-	Took    time.Duration // from the start of the check to this verdict
+	Serial     uint64
+	SerialText string // as the token reports it; as configured until it is resolved
+	Status     Status
+	Slot       uint          // the member's slot, when HasSlot
+	HasSlot    bool          // the member has been resolved to a slot
+	Label      string        // the member token's label, when known
+	Took       time.Duration // from the start of the check to this verdict
 }
 
 // group is one configured HA group and what stage 2 needs of it.
@@ -165,7 +166,7 @@ func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, erro
 		for _, gm := range g.Members {
 			m := bySerial[gm.Serial]
 			if m == nil {
-				m = newMember(gm.Serial, len(e.members))
+				m = newMember(gm.Serial, gm.SerialText, len(e.members))
 				bySerial[gm.Serial] = m
 				e.members = append(e.members, m)
 			}
@@ -314,7 +315,7 @@ func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
 	select {
 	case <-e.stop: // closed (the library moved to another instance)
 		for i, m := range grp.members {
-			out[i] = Verdict{Serial: m.serial, Status: StatusNoInstance}
+			out[i] = Verdict{Serial: m.serial, SerialText: m.text, Status: StatusNoInstance}
 		}
 		return out
 	default:
@@ -376,7 +377,10 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 	for _, i := range idx {
 		m := grp.members[i]
 		v := m.inst.view()
-		out[i] = Verdict{Serial: m.serial, Slot: v.slot, HasSlot: v.hasSlot, Label: v.label}
+		out[i] = Verdict{Serial: m.serial, SerialText: m.text, Slot: v.slot, HasSlot: v.hasSlot, Label: v.label}
+		if v.serialText != "" {
+			out[i].SerialText = v.serialText
+		}
 		switch {
 		case !m.isReady():
 			out[i].Status = StatusTimeout

@@ -11,6 +11,7 @@ import (
 // goroutine that runs only while the member has no usable instance.
 type member struct {
 	serial uint64
+	text   string // the serial as configured
 	lane   int
 	wake   chan struct{} // capacity 1: the recovery worker has work
 	ready  chan struct{} // closed when the first resolution has ended
@@ -18,8 +19,8 @@ type member struct {
 	last   lastVerdict
 }
 
-func newMember(serial uint64, lane int) *member {
-	return &member{serial: serial, lane: lane, wake: make(chan struct{}, 1), ready: make(chan struct{})}
+func newMember(serial uint64, text string, lane int) *member {
+	return &member{serial: serial, text: text, lane: lane, wake: make(chan struct{}, 1), ready: make(chan struct{})}
 }
 
 // kick tells the recovery worker there is work; it never blocks.
@@ -54,6 +55,7 @@ type instanceView struct {
 	slot       uint
 	hasSlot    bool
 	label      string
+	serialText string // as the token reports it
 	session    uint
 	hasSession bool
 }

@@ -62,12 +62,12 @@ func (e *Engine) recover(m *member) {
 	if hasStale {
 		_ = e.mod.CloseSession(stale) // best effort: the session may be gone
 	}
-	slot, label, ok := e.resolve(m.serial)
+	slot, token, ok := e.resolve(m.serial)
 	if !ok {
 		m.inst.set(instanceView{})
 		return
 	}
-	v := instanceView{slot: slot, hasSlot: true, label: label}
+	v := instanceView{slot: slot, hasSlot: true, label: token.label, serialText: token.text}
 	if e.mode == modeSession {
 		h, err := e.mod.OpenSession(slot)
 		if cryptoki.RV(err) == ckrCryptokiNotInitialized && e.reinitialize() {
@@ -85,12 +85,12 @@ func (e *Engine) recover(m *member) {
 
 // resolve finds the member's slot, initializing the module again first
 // when this engine owns it and someone finalized it.
-func (e *Engine) resolve(serial uint64) (uint, string, bool) {
-	slot, label, ok := e.slots.resolve(serial, e.timeout, e.stop)
+func (e *Engine) resolve(serial uint64) (uint, slotToken, bool) {
+	slot, token, ok := e.slots.resolve(serial, e.timeout, e.stop)
 	if !ok && e.slots.notInitialized() && e.reinitialize() {
-		slot, label, ok = e.slots.resolve(serial, e.timeout, e.stop)
+		slot, token, ok = e.slots.resolve(serial, e.timeout, e.stop)
 	}
-	return slot, label, ok
+	return slot, token, ok
 }
 
 // closeOnce closes ch unless it is closed; only the member's own worker
@@ -107,7 +107,7 @@ func closeOnce(ch chan struct{}) {
 func (e *Engine) closeSession(m *member) {
 	v := m.inst.view()
 	if v.hasSession {
-		m.inst.set(instanceView{slot: v.slot, hasSlot: v.hasSlot, label: v.label})
+		m.inst.set(instanceView{slot: v.slot, hasSlot: v.hasSlot, label: v.label, serialText: v.serialText})
 		_ = e.mod.CloseSession(v.session)
 	}
 }

@@ -15,6 +15,7 @@ var errSlotBusy = errors.New("probe: token query already in flight for this slot
 // slotToken is what the module last said about the token in a slot.
 type slotToken struct {
 	serial uint64
+	text   string // the serial as the token reports it
 	label  string
 }
 
@@ -233,7 +234,7 @@ func (s *slotMap) query(slot uint) (slotToken, error) {
 	text, label, err := s.mod.Token(slot)
 	var t slotToken
 	if err == nil {
-		t.label = label
+		t.label, t.text = label, text
 		t.serial, err = conf.ParseSerial(text)
 	}
 	s.mu.Lock()
@@ -264,10 +265,10 @@ func (s *slotMap) verify(slot uint) (slotToken, error) {
 // resolve finds the slot of the token with the serial: the slot map's
 // answer, confirmed by asking the slot, else what a refresh learns. It waits
 // at most wait and returns early when stop closes.
-func (s *slotMap) resolve(serial uint64, wait time.Duration, stop <-chan struct{}) (slot uint, label string, ok bool) {
+func (s *slotMap) resolve(serial uint64, wait time.Duration, stop <-chan struct{}) (slot uint, t slotToken, ok bool) {
 	if slot, ok = s.slotOf(serial); ok {
 		if t, err := s.verify(slot); err == nil && t.serial == serial {
-			return slot, t.label, true
+			return slot, t, true
 		}
 	}
 	s.find(time.Now().Add(wait), stop, func() bool {
@@ -275,8 +276,8 @@ func (s *slotMap) resolve(serial uint64, wait time.Duration, stop <-chan struct{
 		return ok
 	})
 	if slot, ok = s.slotOf(serial); !ok {
-		return 0, "", false
+		return 0, slotToken{}, false
 	}
-	t, _ := s.lookup(slot)
-	return slot, t.label, true
+	t, _ = s.lookup(slot)
+	return slot, t, true
 }

@@ -191,7 +191,7 @@ static CK_RV ha_call(CK_HA_STATUS *st)
 static int all_ok(CK_RV rv, const CK_HA_STATUS *st)
 {
     int i;
-    if (rv != CKR_OK || st->listSize != nmembers) {
+    if (rv != CKR_OK || st->listSize != (CK_ULONG)nmembers) {
         return 0;
     }
     for (i = 0; i < nmembers; i++) {
@@ -739,7 +739,7 @@ static void lab(const char *action, int idx)
 static int expect(CK_RV rv, const CK_HA_STATUS *st, int which, CK_RV want, int also_down)
 {
     int i;
-    if (rv != CKR_OK || st->listSize != nmembers) {
+    if (rv != CKR_OK || st->listSize != (CK_ULONG)nmembers) {
         return 0;
     }
     for (i = 0; i < nmembers; i++) {
@@ -826,7 +826,7 @@ static void scenario_faults(void)
         double a = now_ms();
         rv = ha_call(&st);
         ms = now_ms() - a;
-        if (rv == CKR_OK && st.listSize == nmembers && st.memberList[2].memberStatus == CKR_OK) {
+        if (rv == CKR_OK && st.listSize == (CK_ULONG)nmembers && st.memberList[2].memberStatus == CKR_OK) {
             back = now_ms() - t0;
             break;
         }

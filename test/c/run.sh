@@ -78,6 +78,16 @@ bash "$lab" up --dir "$work/lab-sigpipe" --mode direct --members 3 >/dev/null
 run sigpipe "$work/lab-sigpipe" "$build/test_sigpipe"
 bash "$lab" down --dir "$work/lab-sigpipe" >/dev/null 2>&1 || true
 
+# The ABI as applications build against it (test/c/abi.sh), the threads'
+# signal masks, per-thread last errors and fork children (test_capi), and a
+# sigtimedwait host under a signal burst (test_sigwait), on a SoftHSM2
+# group of their own.
+bash "$lab" up --dir "$work/lab-abi" --mode direct --members 3 --group-serial 1000001 >/dev/null
+run abi "$work/lab-abi" env HALAB_GROUP_SERIAL=1000001 bash "$here/abi.sh"
+run capi "$work/lab-abi" env HALAB_GROUP_SERIAL=1000001 "$build/test_capi"
+run sigwait "$work/lab-abi" "$build/test_sigwait"
+bash "$lab" down --dir "$work/lab-abi" >/dev/null 2>&1 || true
+
 # Networked members: one p11-kit server per member behind p11-kit-proxy.
 # p11-kit-proxy gives every caller of C_GetFunctionList its own instance; a
 # vendor client is one instance per process. Scenarios where the host and

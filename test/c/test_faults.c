@@ -87,7 +87,7 @@ static CK_RV call(CK_HA_STATUS *st, double *ms)
 static int well_formed(const CK_HA_STATUS *st)
 {
     int i;
-    if (st->listSize != nmembers) {
+    if (st->listSize != (CK_ULONG)nmembers) {
         return 0;
     }
     for (i = 0; i < nmembers; i++) {
@@ -115,7 +115,7 @@ static void show(const char *what, const CK_HA_STATUS *st, double ms)
 {
     char line[512];
     int i, n = snprintf(line, sizeof line, "%s (%.1f ms):", what, ms);
-    for (i = 0; i < st->listSize && i < MAX && n < (int)sizeof line; i++) {
+    for (i = 0; i < (int)st->listSize && i < MAX && n < (int)sizeof line; i++) {
         n += snprintf(line + n, sizeof line - n, " %s", status_name(st->memberList[i].memberStatus));
     }
     note("%s", line);
