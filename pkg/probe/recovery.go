@@ -55,9 +55,7 @@ func rearm(t *time.Timer, d time.Duration) (*time.Timer, <-chan time.Time) {
 // opens its read-only monitor session.
 func (e *Engine) recover(m *member) {
 	defer closeOnce(m.ready)
-	if e.finalized.Load() && e.mod.Initialized() {
-		e.finalized.Store(false) // the host initialized it again
-	}
+	defer e.noteInitialized()
 	stale, hasStale := m.inst.beginAttempt(time.Now())
 	if hasStale {
 		_ = e.mod.CloseSession(stale) // best effort: the session may be gone
@@ -81,6 +79,14 @@ func (e *Engine) recover(m *member) {
 		}
 	}
 	m.inst.set(v)
+}
+
+// noteInitialized clears the finalized mark once the module answers again:
+// the host initialized it, or this engine did (it owns the module).
+func (e *Engine) noteInitialized() {
+	if e.finalized.Load() && e.mod.Initialized() {
+		e.finalized.Store(false)
+	}
 }
 
 // resolve finds the member's slot, initializing the module again first

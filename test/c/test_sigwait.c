@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,17 +76,27 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* A child that sends BURST queued signals, values 0..BURST-1, to parent. */
+/* A child that sends BURST queued signals, values 0..BURST-1, to parent.
+ * It never outlives the parent (PR_SET_PDEATHSIG) and checks before every
+ * signal that the parent is still its parent: once the parent is gone its
+ * pid may belong to another process, which must never get the burst. */
 static pid_t start_burst(int sig)
 {
     pid_t parent = getpid(), pid = fork();
     if (pid == 0) {
         int i;
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         for (i = 0; i < BURST; i++) {
             union sigval v;
             v.sival_int = i;
-            while (sigqueue(parent, sig, v) != 0) {
-                if (errno != EAGAIN || getppid() != parent) {
+            for (;;) {
+                if (getppid() != parent) {
+                    _exit(1);
+                }
+                if (sigqueue(parent, sig, v) == 0) {
+                    break;
+                }
+                if (errno != EAGAIN) {
                     _exit(1);
                 }
                 usleep(100);
