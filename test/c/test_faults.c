@@ -482,6 +482,21 @@ static void scenario_percaller(void)
     note("without lending, the host's re-initialization answers %s", status_name(rv));
 }
 
+static long count_lines(const char *log)
+{
+    char line[512];
+    long n = 0;
+    FILE *f = fopen(log, "r");
+    if (!f) {
+        return -1;
+    }
+    while (fgets(line, sizeof line, f)) {
+        n++;
+    }
+    fclose(f);
+    return n;
+}
+
 static int count_calls(const char *log, const char *fn)
 {
     char line[512], want[64];
@@ -538,6 +553,16 @@ static void scenario_spy(void)
          count_calls(log, "C_CloseAllSessions"));
     check(count_calls(log, "C_OpenSession") == opens + 1, "exactly one session re-opened by recovery");
     check(count_calls(log, "C_Finalize") == 0, "no C_Finalize was ever called");
+
+    /* Nothing asks and every member is healthy: no vendor call at all in
+     * the background (the window for a host's C_Finalize stays shut). */
+    {
+        long before = count_lines(log), after;
+        sleep_ms(3000);
+        after = count_lines(log);
+        check(after == before, "3 s idle with every member healthy: no vendor call (spy log %ld -> %ld lines)",
+              before, after);
+    }
 }
 
 /* Fault 7: stress under a seeded fault script. */
