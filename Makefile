@@ -41,29 +41,10 @@ $(BUILD)/hastatus: $(GOFILES)
 	@mkdir -p $(BUILD)
 	$(GO) build -o $@ ./cmd/hastatus
 
-$(BUILD)/test_core: test/c/test_core.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+# The C test programs (test/c/test_*.c), each with the shared harness.
+$(BUILD)/test_%: test/c/test_%.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) -o $@ test/c/test_core.c test/c/harness.c -ldl -lpthread
-
-$(BUILD)/test_faults: test/c/test_faults.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) -o $@ test/c/test_faults.c test/c/harness.c -ldl -lpthread
-
-$(BUILD)/test_login: test/c/test_login.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) -o $@ test/c/test_login.c test/c/harness.c -ldl -lpthread
-
-$(BUILD)/test_sigpipe: test/c/test_sigpipe.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) -o $@ test/c/test_sigpipe.c test/c/harness.c -ldl -lpthread
-
-$(BUILD)/test_capi: test/c/test_capi.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) -o $@ test/c/test_capi.c test/c/harness.c -ldl -lpthread
-
-$(BUILD)/test_sigwait: test/c/test_sigwait.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) -o $@ test/c/test_sigwait.c test/c/harness.c -ldl -lpthread
+	$(CC) $(CFLAGS) -o $@ $< test/c/harness.c -ldl -lpthread
 
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'

@@ -117,21 +117,35 @@ __attribute__((constructor)) static void haext_load_end(void)
     pthread_sigmask(SIG_SETMASK, &haext_load_mask, NULL);
 }
 
+/* Every export that enters Go does so between these two. haext_enter
+ * refuses a fork child (its reason kept, CKR_FUNCTION_FAILED returned by
+ * the caller) and unblocks only what Go needs, saving the caller's mask;
+ * haext_leave restores the mask and keeps the reason Go gave. */
+static int haext_enter(sigset_t *saved)
+{
+    if (haext_forked) {
+        haext_keep_reason(haext_fork_reason);
+        return 0;
+    }
+    pthread_sigmask(SIG_UNBLOCK, &haext_go_needs, saved);
+    return 1;
+}
+
+static CK_RV haext_leave(const sigset_t *saved, CK_RV rv, char *reason)
+{
+    pthread_sigmask(SIG_SETMASK, saved, NULL);
+    haext_keep_reason(reason);
+    return rv;
+}
+
 static CK_RV haext_status(CK_SLOT_ID slotId, void *pState, int layout)
 {
     sigset_t saved;
     char *reason = NULL;
-    CK_RV rv;
-
-    if (haext_forked) {
-        haext_keep_reason(haext_fork_reason);
+    if (!haext_enter(&saved)) {
         return CKR_FUNCTION_FAILED;
     }
-    pthread_sigmask(SIG_UNBLOCK, &haext_go_needs, &saved);
-    rv = haextState(slotId, pState, layout, &reason);
-    pthread_sigmask(SIG_SETMASK, &saved, NULL);
-    haext_keep_reason(reason);
-    return rv;
+    return haext_leave(&saved, haextState(slotId, pState, layout, &reason), reason);
 }
 
 CK_RV CK_ENTRY CA_GetCurrentHAState(CK_SLOT_ID slotId, CK_HA_STATE_PTR pState)
@@ -176,15 +190,8 @@ CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList)
 {
     sigset_t saved;
     char *reason = NULL;
-    CK_RV rv;
-
-    if (haext_forked) {
-        haext_keep_reason(haext_fork_reason);
+    if (!haext_enter(&saved)) {
         return CKR_FUNCTION_FAILED;
     }
-    pthread_sigmask(SIG_UNBLOCK, &haext_go_needs, &saved);
-    rv = haextSetFunctionList(pFunctionList, &reason);
-    pthread_sigmask(SIG_SETMASK, &saved, NULL);
-    haext_keep_reason(reason);
-    return rv;
+    return haext_leave(&saved, haextSetFunctionList(pFunctionList, &reason), reason);
 }
