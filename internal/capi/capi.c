@@ -142,10 +142,12 @@ static CK_RV haext_status(CK_SLOT_ID slotId, void *pState, int layout)
 {
     sigset_t saved;
     char *reason = NULL;
+    CK_RV rv;
     if (!haext_enter(&saved)) {
         return CKR_FUNCTION_FAILED;
     }
-    return haext_leave(&saved, haextState(slotId, pState, layout, &reason), reason);
+    rv = haextState(slotId, pState, layout, &reason); /* before reason is read */
+    return haext_leave(&saved, rv, reason);
 }
 
 CK_RV CK_ENTRY CA_GetCurrentHAState(CK_SLOT_ID slotId, CK_HA_STATE_PTR pState)
@@ -190,8 +192,10 @@ CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList)
 {
     sigset_t saved;
     char *reason = NULL;
+    CK_RV rv;
     if (!haext_enter(&saved)) {
         return CKR_FUNCTION_FAILED;
     }
-    return haext_leave(&saved, haextSetFunctionList(pFunctionList, &reason), reason);
+    rv = haextSetFunctionList(pFunctionList, &reason); /* before reason is read */
+    return haext_leave(&saved, rv, reason);
 }
