@@ -158,7 +158,7 @@ func (m *Module) Host() unsafe.Pointer { return unsafe.Pointer(m.host) }
 
 // attach initializes the module unless it is initialized already.
 func (m *Module) attach() error {
-	if m.Initialized() {
+	if m.Info() == nil {
 		return nil // the host's: take no reference
 	}
 	return m.initialize()
@@ -178,11 +178,12 @@ func (m *Module) initialize() error {
 	}
 }
 
-// Initialized reports whether the module answers C_GetInfo, i.e. is
-// initialized (and, behind a front, not being finalized).
-func (m *Module) Initialized() bool {
+// Info calls C_GetInfo: nil when the module is initialized. Some modules
+// answer it locally (p11-kit's proxy); others ask their server (Caml
+// Crush), so it may take a round trip or hang with the network.
+func (m *Module) Info() error {
 	var info C.CK_INFO
-	return C.hx_get_info(m.host, &info) == C.CKR_OK
+	return check("C_GetInfo", C.hx_get_info(m.host, &info))
 }
 
 // Owner reports whether this package initialized the module.

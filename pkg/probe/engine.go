@@ -125,6 +125,8 @@ type Engine struct {
 	// initialized (the host finalized it), and cleared when recovery gets
 	// an answer from it again: until then every member is no instance.
 	finalized atomic.Bool
+	infoMu    sync.Mutex
+	infoQuery *infoQuery // the C_GetInfo in flight, if any
 
 	checks               sync.RWMutex // Close waits for the checks in flight
 	startOnce, closeOnce sync.Once
@@ -396,17 +398,15 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 		}
 		out[i].Took = time.Since(start)
 	}
-	if k < len(idx) && !e.finalized.Load() && !e.mod.Initialized() {
-		// A member failed stage 1 or 2: a host that finalized the module
-		// closed its connections too. That is no instance, not a socket
-		// down (C_GetInfo is local to the module).
-		e.moduleFinalized()
-		for _, i := range idx {
-			out[i].Status = StatusNoInstance
-		}
-		return
-	}
 	if k == 0 {
+		// Every member failed stage 1 or 2: a host that finalized the
+		// module closed every connection too. Ask the module, once.
+		if len(idx) > 0 && !e.finalized.Load() && e.moduleSaysFinalized(deadline) {
+			e.moduleFinalized()
+			for _, i := range idx {
+				out[i].Status = StatusNoInstance
+			}
+		}
 		return
 	}
 	var res [conf.MaxMembers]result
@@ -435,6 +435,43 @@ func (e *Engine) verdict(m *member, v instanceView, r result) Status {
 		m.kick()
 	}
 	return r.rv
+}
+
+// moduleSaysFinalized asks the module whether it is initialized: C_GetInfo
+// on a goroutine of its own, one at a time (concurrent callers share the
+// answer in flight), waited for until the deadline. Only
+// CKR_CRYPTOKI_NOT_INITIALIZED says finalized; no answer by the deadline,
+// or any other one (a module whose server died), does not. Some modules
+// ask their server for C_GetInfo, so it never runs on the caller's thread.
+func (e *Engine) moduleSaysFinalized(deadline time.Time) bool {
+	e.infoMu.Lock()
+	q := e.infoQuery
+	if q == nil {
+		q = &infoQuery{done: make(chan struct{})}
+		e.infoQuery = q
+		go func() {
+			q.finalized = cryptoki.RV(e.mod.Info()) == ckrCryptokiNotInitialized
+			e.infoMu.Lock()
+			e.infoQuery = nil
+			e.infoMu.Unlock()
+			close(q.done)
+		}()
+	}
+	e.infoMu.Unlock()
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-q.done:
+		return q.finalized
+	case <-timer.C:
+		return false
+	}
+}
+
+// infoQuery is a C_GetInfo in flight for moduleSaysFinalized.
+type infoQuery struct {
+	done      chan struct{}
+	finalized bool // valid once done is closed
 }
 
 // moduleFinalized records that the host finalized the module: every

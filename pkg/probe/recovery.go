@@ -82,9 +82,10 @@ func (e *Engine) recover(m *member) {
 }
 
 // noteInitialized clears the finalized mark once the module answers again:
-// the host initialized it, or this engine did (it owns the module).
+// the host initialized it, or this engine did (it owns the module). It
+// runs on a recovery worker, never on a status call's thread.
 func (e *Engine) noteInitialized() {
-	if e.finalized.Load() && e.mod.Initialized() {
+	if e.finalized.Load() && e.mod.Info() == nil {
 		e.finalized.Store(false)
 	}
 }
