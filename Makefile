@@ -49,6 +49,10 @@ $(BUILD)/test_faults: test/c/test_faults.c test/c/harness.c test/c/harness.h inc
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ test/c/test_faults.c test/c/harness.c -ldl -lpthread
 
+$(BUILD)/test_net: test/c/test_net.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_net.c test/c/harness.c -ldl -lpthread
+
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
@@ -62,7 +66,7 @@ test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults
+test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_net
 	bash test/c/run.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus
