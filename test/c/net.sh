@@ -15,10 +15,13 @@ net_up() {
         "$dir/Chrystoki.conf"
 }
 
-# net_run NAME LAB SCENARIO: build/test_net SCENARIO in lab LAB, logged as NAME.
+# net_run NAME LAB SCENARIO [ENV=VALUE...]: build/test_net SCENARIO in lab
+# LAB, logged as NAME.
 net_run() {
-    run "$1" "$work/lab-$2" env HALAB_LAB_SH="$lab" HALAB_TIMEOUT_MS=$((timeout_s * 1000)) \
-        HAEXT_HALOG_DIR="$work/halog-$2" "$build/test_net" "$3"
+    local name=$1 dir=$2 scenario=$3
+    shift 3
+    run "$name" "$work/lab-$dir" env HALAB_LAB_SH="$lab" HALAB_TIMEOUT_MS=$((timeout_s * 1000)) \
+        HAEXT_HALOG_DIR="$work/halog-$dir" "$@" "$build/test_net" "$scenario"
 }
 
 net_down() { bash "$lab" down --dir "$work/lab-$1" >/dev/null 2>&1 || true; }
@@ -34,6 +37,12 @@ net_case net-killed tcp 3 killed
 net_case net-partition tcp 3 partition
 net_case net-halfopen tcp 3 halfopen
 net_case net-mixed mixed 3 mixed
+
+# A configured member that no token has, during a partition.
+net_up net-missing tcp 2
+sed -i 's/^\(   VirtualToken00Members = .*\);$/\1,00000000deadbeef;/' "$work/lab-net-missing/Chrystoki.conf"
+net_run net-missing net-missing missing HALAB_MISSING_SERIAL=00000000deadbeef
+net_down net-missing
 
 # TLS: the wrong CA first (the lab's server must be up), then the faults.
 net_up net-tls tls 2

@@ -5,13 +5,15 @@
  * are real: the server is SIGKILLed, the link is cut with iptables DROP
  * inside the namespace, or both.
  *
- *   test_net SCENARIO     killed | partition | halfopen | tls | wrongca | mixed
+ *   test_net SCENARIO     killed | partition | halfopen | missing | tls | wrongca |
+ *                         mixed
  *
  * Environment (from test/c/net.sh): LIBHAEXT, HALAB_MODULE, HALAB_DIR,
  * HALAB_SERIALS, HALAB_LAB_SH, HALAB_TIMEOUT_MS, HALAB_TCP_PORT,
  * HALAB_TCP_MEMBERS (indexes of the members behind Caml Crush);
  * HAEXT_HALOG_DIR (halfopen: the HA log's directory); HALAB_WRONG_CA_FILE
- * (wrongca). Runs inside the lab's namespace (lab.sh exec), so
+ * (wrongca); HALAB_MISSING_SERIAL (missing: a member configured last that
+ * no token has). Runs inside the lab's namespace (lab.sh exec), so
  * /proc/net/tcp shows the lab's connections. The process keeps SIGPIPE at
  * its default action: a SIGPIPE the library let through would kill it.
  */
@@ -43,6 +45,7 @@ static char serial_text[MAX][32];
 static CK_ULONG serials[MAX];
 static CK_SLOT_ID slots[MAX];
 static int over_tcp[MAX]; /* member i is behind Caml Crush */
+static int missing = -1;  /* index of the configured member no token has */
 static double timeout_ms;
 static int port;
 
@@ -70,7 +73,7 @@ static void show(const char *what, const CK_HA_STATUS *st, double ms)
     char line[512];
     int i, n = snprintf(line, sizeof line, "%s (%.1f ms):", what, ms);
     for (i = 0; i < (int)st->listSize && i < MAX && n < (int)sizeof line; i++) {
-        n += snprintf(line + n, sizeof line - n, " %s%s", over_tcp[i] ? "tcp:" : "unix:",
+        n += snprintf(line + n, sizeof line - n, " %s%s", i == missing ? "missing:" : over_tcp[i] ? "tcp:" : "unix:",
                       status_name(st->memberList[i].memberStatus));
     }
     note("%s", line);
@@ -397,6 +400,23 @@ static void scenario_halfopen(void)
           "the HA log gives the reason: new=CKR_HA_SOCKET_DOWN reason=\"socket down\"");
 }
 
+/* A partition while one configured member is missing from the module (out
+ * of service, say): that member fails stage 1, which must not make the call
+ * wait on the cut link. Every call still returns at statusTimeout. */
+static void scenario_missing(void)
+{
+    CK_HA_STATUS st;
+    double ms, back;
+    CK_RV rv = call(&st, &ms);
+    show("first call", &st, ms);
+    check(is(rv, &st, CKR_OK, CKR_HA_NO_INSTANCE), "members over TCP CKR_OK, the missing one CKR_HA_NO_INSTANCE");
+    lab("partition", first_tcp());
+    cut_now("partition, a member missing", CKR_HA_NO_INSTANCE);
+    lab("heal", first_tcp());
+    back = wait_for(CKR_OK, CKR_HA_NO_INSTANCE, 30000);
+    check(back >= 0, "healed: the members over TCP CKR_OK again (%.0f ms)", back);
+}
+
 /* TLS: stage 2 judges the TCP connection under the TLS session. */
 static void scenario_tls(void)
 {
@@ -513,6 +533,11 @@ int main(int argc, char **argv)
         }
     }
     free(list);
+    if (getenv("HALAB_MISSING_SERIAL") && nmembers < MAX) {
+        missing = nmembers;
+        snprintf(serial_text[nmembers], sizeof serial_text[0], "%s", getenv("HALAB_MISSING_SERIAL"));
+        serials[nmembers++] = parse_serial(serial_text[missing]);
+    }
     timeout_ms = atof(need_env("HALAB_TIMEOUT_MS"));
     port = atoi(need_env("HALAB_TCP_PORT"));
 
@@ -523,6 +548,9 @@ int main(int argc, char **argv)
     host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
     signal(SIGPIPE, SIG_DFL); /* after loading: replaces the Go runtime's handler */
     for (i = 0; i < nmembers; i++) {
+        if (i == missing) {
+            continue;
+        }
         slots[i] = slot_of_serial(&host, serial_text[i]);
         if (slots[i] == (CK_SLOT_ID)-1) {
             fprintf(stderr, "member %s not found in the module\n", serial_text[i]);
@@ -535,12 +563,14 @@ int main(int argc, char **argv)
         scenario_partition();
     } else if (strcmp(scenario, "halfopen") == 0) {
         scenario_halfopen();
+    } else if (strcmp(scenario, "missing") == 0) {
+        scenario_missing();
     } else if (strcmp(scenario, "tls") == 0) {
         scenario_tls();
     } else if (strcmp(scenario, "mixed") == 0) {
         scenario_mixed();
     } else {
-        fprintf(stderr, "usage: %s killed|partition|halfopen|tls|wrongca|mixed\n", argv[0]);
+        fprintf(stderr, "usage: %s killed|partition|halfopen|missing|tls|wrongca|mixed\n", argv[0]);
         return 2;
     }
     return done();
