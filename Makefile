@@ -22,7 +22,7 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c test-install fuzz bench install uninstall clean
+.PHONY: all deps demo test test-go test-c test-install fuzz bench install uninstall clean FORCE
 
 all: $(BUILD)/libhaext.so $(BUILD)/hastatus
 
@@ -49,6 +49,22 @@ $(BUILD)/test_faults: test/c/test_faults.c test/c/harness.c test/c/harness.h inc
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ test/c/test_faults.c test/c/harness.c -ldl -lpthread
 
+$(BUILD)/test_login: test/c/test_login.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_login.c test/c/harness.c -ldl -lpthread
+
+$(BUILD)/test_sigpipe: test/c/test_sigpipe.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_sigpipe.c test/c/harness.c -ldl -lpthread
+
+$(BUILD)/test_capi: test/c/test_capi.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_capi.c test/c/harness.c -ldl -lpthread
+
+$(BUILD)/test_sigwait: test/c/test_sigwait.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_sigwait.c test/c/harness.c -ldl -lpthread
+
 $(BUILD)/test_net: test/c/test_net.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ test/c/test_net.c test/c/harness.c -ldl -lpthread
@@ -66,13 +82,23 @@ test-go:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 ./...
 
-test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_net
+test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login \
+	$(BUILD)/test_sigpipe $(BUILD)/test_capi $(BUILD)/test_sigwait \
+	$(BUILD)/test_net
 	bash test/c/run.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus
 	bash test/install/run.sh
 
-$(BUILD)/haext.pc: haext.pc.in Makefile
+# The values haext.pc is made from, rewritten only when they change, so that
+# `make install PREFIX=/b` after `make install PREFIX=/a` installs a haext.pc
+# that names /b.
+PCVARS := $(PREFIX)|$(LIBDIR)|$(INCLUDEDIR)|$(VERSION)
+$(BUILD)/haext.pc.vars: FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(PCVARS)' | cmp -s - $@ || echo '$(PCVARS)' >$@
+
+$(BUILD)/haext.pc: haext.pc.in Makefile $(BUILD)/haext.pc.vars
 	@mkdir -p $(BUILD)
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' \
 	    -e 's|@VERSION@|$(VERSION)|' $< > $@
@@ -102,6 +128,8 @@ bench: deps $(BUILD)/libhaext.so
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzToINI -fuzztime=30s ./pkg/conf
 	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=30s ./pkg/conf
+
+FORCE:
 
 clean:
 	rm -rf $(BUILD)

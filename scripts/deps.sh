@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing libhaext needs, only when it is missing:
-# a C compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers),
+# a C and a C++ compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers),
 # OpenSC's pkcs11-spy, and for network members Caml Crush, iptables,
 # iproute2 and openssl. Go itself (1.22 or newer) must be on PATH; Go modules
 # come through the module proxy on first build.
@@ -11,6 +11,7 @@ have_cmd() { command -v "$1" >/dev/null 2>&1; }
 have_file() { compgen -G "$1" >/dev/null 2>&1; }
 
 have_cmd gcc || need+=(gcc)
+have_cmd c++ || need+=(g++)               # test/c/abi.sh builds C++ clients of the header
 have_cmd pkg-config || need+=(pkg-config)
 have_cmd softhsm2-util || need+=(softhsm2)
 have_cmd p11-kit || need+=(p11-kit)

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"unicode/utf8"
 )
 
 // guardEnv marks the child process that does hastatus's work under the
@@ -105,7 +104,8 @@ func (t *tailWriter) Write(p []byte) (int, error) {
 }
 
 // lastWords is "; it said: " and the last lines the child wrote that are
-// not hastatus's own (at most three, joined by " | "), or "".
+// not hastatus's own (at most three, joined by " | ", escaped for a
+// terminal as labels are), or "".
 func (t *tailWriter) lastWords() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -123,15 +123,4 @@ func (t *tailWriter) lastWords() string {
 		lines = lines[len(lines)-3:]
 	}
 	return "; it said: " + strings.Join(lines, " | ")
-}
-
-// printable replaces control characters and invalid UTF-8 with '?', so
-// that a module's output cannot drive the operator's terminal.
-func printable(s string) string {
-	return strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError {
-			return '?'
-		}
-		return r
-	}, s)
 }

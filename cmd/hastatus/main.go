@@ -22,8 +22,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/libhaext/libhaext/internal/halog"
-	"github.com/libhaext/libhaext/internal/service"
 	"github.com/libhaext/libhaext/pkg/conf"
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 	"github.com/libhaext/libhaext/pkg/probe"
@@ -61,7 +59,7 @@ Exit status: 0 all members alive, 1 some down, 2 all down or no such group,
 type system struct {
 	getenv     func(string) string
 	exists     func(string) bool
-	openModule func(path string) (probe.Module, error)
+	openModule func(path string) (*cryptoki.Module, error)
 	now        func() time.Time
 }
 
@@ -77,7 +75,7 @@ func main() {
 			st, err := os.Stat(path)
 			return err == nil && st.Mode().IsRegular()
 		},
-		openModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+		openModule: cryptoki.Open,
 		now:        time.Now,
 	}))
 }
@@ -116,7 +114,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys system) int {
 	fail := func(err error) int {
-		fmt.Fprintf(stderr, "hastatus: %v\n", err)
+		fmt.Fprintf(stderr, "hastatus: %s\n", printable(err.Error()))
 		return exitError
 	}
 	o, err := parseArgs(args, stderr)
@@ -125,23 +123,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 	} else if err != nil {
 		return fail(err)
 	}
-
-	path := o.config
-	if path == "" {
-		if path, err = conf.Locate(sys.getenv, sys.exists); err != nil {
-			return fail(err)
-		}
-	}
-	cfg, err := conf.Load(path)
+	cfg, timeout, err := configure(o, sys, stderr)
 	if err != nil {
 		return fail(err)
-	}
-	timeout := cfg.StatusTimeout
-	if o.timeout != "" {
-		var warning string
-		if timeout, warning = conf.ParseStatusTimeout(o.timeout); warning != "" {
-			fmt.Fprintf(stderr, "hastatus: --timeout: %s\n", warning)
-		}
 	}
 	groups := cfg.Groups
 	if o.group != "" {
@@ -152,28 +136,137 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 		}
 		groups = []conf.Group{g}
 	}
-	mod, err := sys.openModule(cfg.ModulePath)
-	if err != nil {
-		return fail(fmt.Errorf("%s: Chrystoki2/LibUNIX64: %w", cfg.File, err))
-	}
-	eng := probe.New(mod, groups, probe.Options{Timeout: timeout})
-	service.RaiseProcs(sys.getenv, eng.WantProcs())
-	eng.Start()
-	defer eng.Close()
-
-	reports := checkAll(eng, sys.now)
-	if o.json {
-		err = writeJSON(stdout, reports, timeout, sys.now(), o.watch == 0)
-	} else {
-		err = writeTable(stdout, reports, timeout)
-	}
+	c, err := startEngine(cfg, groups, timeout, sys, stderr)
 	if err != nil {
 		return fail(err)
 	}
-	if o.watch > 0 {
-		reports = watch(ctx, eng, reports, o, stdout, sys.now)
+	defer c.Close()
+	code, err := show(ctx, c, o, stdout, sys.now)
+	if err != nil {
+		return fail(err)
 	}
-	return exitCode(reports)
+	return code
+}
+
+// configure reads the configuration, prints its warnings on stderr and
+// returns it with the status timeout to use (--timeout, else the file's).
+func configure(o options, sys system, stderr io.Writer) (*conf.Config, time.Duration, error) {
+	path := o.config
+	if path == "" {
+		var err error
+		if path, err = conf.Locate(sys.getenv, sys.exists); err != nil {
+			return nil, 0, err
+		}
+	}
+	cfg, err := conf.Load(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stderr, "hastatus: warning: %s\n", printable(w))
+	}
+	timeout := cfg.StatusTimeout
+	if o.timeout != "" {
+		var warning string
+		if timeout, warning = conf.ParseStatusTimeout(o.timeout); warning != "" {
+			fmt.Fprintf(stderr, "hastatus: --timeout: %s\n", printable(warning))
+		}
+	}
+	return cfg, timeout, nil
+}
+
+// checker is hastatus's engine over its own module. hastatus is its own
+// host: when members are lost it may initialize the module again (a vendor
+// client such as p11-kit's reconnects only then), at most once a second.
+type checker struct {
+	mod      *cryptoki.Module
+	eng      *probe.Engine
+	start    func() (*probe.Engine, error)
+	restarts time.Time // the last restart
+}
+
+// startEngine loads the vendor module and starts checking the groups.
+func startEngine(cfg *conf.Config, groups []conf.Group, timeout time.Duration, sys system, stderr io.Writer) (*checker, error) {
+	mod, err := sys.openModule(cfg.ModulePath)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %w", cfg.File, cfg.ModuleKey, err)
+	}
+	if mod.PerCaller() {
+		fmt.Fprintf(stderr, "hastatus: note: %s gives each caller of C_GetFunctionList its own instance; "+
+			"hastatus runs its own, as it should, but an application must lend libhaext its own "+
+			"(CA_SetHAExtFunctionList) or load libhaext-pkcs11.so in front of it\n", printable(cfg.ModulePath))
+	}
+	c := &checker{mod: mod, start: func() (*probe.Engine, error) {
+		return probe.Launch(mod, groups, probe.Options{Timeout: timeout, NoSession: cfg.NoSession}, sys.getenv)
+	}}
+	if c.eng, err = c.start(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// lost reports whether a status says the member's connection or instance
+// is gone (not merely slow): what initializing the module again can mend.
+func lost(s probe.Status) bool {
+	switch s {
+	case probe.StatusSocketDown, probe.StatusNoInstance, 0x30, 0x32, 0xB0, 0xB3, 0xE0:
+		// CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_SESSION_CLOSED,
+		// CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT
+		return true
+	}
+	return false
+}
+
+// mend initializes the module again when a member in reports is lost, the
+// last restart is a second old and no member's call is stuck. The engine is closed first; the module
+// is finalized only when none of the engine's calls is left in flight
+// (C_Finalize during a call is undefined behaviour), and a new engine
+// starts over it either way.
+func (c *checker) mend(reports []report, now time.Time) {
+	if !c.mod.Owner() || now.Sub(c.restarts) < time.Second || !anyLost(reports) || c.eng.Stuck() > 0 {
+		return // a hung member's call must stay the only one it has
+	}
+	c.restarts = now
+	c.eng.Close()
+	if c.eng.Quiet() {
+		_ = c.mod.Restart()
+	}
+	if eng, err := c.start(); err == nil {
+		c.eng = eng
+	}
+}
+
+func anyLost(reports []report) bool {
+	for _, r := range reports {
+		for _, v := range r.verdicts {
+			if lost(v.Status) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// Close stops the engine.
+func (c *checker) Close() { c.eng.Close() }
+
+// show prints the groups' state once, then, with --watch, each change
+// until ctx ends; it returns the exit status for the last state.
+func show(ctx context.Context, c *checker, o options, w io.Writer, now func() time.Time) (int, error) {
+	reports := checkAll(c.eng, now)
+	var err error
+	if o.json {
+		err = writeJSON(w, reports, c.eng.Timeout(), now(), o.watch == 0)
+	} else {
+		err = writeTable(w, reports, c.eng.Timeout())
+	}
+	if err != nil {
+		return exitError, err
+	}
+	if o.watch > 0 {
+		reports = watch(ctx, c, reports, o, w, now)
+	}
+	return exitCode(reports), nil
 }
 
 // findGroup finds a group by label, else by serial.
@@ -211,7 +304,7 @@ func exitCode(reports []report) int {
 	for _, r := range reports {
 		for _, v := range r.verdicts {
 			total++
-			if v.Status == probe.StatusOK {
+			if v.Status.Alive() {
 				alive++
 			}
 		}
@@ -226,11 +319,11 @@ func exitCode(reports []report) int {
 }
 
 // describe is a member's status in words: alive, or down and why.
-func describe(status uint) string {
-	if status == probe.StatusOK {
+func describe(status probe.Status) string {
+	if status.Alive() {
 		return "alive"
 	}
-	return "down (" + halog.Reason(status) + ")"
+	return "down (" + status.Reason() + ")"
 }
 
 func slotText(v probe.Verdict) string {
@@ -249,12 +342,12 @@ func writeTable(w io.Writer, reports []report, timeout time.Duration) error {
 			b.WriteString("\n")
 		}
 		fmt.Fprintf(&b, "HA Group Label:   %s\nHA Group Number:  %d\nStatus Timeout:   %v\n\n",
-			r.group.Label, r.group.Serial, timeout)
+			printable(r.group.Label), r.group.Serial, timeout)
 		tw := tabwriter.NewWriter(&b, 0, 4, 3, ' ', 0)
 		fmt.Fprintln(tw, "Member S/N\tMember Label\tSlot #\tStatus\tCheck")
 		fmt.Fprintln(tw, "==========\t============\t======\t======\t=====")
 		for j, v := range r.verdicts {
-			label := v.Label
+			label := printable(v.Label)
 			if label == "" {
 				label = "-"
 			}
@@ -269,19 +362,19 @@ func writeTable(w io.Writer, reports []report, timeout time.Duration) error {
 
 // jsonMember is one member in the --json output; see README.md.
 type jsonMember struct {
-	Serial     string  `json:"serial"`     // as configured
-	SerialDec  string  `json:"serial_dec"` // memberSerial, decimal
-	Label      string  `json:"label"`
-	Slot       *uint   `json:"slot"` // null when not resolved
-	Status     uint    `json:"status"`
-	StatusName string  `json:"status_name"`
-	Alive      bool    `json:"alive"`
-	Reason     string  `json:"reason"`
-	CheckMS    float64 `json:"check_ms"`
+	Serial     string   `json:"serial"`     // as configured
+	SerialDec  string   `json:"serial_dec"` // memberSerial, decimal
+	Label      jsonText `json:"label"`
+	Slot       *uint    `json:"slot"` // null when not resolved
+	Status     uint     `json:"status"`
+	StatusName string   `json:"status_name"`
+	Alive      bool     `json:"alive"`
+	Reason     string   `json:"reason"`
+	CheckMS    float64  `json:"check_ms"`
 }
 
 type jsonGroup struct {
-	Label    string       `json:"label"`
+	Label    jsonText     `json:"label"`
 	Serial   string       `json:"serial"` // decimal
 	TimeoutS float64      `json:"timeout_s"`
 	Members  []jsonMember `json:"members"`
@@ -295,9 +388,9 @@ type jsonOutput struct {
 
 func toJSONMember(m conf.Member, v probe.Verdict) jsonMember {
 	jm := jsonMember{
-		Serial: m.SerialText, SerialDec: strconv.FormatUint(v.Serial, 10), Label: v.Label,
-		Status: v.Status, StatusName: probe.StatusName(v.Status), Alive: v.Status == probe.StatusOK,
-		Reason: halog.Reason(v.Status), CheckMS: millis(v.Took),
+		Serial: m.SerialText, SerialDec: strconv.FormatUint(v.Serial, 10), Label: jsonText(v.Label),
+		Status: uint(v.Status), StatusName: v.Status.String(), Alive: v.Status.Alive(),
+		Reason: v.Status.Reason(), CheckMS: millis(v.Took),
 	}
 	if v.HasSlot {
 		slot := v.Slot
@@ -311,7 +404,7 @@ func toJSONMember(m conf.Member, v probe.Verdict) jsonMember {
 func writeJSON(w io.Writer, reports []report, timeout time.Duration, now time.Time, indent bool) error {
 	out := jsonOutput{Schema: SchemaVersion, Time: now.UTC().Format(time.RFC3339Nano), Groups: []jsonGroup{}}
 	for _, r := range reports {
-		g := jsonGroup{Label: r.group.Label, Serial: strconv.FormatUint(r.group.Serial, 10),
+		g := jsonGroup{Label: jsonText(r.group.Label), Serial: strconv.FormatUint(r.group.Serial, 10),
 			TimeoutS: timeout.Seconds(), Members: []jsonMember{}}
 		for j, v := range r.verdicts {
 			g.Members = append(g.Members, toJSONMember(r.group.Members[j], v))
@@ -329,14 +422,14 @@ func writeJSON(w io.Writer, reports []report, timeout time.Duration, now time.Ti
 type jsonTransition struct {
 	Schema int        `json:"schema"`
 	Time   string     `json:"time"`
-	Group  string     `json:"group"`
+	Group  jsonText   `json:"group"`
 	Old    string     `json:"old"`
 	Member jsonMember `json:"member"`
 }
 
 // watch checks every o.watch until ctx ends and prints each member whose
 // status changed. It returns the last reports.
-func watch(ctx context.Context, eng *probe.Engine, last []report, o options, w io.Writer,
+func watch(ctx context.Context, c *checker, last []report, o options, w io.Writer,
 	now func() time.Time) []report {
 	tick := time.NewTicker(o.watch)
 	defer tick.Stop()
@@ -347,7 +440,8 @@ func watch(ctx context.Context, eng *probe.Engine, last []report, o options, w i
 			return last
 		case <-tick.C:
 		}
-		cur := checkAll(eng, now)
+		c.mend(last, now())
+		cur := checkAll(c.eng, now)
 		at := now().UTC()
 		for i, r := range cur {
 			for j, v := range r.verdicts {
@@ -357,9 +451,9 @@ func watch(ctx context.Context, eng *probe.Engine, last []report, o options, w i
 				}
 				if o.json {
 					_ = enc.Encode(jsonTransition{Schema: SchemaVersion, Time: at.Format(time.RFC3339Nano),
-						Group: r.group.Label, Old: probe.StatusName(old), Member: toJSONMember(r.group.Members[j], v)})
+						Group: jsonText(r.group.Label), Old: old.String(), Member: toJSONMember(r.group.Members[j], v)})
 				} else {
-					fmt.Fprintf(w, "%s  %s  %s  %s -> %s\n", at.Format("2006-01-02T15:04:05.000Z"), r.group.Label,
+					fmt.Fprintf(w, "%s  %s  %s  %s -> %s\n", at.Format("2006-01-02T15:04:05.000Z"), printable(r.group.Label),
 						r.group.Members[j].SerialText, describe(old), describe(v.Status))
 				}
 			}

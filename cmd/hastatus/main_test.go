@@ -11,12 +11,13 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/libhaext/libhaext/pkg/cryptoki"
-	"github.com/libhaext/libhaext/pkg/probe"
 )
 
 // The tests run hastatus against real SoftHSM2 tokens made in TestMain.
@@ -24,7 +25,14 @@ var (
 	softhsm string   // the SoftHSM2 module
 	serials []string // of tokens m00, m01, m02
 	workDir string
+
+	evilSerial string // of a token whose label holds control characters
 )
+
+// evilLabel is that token's label: a newline that would forge a table row,
+// a terminal escape sequence, C1 CSI (U+009B), DEL, a right-to-left
+// override, and a byte that is not UTF-8.
+const evilLabel = "ev\nil\x1b[2J\u009b\x7f\u202e\x9bZ"
 
 func TestMain(m *testing.M) {
 	os.Exit(func() int {
@@ -65,6 +73,10 @@ func makeTokens() error {
 			return fmt.Errorf("softhsm2-util: %v: %s", err, out)
 		}
 	}
+	if out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", evilLabel,
+		"--so-pin", "12345678", "--pin", "1234").CombinedOutput(); err != nil {
+		return fmt.Errorf("softhsm2-util: %v: %s", err, out)
+	}
 	out, err := exec.Command("softhsm2-util", "--show-slots").Output()
 	if err != nil {
 		return err
@@ -80,6 +92,9 @@ func makeTokens() error {
 		case len(f) == 2 && f[0] == "Label:":
 			byLabel[f[1]] = serial
 		}
+	}
+	if evilSerial = byLabel["ev"]; evilSerial == "" { // the label's first line
+		return fmt.Errorf("the token with control characters in its label not found in:\n%s", out)
 	}
 	for i := 0; i < 3; i++ {
 		s, ok := byLabel[fmt.Sprintf("m%02d", i)]
@@ -125,7 +140,7 @@ func hastatusCtx(ctx context.Context, t *testing.T, dir string, args ...string) 
 			_, err := os.Stat(p)
 			return err == nil
 		},
-		openModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+		openModule: cryptoki.Open,
 		now:        time.Now,
 	})
 	return code, out.String(), errOut.String()
@@ -281,4 +296,74 @@ func TestHelp(t *testing.T) {
 	assert.Equal(t, exitAlive, code)
 	assert.Empty(t, out)
 	assert.Contains(t, errOut, "usage: hastatus")
+}
+
+// unsafeRunes lists what in out a terminal could act on: control
+// characters other than newline, DEL, C1 controls, format characters such
+// as bidirectional overrides, and bytes that are not UTF-8.
+func unsafeRunes(out string) []string {
+	var bad []string
+	for i, r := range out {
+		if r == utf8.RuneError && !strings.HasPrefix(out[i:], "\uFFFD") {
+			bad = append(bad, fmt.Sprintf("byte %#x at %d", out[i], i))
+		} else if r != '\n' && !unicode.IsPrint(r) {
+			bad = append(bad, fmt.Sprintf("%U at %d", r, i))
+		}
+	}
+	return bad
+}
+
+func TestLabelsAreEscapedInTheTable(t *testing.T) {
+	dir := writeConf(t, softhsm, group(0, "pay\x1b[31mments", "1000001", serials[0], evilSerial), "")
+	code, out, errOut := hastatus(t, dir)
+	assert.Equal(t, exitAlive, code, errOut)
+	assert.Empty(t, unsafeRunes(out), "nothing reaches the terminal raw:\n%s", out)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	assert.Len(t, lines, 8, "three header lines, a blank, two heading rows, two members; no forged row:\n%s", out)
+	assert.Contains(t, out, `HA Group Label:   pay\x1b[31mments`+"\n")
+	assert.Regexp(t, `(?m)^`+evilSerial+`\s+ev\\nil\\x1b\[2J\\u009b\\x7f\\u202e\\x9bZ\s+\d+\s+alive\s`, out)
+}
+
+func TestLabelsInJSONAreEscapedAndExact(t *testing.T) {
+	dir := writeConf(t, softhsm, group(0, "pay\x1b[31m\u0085ments", "1000001", serials[0], evilSerial), "")
+	code, out, _ := hastatus(t, dir, "--json")
+	assert.Equal(t, exitAlive, code)
+	assert.Empty(t, unsafeRunes(out), "nothing reaches the terminal raw:\n%s", out)
+	var doc struct {
+		Groups []struct {
+			Label   string `json:"label"`
+			Members []struct {
+				Label string `json:"label"`
+			} `json:"members"`
+		} `json:"groups"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &doc), out)
+	require.Len(t, doc.Groups, 1)
+	assert.Equal(t, "pay\x1b[31m\u0085ments", doc.Groups[0].Label)
+	require.Len(t, doc.Groups[0].Members, 2)
+	// JSON holds text, not bytes: the byte that is not UTF-8 becomes U+FFFD.
+	assert.Equal(t, "ev\nil\x1b[2J\u009b\x7f\u202e\uFFFDZ", doc.Groups[0].Members[1].Label)
+}
+
+func TestConfigurationWarningsGoToStderr(t *testing.T) {
+	dir := writeConf(t, softhsm, group(0, "g", "1", serials[0]), "HAConfiguration = {\n statusTimeout = 0;\n}\n")
+	for _, args := range [][]string{nil, {"--json"}} {
+		code, out, errOut := hastatus(t, dir, args...)
+		assert.Equal(t, exitAlive, code, errOut)
+		assert.Equal(t, 1, strings.Count(errOut, "\n"), "one warning: %q", errOut)
+		assert.Regexp(t, `^hastatus: warning: .*Chrystoki.conf: HAConfiguration/statusTimeout: .*"0" is below 1 second; using 3s\n$`,
+			errOut)
+		assert.NotContains(t, out, "warning", "stdout stays clean for parsers")
+	}
+}
+
+func TestModuleErrorNamesTheKeyThatGaveIt(t *testing.T) {
+	dir := t.TempDir()
+	text := "Chrystoki2 = {\n   LibUNIX = " + filepath.Join(dir, "nosuch.so") + ";\n}\nVirtualToken = {\n" +
+		group(0, "g", "1", serials[0]) + "}\n"
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "Chrystoki.conf"), []byte(text), 0o600))
+	code, _, errOut := hastatus(t, dir)
+	assert.Equal(t, exitError, code)
+	assert.Contains(t, errOut, "Chrystoki2/LibUNIX: ")
+	assert.NotContains(t, errOut, "LibUNIX64")
 }

@@ -1,21 +1,190 @@
 /*
  * capi.c - the CA_* entry points of include/cryptoki_ha.h. Each one is a C
- * function that calls the Go side (capi.go); the linker version script of
- * each library exports these and nothing of Go's.
+ * function; the status calls enter Go (capi.go) through one wrapper,
+ * haext_status, which decides in C what Go cannot:
+ *
+ *  - Signal masks. A C thread's first call into Go leaves signals unblocked
+ *    on it that the runtime wants (SIGCHLD, SIGPROF, SIGURG, signal 34 =
+ *    glibc's SIGRTMIN, the fault signals, ...). The wrapper saves the
+ *    caller's mask and restores it on the way out, so every export returns
+ *    with the mask exactly as it was. While Go runs on the thread, only the
+ *    fault signals (SIGILL, SIGTRAP, SIGBUS, SIGFPE, SIGSEGV) are
+ *    unblocked, so that a fault in Go code becomes a panic the export
+ *    recovers from; the kernel sends a fault to the thread that faulted, so
+ *    this takes no signal meant for the host. The runtime's preemption
+ *    signal (SIGURG) stays as the host has it: a thread that blocks it is
+ *    only preempted at function calls, which is all this code needs.
+ *
+ *  - The Go runtime's own threads. They copy the signal mask of the thread
+ *    that loaded the library. The constructors below block every signal on
+ *    the loading thread while the runtime starts, and restore the mask
+ *    right after, so that the runtime's threads keep every signal blocked
+ *    that a C library may block (the runtime unblocks a fixed few anyway;
+ *    README, "Threads, signals and fork").
+ *
+ *  - fork(). A child created after the library was loaded has none of the
+ *    Go runtime's threads; Go code there hangs. A pthread_atfork child
+ *    handler marks such a child (no system call on the way in, unlike
+ *    getpid), and status calls there return CKR_FUNCTION_FAILED without
+ *    entering Go.
+ *
+ *  - The last error, per thread like dlerror: a malloc'd string in
+ *    thread-specific data (a pthread key rather than __thread, which would
+ *    grow the library's static TLS block), set from what Go returns and
+ *    freed on success (unless Go has a notice for the caller), so
+ *    CA_GetHAExtLastError needs no Go.
+ *
+ * Nothing here assumes which shared library it is linked into.
  */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "_cgo_export.h"
+
+/* Set in a child of fork() (pthread_atfork). */
+static volatile int haext_forked;
+
+/* Thread-specific last error: NULL (none), haext_fork_reason, or a string
+ * malloc'd by the Go side (C.CString). */
+static pthread_key_t haext_reason_key;
+static int haext_reason_key_ok;
+static char haext_fork_reason[] =
+    "called in a child process that fork() created after libhaext was loaded: the Go runtime "
+    "does not survive fork(); load the library in the process that uses it (after fork, or "
+    "after exec)";
+
+/* Unblocked while Go runs on a caller's thread (see above). */
+static sigset_t haext_go_needs;
+/* The loading thread's mask, restored once the runtime has started. */
+static sigset_t haext_load_mask;
+
+static void haext_reason_free(void *p)
+{
+    if (p != haext_fork_reason) {
+        free(p);
+    }
+}
+
+/* Keeps reason (NULL: none) as the calling thread's last error. */
+static void haext_keep_reason(char *reason)
+{
+    void *old;
+    if (!haext_reason_key_ok) {
+        haext_reason_free(reason);
+        return;
+    }
+    old = pthread_getspecific(haext_reason_key);
+    if (old == reason) {
+        return;
+    }
+    if (pthread_setspecific(haext_reason_key, reason) != 0) {
+        haext_reason_free(reason);
+        return;
+    }
+    haext_reason_free(old);
+}
+
+static void haext_atfork_child(void)
+{
+    haext_forked = 1;
+}
+
+/* Runs before the Go runtime's own constructor in this library (a priority
+ * constructor runs before those without one), which starts the runtime on
+ * a thread that inherits the loading thread's mask. */
+__attribute__((constructor(101))) static void haext_load_begin(void)
+{
+    sigset_t all;
+    pthread_atfork(NULL, NULL, haext_atfork_child);
+    haext_reason_key_ok = pthread_key_create(&haext_reason_key, haext_reason_free) == 0;
+    sigemptyset(&haext_go_needs);
+    sigaddset(&haext_go_needs, SIGILL);
+    sigaddset(&haext_go_needs, SIGTRAP);
+    sigaddset(&haext_go_needs, SIGBUS);
+    sigaddset(&haext_go_needs, SIGFPE);
+    sigaddset(&haext_go_needs, SIGSEGV);
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &haext_load_mask);
+}
+
+/* Runs after the Go runtime's constructor, which the Go linker puts first
+ * among the unprioritized ones. */
+__attribute__((constructor)) static void haext_load_end(void)
+{
+    pthread_sigmask(SIG_SETMASK, &haext_load_mask, NULL);
+}
+
+static CK_RV haext_status(CK_SLOT_ID slotId, void *pState, int layout)
+{
+    sigset_t saved;
+    char *reason = NULL;
+    CK_RV rv;
+
+    if (haext_forked) {
+        haext_keep_reason(haext_fork_reason);
+        return CKR_FUNCTION_FAILED;
+    }
+    pthread_sigmask(SIG_UNBLOCK, &haext_go_needs, &saved);
+    rv = haextState(slotId, pState, layout, &reason);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    haext_keep_reason(reason);
+    return rv;
+}
 
 CK_RV CK_ENTRY CA_GetCurrentHAState(CK_SLOT_ID slotId, CK_HA_STATE_PTR pState)
 {
-    return haextState(slotId, pState);
+    return haext_status(slotId, pState, HAEXT_LAYOUT_CLASSIC);
 }
 
 CK_RV CK_ENTRY CA_GetHAState(CK_SLOT_ID slotId, CK_HA_STATE_PTR pState)
 {
-    return haextState(slotId, pState);
+    return haext_status(slotId, pState, HAEXT_LAYOUT_CLASSIC);
+}
+
+/* The SA6 / Luna 7 layout (cryptoki_ha.h maps the names above to these when
+ * the application defines LIBHAEXT_HA_LAYOUT_SA6). */
+CK_RV CK_ENTRY CA_GetCurrentHAState_SA6(CK_SLOT_ID slotId, void *pState)
+{
+    return haext_status(slotId, pState, HAEXT_LAYOUT_SA6);
+}
+
+CK_RV CK_ENTRY CA_GetHAState_SA6(CK_SLOT_ID slotId, void *pState)
+{
+    return haext_status(slotId, pState, HAEXT_LAYOUT_SA6);
 }
 
 CK_ULONG CK_ENTRY CA_GetHAExtLastError(char *buf, CK_ULONG size)
 {
-    return haextLastError(buf, size);
+    const char *reason = haext_reason_key_ok ? pthread_getspecific(haext_reason_key) : NULL;
+    size_t n;
+    if (!reason) {
+        reason = "";
+    }
+    n = strlen(reason);
+    if (buf && size > 0) {
+        size_t k = n < size - 1 ? n : (size_t)(size - 1);
+        memcpy(buf, reason, k);
+        buf[k] = 0;
+    }
+    return (CK_ULONG)n;
+}
+
+CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList)
+{
+    sigset_t saved;
+    char *reason = NULL;
+    CK_RV rv;
+
+    if (haext_forked) {
+        haext_keep_reason(haext_fork_reason);
+        return CKR_FUNCTION_FAILED;
+    }
+    pthread_sigmask(SIG_UNBLOCK, &haext_go_needs, &saved);
+    rv = haextSetFunctionList(pFunctionList, &reason);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    haext_keep_reason(reason);
+    return rv;
 }

@@ -1,25 +1,56 @@
 // Package capi is the C ABI of libhaext: the CA_* entry points of
-// include/cryptoki_ha.h. Their C definitions (capi.c) call the Go functions
-// exported here, which check arguments, recover from panics and copy a
-// report from internal/service into the caller's CK_HA_STATUS. Every shared
-// library of the project links this package. The path of one call:
-// CA_GetCurrentHAState (capi.c) -> haextState -> service.State ->
-// probe.Engine.Check -> the member's worker -> cryptoki.Module.SessionInfo
-// -> C_GetSessionInfo.
+// include/cryptoki_ha.h. Their C definitions (capi.c) save the caller's
+// signal mask, refuse fork children and keep the per-thread last error; they
+// call haextState here, which checks arguments, recovers from panics and
+// copies a report from internal/service into the caller's CK_HA_STATUS, in
+// the layout the entry point serves. Every shared library of the project
+// links this package. The path of one call: CA_GetCurrentHAState (capi.c)
+// -> haext_status -> haextState -> state -> service.State ->
+// probe.Engine.Check -> the member's lane (pkg/probe/lanes.c) ->
+// C_GetSessionInfo.
 package capi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include -Wall -Werror
+#cgo CFLAGS: -I${SRCDIR}/../../include -I${SRCDIR}/../hostapi -Wall -Werror
 #cgo pkg-config: p11-kit-1
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include "cryptoki_ha.h"
+#include "hostapi.h"
+
+// Layouts of CK_HA_STATUS an entry point serves.
+enum { HAEXT_LAYOUT_CLASSIC = 0, HAEXT_LAYOUT_SA6 = 1 };
+
+// The SA6 / Luna 7 layout (SafeNet Network HSM 6+): text serials of
+// CK_TOKEN_SERIAL_NUMBER_SIZE + 4 = 20 bytes, NUL-padded. cryptoki_ha.h
+// declares it under the application's names with LIBHAEXT_HA_LAYOUT_SA6;
+// here it has its own, beside the classic one.
+#define HAEXT_SA6_SERIAL 20
+typedef struct {
+	CK_CHAR memberSerial[HAEXT_SA6_SERIAL];
+	CK_RV memberStatus;
+} haext_member_sa6;
+typedef struct {
+	CK_CHAR groupSerial[HAEXT_SA6_SERIAL];
+	haext_member_sa6 memberList[CK_HA_MAX_MEMBERS];
+	CK_ULONG listSize;
+} haext_status_sa6;
+
+// The published sizes on LP64: the classic layout 528 bytes with listSize
+// at 520, the SA6 layout 1056 with listSize at 1048.
+typedef char haext_classic_is_528[sizeof(CK_ULONG) != 8 ||
+	(sizeof(CK_HA_STATUS) == 528 && offsetof(CK_HA_STATUS, listSize) == 520) ? 1 : -1];
+typedef char haext_sa6_is_1056[sizeof(CK_ULONG) != 8 ||
+	(sizeof(haext_status_sa6) == 1056 && offsetof(haext_status_sa6, listSize) == 1048) ? 1 : -1];
 */
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"unsafe"
 
 	"github.com/libhaext/libhaext/internal/halog"
@@ -36,15 +67,38 @@ var lib = service.New(service.Env{
 		st, err := os.Stat(path)
 		return err == nil && st.Mode().IsRegular()
 	},
-	OpenModule: func(path string) (probe.Module, error) { return cryptoki.Open(path) },
+	OpenModule: cryptoki.Open,
 	Observe:    openHALog,
 })
+
+// state is where capi meets internal/service: the report on the group slot
+// names, or the CK_RV and reason of the failure. On success the reason is
+// a notice the library has for the host (said once), or "".
+func state(slot uint, out []probe.Verdict) (service.Report, C.CK_RV, string) {
+	r, err := lib.State(slot, out)
+	if err != nil {
+		return r, rv(err), err.Error()
+	}
+	return r, C.CKR_OK, lib.TakeNotice()
+}
+
+// rv maps a failure to its CK_RV: the only place where the library's
+// errors become CK_RV values.
+func rv(err error) C.CK_RV {
+	switch {
+	case errors.Is(err, probe.ErrUnknownSlot):
+		return C.CKR_SLOT_ID_INVALID
+	case errors.Is(err, service.ErrTransient):
+		return C.CKR_FUNCTION_FAILED
+	}
+	return C.CKR_GENERAL_ERROR
+}
 
 // openHALog starts the HA log when the configuration asks for one, logs the
 // configuration's warnings to it and has it record every transition.
 // Without haLogStatus or haLogToStdout the library writes nothing.
 func openHALog(cfg *conf.Config, opts *probe.Options) {
-	l := halog.New(cfg.HALog, os.Stdout)
+	l := halog.New(cfg.HALog, nil) // nil: standard output through the SIGPIPE guard
 	if l == nil {
 		return
 	}
@@ -66,61 +120,104 @@ func cGetenv(name string) string {
 	return ""
 }
 
-// recoverTo turns a panic into CKR_GENERAL_ERROR with the reason recorded.
-func recoverTo(rv *C.CK_RV) {
-	if r := recover(); r != nil {
-		lib.Fail(fmt.Sprintf("internal error: %v", r))
-		*rv = C.CKR_GENERAL_ERROR
-	}
-}
-
-// haextState answers CA_GetCurrentHAState and the legacy CA_GetHAState
-// (capi.c): the same engine serves both, so applications written for the
-// legacy call get the parallel, session-free check without a change.
+// haextState answers every status entry point (capi.c): CA_GetCurrentHAState
+// and the legacy CA_GetHAState in the classic layout, their _SA6 twins in
+// the SA6 layout. The same engine serves all, so applications written for
+// the legacy call get the parallel, session-free check without a change.
+// On a failure *reason is set to the reason, malloc'd; capi.c keeps it as the
+// thread's last error.
 //
 //export haextState
-func haextState(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) (rv C.CK_RV) {
-	defer recoverTo(&rv)
-	return report(slotID, pState)
+func haextState(slotID C.CK_SLOT_ID, pState unsafe.Pointer, layout C.int, reason **C.char) (out C.CK_RV) {
+	msg := ""
+	defer func() { out = answer(out, msg, recover(), reason) }()
+	out, msg = report(uint(slotID), pState, int(layout))
+	return out
 }
 
-// report fills *pState with the state of the group slotID names.
-func report(slotID C.CK_SLOT_ID, pState C.CK_HA_STATE_PTR) C.CK_RV {
+// answer is the common end of every export: a panic becomes
+// CKR_GENERAL_ERROR, and a failure's reason (or a notice on success) goes
+// to *reason, malloc'd, which capi.c keeps as the thread's last error.
+func answer(rv C.CK_RV, msg string, panicked any, reason **C.char) C.CK_RV {
+	if panicked != nil {
+		rv, msg = C.CKR_GENERAL_ERROR, fmt.Sprintf("internal error: %v", panicked)
+	}
+	if rv != C.CKR_OK && msg == "" {
+		msg = fmt.Sprintf("CK_RV 0x%08x", uint64(rv))
+	}
+	if msg != "" && reason != nil {
+		*reason = C.CString(msg)
+	}
+	return rv
+}
+
+// report fills *pState, in the layout given, with the state of the group
+// slot names.
+func report(slot uint, pState unsafe.Pointer, layout int) (C.CK_RV, string) {
 	if pState == nil {
-		return C.CKR_ARGUMENTS_BAD
+		return C.CKR_ARGUMENTS_BAD, "pState is NULL"
 	}
 	var buf [conf.MaxMembers]probe.Verdict
-	serial, verdicts, code := lib.State(uint(slotID), buf[:0])
-	if code != service.RVOK {
-		return C.CK_RV(code)
+	r, rv, msg := state(slot, buf[:0])
+	if rv != C.CKR_OK {
+		return rv, msg
 	}
-	// Zero all of it, padding included, so that listSize reads right
-	// through a CK_USHORT of either width.
-	C.memset(unsafe.Pointer(pState), 0, C.sizeof_CK_HA_STATUS)
-	pState.groupSerial = C.CK_ULONG(serial)
-	for i, v := range verdicts {
-		pState.memberList[i].memberSerial = C.CK_ULONG(v.Serial)
-		pState.memberList[i].memberStatus = C.CK_RV(v.Status)
+	if layout == C.HAEXT_LAYOUT_SA6 {
+		fillSA6((*C.haext_status_sa6)(pState), r)
+	} else {
+		fillClassic((*C.CK_HA_STATUS)(pState), r)
 	}
-	pState.listSize = C.CK_USHORT(len(verdicts))
+	return C.CKR_OK, msg
+}
+
+// haextSetFunctionList answers CA_SetHAExtFunctionList (capi.c): the
+// library then uses the host's own instance of the module.
+//
+//export haextSetFunctionList
+func haextSetFunctionList(list C.CK_FUNCTION_LIST_PTR, reason **C.char) (out C.CK_RV) {
+	msg := ""
+	defer func() { out = answer(out, msg, recover(), reason) }()
+	if list == nil {
+		return C.CKR_ARGUMENTS_BAD
+	}
+	host := C.struct_haext_host{list: list}
+	if err := lib.Lend(cryptoki.Lend(unsafe.Pointer(&host))); err != nil {
+		out, msg = rv(err), err.Error()
+		return out
+	}
 	return C.CKR_OK
 }
 
-// haextLastError answers CA_GetHAExtLastError (capi.c): it copies the
-// reason of the last failed call into buf.
-//
-//export haextLastError
-func haextLastError(buf *C.char, size C.CK_ULONG) (n C.CK_ULONG) {
-	defer func() {
-		if recover() != nil {
-			n = 0
-		}
-	}()
-	msg := lib.LastError()
-	if buf != nil && size > 0 {
-		dst := unsafe.Slice((*byte)(unsafe.Pointer(buf)), int(size))
-		k := copy(dst[:len(dst)-1], msg)
-		dst[k] = 0
+// fillClassic writes the 528 bytes of the classic layout.
+func fillClassic(st *C.CK_HA_STATUS, r service.Report) {
+	// Zero all of it, padding included, so that listSize reads right
+	// through a vendor's CK_USHORT of any width.
+	C.memset(unsafe.Pointer(st), 0, C.sizeof_CK_HA_STATUS)
+	st.groupSerial = C.CK_ULONG(r.GroupSerial)
+	for i, v := range r.Verdicts {
+		st.memberList[i].memberSerial = C.CK_ULONG(v.Serial)
+		st.memberList[i].memberStatus = C.CK_RV(v.Status)
 	}
-	return C.CK_ULONG(len(msg))
+	st.listSize = C.CK_USHORT(len(r.Verdicts))
+}
+
+// fillSA6 writes the 1056 bytes of the SA6 layout: the group serial in
+// decimal (VirtualTokenNNSN) and each member's serial as its token reports
+// it, NUL-padded.
+func fillSA6(st *C.haext_status_sa6, r service.Report) {
+	C.memset(unsafe.Pointer(st), 0, C.sizeof_haext_status_sa6)
+	putText(&st.groupSerial, strconv.FormatUint(r.GroupSerial, 10))
+	for i, v := range r.Verdicts {
+		putText(&st.memberList[i].memberSerial, v.SerialText)
+		st.memberList[i].memberStatus = C.CK_RV(v.Status)
+	}
+	st.listSize = C.CK_ULONG(len(r.Verdicts))
+}
+
+// putText copies text into a zeroed serial field, at most its 20 bytes
+// (PKCS#11 serials have 16).
+func putText(dst *[C.HAEXT_SA6_SERIAL]C.CK_CHAR, text string) {
+	for i := 0; i < len(text) && i < len(dst); i++ {
+		dst[i] = C.CK_CHAR(text[i])
+	}
 }

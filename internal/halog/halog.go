@@ -4,6 +4,13 @@
 // It is Luna-compatible in its keys (haLogStatus, haLogPath, logLen,
 // haLogToStdout); without them the library writes nothing anywhere.
 //
+// The log lives beside a host that did not ask for it, so it never harms
+// it: standard output is written with nosigpipe.Stdout, so a pipe nobody
+// reads never signals the host; the file is opened with O_NOFOLLOW and
+// refused unless it is a regular file of the process's own user with a
+// single link, and files are created with mode 0600, on rotation with
+// O_EXCL. A log that cannot be written is skipped silently.
+//
 // Writing happens on the Logger's own goroutine: a status call only queues
 // a line and never waits for the disk. When the queue is full, lines are
 // dropped and the count of dropped lines is logged with the next line that
@@ -11,13 +18,16 @@
 package halog
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/libhaext/libhaext/internal/nosigpipe"
 	"github.com/libhaext/libhaext/pkg/conf"
 	"github.com/libhaext/libhaext/pkg/probe"
 )
@@ -39,10 +49,16 @@ type Logger struct {
 	dropped int
 	closed  bool
 	done    chan struct{}
+
+	rotated func() // tests: runs between a rotation's rename and open
 }
 
 // New returns a Logger for the settings, or nil when they ask for no log at
-// all. stdout is where haLogToStdout writes (os.Stdout in the library).
+// all. With s.ToStdout the lines also go to stdout: pass nil for the
+// process's standard output, which the Logger then writes with
+// nosigpipe.Stdout (os.Stdout and os.Stderr are taken to mean fd 1 and fd 2
+// and written the same way, never through the Go runtime's *os.File, which
+// raises SIGPIPE on a broken pipe). Tests pass a writer of their own.
 func New(s conf.HALog, stdout io.Writer) *Logger {
 	if !s.Enabled && !s.ToStdout {
 		return nil
@@ -52,7 +68,7 @@ func New(s conf.HALog, stdout io.Writer) *Logger {
 		l.path = filepath.Join(s.Dir, FileName)
 	}
 	if s.ToStdout {
-		l.stdout = stdout
+		l.stdout = guarded(stdout)
 	}
 	if l.maxBytes <= 0 {
 		l.maxBytes = 1 << 20
@@ -61,37 +77,31 @@ func New(s conf.HALog, stdout io.Writer) *Logger {
 	return l
 }
 
-// Path returns the log file's path, or "" when the log goes to stdout only.
-func (l *Logger) Path() string { return l.path }
+// guarded returns w, or a writer of the same file descriptor that never
+// signals the process when w is nil (fd 1), os.Stdout or os.Stderr.
+func guarded(w io.Writer) io.Writer {
+	switch w {
+	case nil, io.Writer(os.Stdout):
+		return nosigpipe.Stdout
+	case io.Writer(os.Stderr):
+		return nosigpipe.Stderr
+	}
+	return w
+}
 
 // Transition logs a member's change of state; it never blocks.
 func (l *Logger) Transition(t probe.Transition) {
 	old := "none"
 	if !t.First {
-		old = probe.StatusName(t.Old)
+		old = t.Old.String()
 	}
 	l.queue(t.Time, fmt.Sprintf("group=%q group_serial=%d member=%d member_hex=%016x old=%s new=%s reason=%q",
-		t.Group, t.GroupSerial, t.Serial, t.Serial, old, probe.StatusName(t.New), Reason(t.New)))
+		t.Group, t.GroupSerial, t.Serial, t.Serial, old, t.New, t.New.Reason()))
 }
 
 // Warning logs a configuration warning; it never blocks.
 func (l *Logger) Warning(msg string) {
 	l.queue(time.Now(), fmt.Sprintf("warning=%q", msg))
-}
-
-// Reason explains a member status in a few words.
-func Reason(status uint) string {
-	switch status {
-	case probe.StatusOK:
-		return "alive"
-	case probe.StatusNoInstance:
-		return "no instance"
-	case probe.StatusSocketDown:
-		return "socket down"
-	case probe.StatusTimeout:
-		return "timeout"
-	}
-	return probe.StatusName(status)
 }
 
 func (l *Logger) queue(at time.Time, msg string) {
@@ -149,12 +159,12 @@ func (l *Logger) run() {
 		}
 		if f != nil && size+int64(len(line)) > l.maxBytes {
 			f.Close()
-			f = nil
-			_ = os.Rename(l.path, l.path+".1") // keep one old file
+			f = l.rotate()
+			size = 0
 		}
 		if f == nil {
 			var err error
-			if f, size, err = open(l.path); err != nil {
+			if f, size, err = open(l.path, false); err != nil {
 				continue // an unwritable log must not disturb the host
 			}
 		}
@@ -163,15 +173,61 @@ func (l *Logger) run() {
 	}
 }
 
-func open(path string) (*os.File, int64, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+// rotate keeps the full file as .1 and creates a new one, or returns nil
+// when it cannot (the next line tries again with open).
+func (l *Logger) rotate() *os.File {
+	// rename replaces whatever is at .1, a symbolic link included, and
+	// never follows it.
+	_ = os.Rename(l.path, l.path+".1")
+	if l.rotated != nil {
+		l.rotated()
+	}
+	f, _, err := open(l.path, true)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// open opens the log file at path for appending, creating it with mode
+// 0600; with fresh, only a file it creates itself (O_EXCL). It refuses
+// anything but a regular file of this process's user with one link: a
+// symbolic link (O_NOFOLLOW), a FIFO (O_NONBLOCK: opening it neither blocks
+// nor is accepted), a device, or a hard link to another file.
+func open(path string, fresh bool) (*os.File, int64, error) {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
+	if fresh {
+		flags |= os.O_EXCL
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
 	if err != nil {
 		return nil, 0, err
 	}
 	st, err := f.Stat()
+	if err == nil {
+		err = checkFile(st)
+	}
 	if err != nil {
 		f.Close()
-		return nil, 0, err
+		return nil, 0, fmt.Errorf("HA log %s: %w", path, err)
 	}
 	return f, st.Size(), nil
+}
+
+// checkFile accepts a regular file of this process's user with one link.
+func checkFile(st os.FileInfo) error {
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("not a regular file (%v)", st.Mode().Type())
+	}
+	sys, ok := st.Sys().(*syscall.Stat_t)
+	if !ok {
+		return errors.New("no owner information")
+	}
+	if int(sys.Uid) != os.Geteuid() {
+		return fmt.Errorf("owned by uid %d, not by this process's uid %d", sys.Uid, os.Geteuid())
+	}
+	if sys.Nlink != 1 {
+		return fmt.Errorf("has %d links", sys.Nlink)
+	}
+	return nil
 }

@@ -2,9 +2,12 @@ package halog
 
 import (
 	"bytes"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,7 +18,7 @@ import (
 	"github.com/libhaext/libhaext/pkg/probe"
 )
 
-func transition(old, new uint, first bool) probe.Transition {
+func transition(old, new probe.Status, first bool) probe.Transition {
 	return probe.Transition{
 		Time: time.Date(2026, 11, 22, 2, 30, 1, 0, time.UTC), Group: "payments", GroupSerial: 1000001,
 		Serial: 0xecea00247ea256ba, Old: old, New: new, First: first,
@@ -49,7 +52,7 @@ func TestStdoutOnly(t *testing.T) {
 	var out bytes.Buffer
 	l := New(conf.HALog{ToStdout: true}, &out)
 	require.NotNil(t, l)
-	assert.Empty(t, l.Path())
+	assert.Empty(t, l.path, "no file")
 	l.Transition(transition(probe.StatusOK, probe.StatusSocketDown, false))
 	l.Close()
 	assert.Contains(t, out.String(), `new=CKR_HA_SOCKET_DOWN reason="socket down"`)
@@ -94,7 +97,135 @@ func TestAFullQueueDropsAndSaysSo(t *testing.T) {
 	assert.Contains(t, text, `warning="four"`)
 }
 
-func TestReason(t *testing.T) {
-	assert.Equal(t, "no instance", Reason(probe.StatusNoInstance))
-	assert.Equal(t, "CKR_DEVICE_ERROR", Reason(0x30))
+// logOne writes one transition to a file log in dir and closes the log.
+func logOne(t *testing.T, dir string) {
+	t.Helper()
+	l := New(conf.HALog{Enabled: true, Dir: dir, MaxBytes: 1 << 20}, nil)
+	require.NotNil(t, l)
+	l.Transition(transition(probe.StatusOK, probe.StatusTimeout, false))
+	closeWithin(t, l, 5*time.Second)
+}
+
+// closeWithin closes l, failing the test when that takes longer than d
+// (the writer is stuck).
+func closeWithin(t *testing.T, l *Logger, d time.Duration) {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { l.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		t.Fatalf("Close did not return within %v: the writer is stuck", d)
+	}
+}
+
+func TestASymlinkPlantedInTheLogDirectoryIsNotFollowed(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	victim := filepath.Join(elsewhere, "victim")
+	require.NoError(t, os.WriteFile(victim, []byte("precious\n"), 0o600))
+	require.NoError(t, os.Symlink(victim, filepath.Join(dir, FileName)))
+	logOne(t, dir)
+	data, err := os.ReadFile(victim)
+	require.NoError(t, err)
+	assert.Equal(t, "precious\n", string(data), "the link's target is untouched")
+	st, err := os.Lstat(filepath.Join(dir, FileName))
+	require.NoError(t, err)
+	assert.Equal(t, os.ModeSymlink, st.Mode().Type(), "the link is left as it was")
+}
+
+func TestAHardLinkOrAFIFOIsRefused(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	victim := filepath.Join(elsewhere, "victim")
+	require.NoError(t, os.WriteFile(victim, []byte("precious\n"), 0o600))
+	require.NoError(t, os.Link(victim, filepath.Join(dir, FileName)))
+	logOne(t, dir)
+	data, err := os.ReadFile(victim)
+	require.NoError(t, err)
+	assert.Equal(t, "precious\n", string(data), "a file with another link is not written")
+
+	fifoDir := t.TempDir()
+	require.NoError(t, syscall.Mkfifo(filepath.Join(fifoDir, FileName), 0o600))
+	logOne(t, fifoDir) // must neither block on the FIFO nor write to it
+}
+
+func TestAFileOfAnotherUserIsRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give a file to another user")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, FileName)
+	require.NoError(t, os.WriteFile(path, []byte("planted\n"), 0o666))
+	require.NoError(t, os.Chown(path, 65534, 65534))
+	logOne(t, dir)
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	assert.Equal(t, "planted\n", string(data))
+}
+
+func TestFilesAreCreatedWithMode0600(t *testing.T) {
+	old := syscall.Umask(0o022)
+	defer syscall.Umask(old)
+	dir := t.TempDir()
+	l := New(conf.HALog{Enabled: true, Dir: dir, MaxBytes: 600}, nil)
+	for i := 0; i < 10; i++ {
+		l.Transition(transition(probe.StatusOK, 0x30, false))
+	}
+	l.Close()
+	for _, name := range []string{FileName, FileName + ".1"} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		require.NoError(t, err)
+		assert.Equal(t, os.FileMode(0o600), st.Mode().Perm(), name)
+	}
+}
+
+func TestRotationCreatesAFreshFile(t *testing.T) {
+	dir, elsewhere := t.TempDir(), t.TempDir()
+	victim := filepath.Join(elsewhere, "victim")
+	require.NoError(t, os.WriteFile(victim, []byte("precious\n"), 0o600))
+	l := New(conf.HALog{Enabled: true, Dir: dir, MaxBytes: 600}, nil)
+	var plants int
+	l.rotated = func() { // an attacker quick enough to plant a link between rename and open
+		if os.Symlink(victim, filepath.Join(dir, FileName)) == nil {
+			plants++
+		}
+	}
+	for i := 0; i < 10; i++ {
+		l.Transition(transition(probe.StatusOK, 0x30, false))
+	}
+	l.Close()
+	require.Positive(t, plants)
+	data, err := os.ReadFile(victim)
+	require.NoError(t, err)
+	assert.Equal(t, "precious\n", string(data))
+}
+
+// TestStdoutToABrokenPipe runs a child whose standard output is a pipe
+// nobody reads and whose HA log goes to os.Stdout: the child must survive
+// its writes.
+func TestStdoutToABrokenPipe(t *testing.T) {
+	r, w, err := os.Pipe()
+	require.NoError(t, err)
+	r.Close()
+	var stderr bytes.Buffer
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "HALOG_TEST_CHILD=1")
+	cmd.Stdout, cmd.Stderr = w, &stderr
+	err = cmd.Run()
+	w.Close()
+	assert.NoError(t, err, "the child survives (stderr: %s)", &stderr)
+	assert.Equal(t, "wrote 3 lines\n", stderr.String())
+}
+
+// TestMain runs the tests, or the child of TestStdoutToABrokenPipe.
+func TestMain(m *testing.M) {
+	if os.Getenv("HALOG_TEST_CHILD") != "" {
+		l := New(conf.HALog{ToStdout: true}, os.Stdout)
+		for i := 0; i < 3; i++ {
+			l.Warning("a line nobody reads")
+		}
+		l.Close()
+		fmt.Fprintln(os.Stderr, "wrote 3 lines")
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
 }

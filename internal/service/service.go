@@ -3,32 +3,32 @@
 // the probe engine; then it answers status calls by slot ID.
 //
 // Everything lives in a Service value, so tests make their own; the export
-// layer holds the one instance of the process.
+// layer (internal/capi) holds the one instance of the process and maps a
+// Report or an error to a CK_RV.
 package service
 
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"time"
 
 	"github.com/libhaext/libhaext/pkg/conf"
+	"github.com/libhaext/libhaext/pkg/cryptoki"
 	"github.com/libhaext/libhaext/pkg/probe"
-)
-
-// CK_RV values a status call returns besides CKR_OK.
-const (
-	RVOK             uint = 0x000
-	RVSlotIDInvalid  uint = 0x003
-	RVGeneralError   uint = 0x005
-	RVFunctionFailed uint = 0x006
-	RVArgumentsBad   uint = 0x007
 )
 
 // RetryInterval is the least time between two attempts to load a
 // configuration or module that failed.
 const RetryInterval = time.Second
+
+// ErrTransient marks a failure worth retrying soon (CKR_FUNCTION_FAILED):
+// the module or its slot list could not be read before the deadline, or the
+// host finalized the module. Other errors are configuration or module
+// failures (CKR_GENERAL_ERROR), except probe.ErrUnknownSlot.
+var ErrTransient = errors.New("try again")
+
+var errStillLoading = errors.New("vendor module still loading at the deadline")
 
 // Env is what a Service needs from its surroundings.
 type Env struct {
@@ -37,10 +37,16 @@ type Env struct {
 	// Exists reports whether a file exists (conf.Locate).
 	Exists func(string) bool
 	// OpenModule loads and initializes the vendor module.
-	OpenModule func(path string) (probe.Module, error)
+	OpenModule func(path string) (*cryptoki.Module, error)
 	// Observe, when set, wraps the engine options before the engine starts
 	// (the HA log hooks in here).
 	Observe func(cfg *conf.Config, opts *probe.Options)
+}
+
+// Report is the answer to one status call.
+type Report struct {
+	GroupSerial uint64
+	Verdicts    []probe.Verdict
 }
 
 // Service is one library instance.
@@ -51,43 +57,40 @@ type Service struct {
 	cfg      *conf.Config
 	loading  chan struct{} // closed when the module load in progress ends
 	eng      *probe.Engine
+	mod      *cryptoki.Module // the engine's
+	lent     *cryptoki.Module // the host's, from Lend
+	notice   string           // said once, by TakeNotice
 	failure  error
 	failedAt time.Time
-
-	errMu   sync.Mutex
-	lastErr string
 }
+
+// perCallerNotice is what libhaext says when it runs an instance of its own
+// of a module that gives each caller one.
+const perCallerNotice = "%s gives each caller of C_GetFunctionList its own instance (p11-kit-proxy does): " +
+	"libhaext runs an instance of its own, which keeps its own connections to the members and can make " +
+	"the host's re-initialization fail; hand libhaext the host's function list with " +
+	"CA_SetHAExtFunctionList, or load libhaext-pkcs11.so in front of the module"
 
 // New returns a Service that loads everything on first use.
 func New(env Env) *Service { return &Service{env: env} }
 
-// State reports on the group slot names, writing the verdicts into out. It
-// returns the group serial, the verdicts and a CK_RV: RVOK whenever a report
-// was produced.
-func (s *Service) State(slot uint, out []probe.Verdict) (uint64, []probe.Verdict, uint) {
+// State reports on the group slot names, writing the verdicts into out.
+func (s *Service) State(slot uint, out []probe.Verdict) (Report, error) {
 	start := time.Now()
 	eng, err := s.engine(start)
 	if err != nil {
-		s.setLastError(err.Error())
-		if errors.Is(err, errStillLoading) {
-			return 0, out, RVFunctionFailed
-		}
-		return 0, out, RVGeneralError
+		return Report{}, err
 	}
 	deadline := start.Add(eng.Timeout())
 	g, err := eng.GroupForSlot(slot, deadline)
 	switch {
 	case errors.Is(err, probe.ErrUnknownSlot):
-		return 0, out, RVSlotIDInvalid
+		return Report{}, fmt.Errorf("slot %d: %w", slot, err)
 	case err != nil:
-		s.setLastError(fmt.Sprintf("slot %d: %v", slot, err))
-		return 0, out, RVFunctionFailed
+		return Report{}, fmt.Errorf("slot %d: %w: %w", slot, ErrTransient, err)
 	}
-	out = eng.Check(g, deadline, out)
-	return eng.Groups()[g].Serial, out, RVOK
+	return Report{GroupSerial: eng.Groups()[g].Serial, Verdicts: eng.Check(g, deadline, out)}, nil
 }
-
-var errStillLoading = errors.New("vendor module still loading at the deadline")
 
 // engine returns the running engine, loading it on first use. A failed load
 // is retried at most once per RetryInterval. The vendor module is loaded in
@@ -122,7 +125,7 @@ func (s *Service) engine(start time.Time) (*probe.Engine, error) {
 	select {
 	case <-loading:
 	case <-timer.C:
-		return nil, errStillLoading
+		return nil, fmt.Errorf("%w: %w", ErrTransient, errStillLoading)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -147,52 +150,92 @@ func (s *Service) readConfig() (*conf.Config, error) {
 // load opens the vendor module and starts the engine, then closes done.
 func (s *Service) load(cfg *conf.Config, done chan struct{}) {
 	defer close(done)
-	mod, err := s.env.OpenModule(cfg.ModulePath)
-	var eng *probe.Engine
-	if err == nil {
-		opts := probe.Options{Timeout: cfg.StatusTimeout}
-		if s.env.Observe != nil {
-			s.env.Observe(cfg, &opts)
-		}
-		eng = probe.New(mod, cfg.Groups, opts)
-		RaiseProcs(s.env.Getenv, eng.WantProcs())
-		eng.Start()
-	}
+	s.mu.Lock()
+	lent := s.lent
+	s.mu.Unlock()
+	eng, mod, err := s.launch(cfg, lent)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loading = nil
 	if err != nil {
-		s.failure, s.failedAt = fmt.Errorf("%s: Chrystoki2/LibUNIX64: %w", cfg.File, err), time.Now()
+		s.failure, s.failedAt = err, time.Now()
 		return
 	}
-	s.eng, s.failure = eng, nil
+	s.eng, s.mod, s.failure = eng, mod, nil
 }
 
-// RaiseProcs raises GOMAXPROCS to want (see probe.Engine.WantProcs) unless
-// the operator chose it with the GOMAXPROCS environment variable. The Go
-// runtime inside libhaext.so is the library's own, so this touches nothing
-// of the host's.
-func RaiseProcs(getenv func(string) string, want int) {
-	if getenv("GOMAXPROCS") != "" {
-		return
+// launch starts an engine over the lent module, else over the configured
+// one, which it opens.
+func (s *Service) launch(cfg *conf.Config, mod *cryptoki.Module) (*probe.Engine, *cryptoki.Module, error) {
+	if mod == nil {
+		var err error
+		if mod, err = s.env.OpenModule(cfg.ModulePath); err != nil {
+			return nil, nil, fmt.Errorf("%s: %s: %w", cfg.File, cfg.ModuleKey, err)
+		}
 	}
-	if runtime.GOMAXPROCS(0) < want {
-		runtime.GOMAXPROCS(want)
+	if !mod.Lent() && mod.PerCaller() {
+		notice := fmt.Sprintf(perCallerNotice, cfg.ModulePath)
+		s.mu.Lock()
+		s.notice = notice
+		s.mu.Unlock()
+		withNotice := *cfg
+		withNotice.Warnings = append(append([]string(nil), cfg.Warnings...), notice)
+		cfg = &withNotice
 	}
+	opts := probe.Options{Timeout: cfg.StatusTimeout, NoSession: cfg.NoSession}
+	if s.env.Observe != nil {
+		s.env.Observe(cfg, &opts)
+	}
+	eng, err := probe.Launch(mod, cfg.Groups, opts, s.env.Getenv)
+	return eng, mod, err
 }
 
-// Fail records the reason of a failure the caller turned into a CK_RV.
-func (s *Service) Fail(reason string) { s.setLastError(reason) }
-
-func (s *Service) setLastError(msg string) {
-	s.errMu.Lock()
-	defer s.errMu.Unlock()
-	s.lastErr = msg
+// TakeNotice returns, once, what the library has to tell the host about
+// its module (that it gives each caller its own instance), or "".
+func (s *Service) TakeNotice() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.notice
+	s.notice = ""
+	return n
 }
 
-// LastError returns the reason of the last failed call, or "".
-func (s *Service) LastError() string {
-	s.errMu.Lock()
-	defer s.errMu.Unlock()
-	return s.lastErr
+// Lend makes the library use the module instance the host uses itself
+// (CA_SetHAExtFunctionList): from the first status call on, or at once when
+// the engine already runs over an instance of its own, which it then
+// stops and, when nothing of it is left in flight, finalizes.
+func (s *Service) Lend(mod *cryptoki.Module) error {
+	s.mu.Lock()
+	s.lent = mod
+	loading := s.loading
+	timeout := conf.DefaultStatusTimeout
+	if s.cfg != nil {
+		timeout = s.cfg.StatusTimeout
+	}
+	s.mu.Unlock()
+	if loading != nil {
+		select {
+		case <-loading:
+		case <-time.After(timeout):
+			return fmt.Errorf("%w: %w", ErrTransient, errStillLoading)
+		}
+	}
+	s.mu.Lock()
+	old, oldMod, cfg := s.eng, s.mod, s.cfg
+	s.mu.Unlock()
+	if old == nil || oldMod == mod {
+		return nil // the next load uses it
+	}
+	eng, _, err := s.launch(cfg, mod)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.eng, s.mod, s.notice = eng, mod, ""
+	s.mu.Unlock()
+	old.Close()
+	if old.Quiet() {
+		_ = oldMod.Release() // its own instance: close its connections
+	}
+	return nil
 }

@@ -39,99 +39,128 @@ func ToINI(data []byte) ([]byte, error) {
 // toINI is ToINI with name (may be empty) used to prefix error messages.
 func toINI(name string, data []byte) ([]byte, error) {
 	data = bytes.TrimPrefix(data, []byte(utf8BOM))
-	var out bytes.Buffer
-	out.Grow(len(data))
-
-	lineErr := func(n int, format string, args ...any) error {
-		msg := fmt.Sprintf(format, args...)
-		if name == "" {
-			return fmt.Errorf("line %d: %s", n, msg)
-		}
-		return fmt.Errorf("%s:%d: %s", name, n, msg)
-	}
-
-	var (
-		inSection   bool
-		sectionName string
-		sectionLine int
-		lineNo      int
-	)
+	c := &braceConverter{name: name}
+	c.out.Grow(len(data))
 	for rest := data; len(rest) > 0; {
 		var raw []byte
-		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
-			raw, rest = rest[:i], rest[i+1:]
-		} else {
-			raw, rest = rest, nil
+		raw, rest = nextLine(rest)
+		c.lineNo++
+		if err := c.convert(raw); err != nil {
+			return nil, err
 		}
-		lineNo++
-		raw = bytes.TrimSuffix(raw, []byte{'\r'})
-		if len(raw) > maxLineLen {
-			return nil, lineErr(lineNo, "line is longer than %d bytes", maxLineLen)
-		}
-		line := strings.TrimSpace(string(raw))
-
-		switch {
-		case line == "", isComment(line):
-			continue
-
-		case line == "}":
-			if !inSection {
-				return nil, lineErr(lineNo, "'}' without an open section")
-			}
-			inSection = false
-			continue
-		}
-
-		if head, ok := strings.CutSuffix(line, "{"); ok {
-			if head, ok := strings.CutSuffix(strings.TrimSpace(head), "="); ok {
-				secName := strings.TrimSpace(head)
-				if inSection {
-					return nil, lineErr(lineNo, "section %q opened inside section %q (opened on line %d); missing '}'?",
-						secName, sectionName, sectionLine)
-				}
-				if secName == "" {
-					return nil, lineErr(lineNo, "empty section name")
-				}
-				inSection, sectionName, sectionLine = true, secName, lineNo
-				out.WriteByte('[')
-				out.WriteString(secName)
-				out.WriteString("]\n")
-				continue
-			}
-		}
-
-		k, v, ok := strings.Cut(line, "=")
-		if !ok {
-			return nil, lineErr(lineNo, "expected 'key = value;', 'Section = {' or '}', got %q", truncate(line, 80))
-		}
-		key := strings.TrimSpace(k)
-		if !inSection {
-			return nil, lineErr(lineNo, "entry %q outside any section", truncate(key, 80))
-		}
-		if key == "" {
-			return nil, lineErr(lineNo, "%s: empty key", sectionName)
-		}
-		val := strings.TrimSpace(v)
-		if s, ok := strings.CutSuffix(val, ";"); ok {
-			val = strings.TrimSpace(s)
-		}
-		ek, err := encodeINIKey(key)
-		if err != nil {
-			return nil, lineErr(lineNo, "%s/%s: %v", sectionName, key, err)
-		}
-		ev, err := encodeINIValue(val)
-		if err != nil {
-			return nil, lineErr(lineNo, "%s/%s: %v", sectionName, key, err)
-		}
-		out.WriteString(ek)
-		out.WriteByte('=')
-		out.WriteString(ev)
-		out.WriteByte('\n')
 	}
-	if inSection {
-		return nil, lineErr(lineNo, "section %q (opened on line %d) is not closed with '}'", sectionName, sectionLine)
+	if c.inSection {
+		return nil, c.errorf("section %q (opened on line %d) is not closed with '}'", c.section, c.sectionLine)
 	}
-	return out.Bytes(), nil
+	return c.out.Bytes(), nil
+}
+
+// nextLine splits data at its first '\n': the line without it, and the rest.
+func nextLine(data []byte) (line, rest []byte) {
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return data[:i], data[i+1:]
+	}
+	return data, nil
+}
+
+// braceConverter converts a brace-format file to INI one line at a time.
+type braceConverter struct {
+	name        string // for messages; may be empty
+	out         bytes.Buffer
+	lineNo      int    // of the line being converted, from 1
+	inSection   bool   // a section is open
+	section     string // the open section's name
+	sectionLine int    // the line that opened it
+}
+
+// errorf returns an error naming the file and the current line.
+func (c *braceConverter) errorf(format string, args ...any) error {
+	msg := fmt.Sprintf(format, args...)
+	if c.name == "" {
+		return fmt.Errorf("line %d: %s", c.lineNo, msg)
+	}
+	return fmt.Errorf("%s:%d: %s", c.name, c.lineNo, msg)
+}
+
+// convert converts one line, its '\n' removed.
+func (c *braceConverter) convert(raw []byte) error {
+	raw = bytes.TrimSuffix(raw, []byte{'\r'})
+	if len(raw) > maxLineLen {
+		return c.errorf("line is longer than %d bytes", maxLineLen)
+	}
+	line := strings.TrimSpace(string(raw))
+	switch {
+	case line == "", isComment(line):
+		return nil
+	case line == "}":
+		if !c.inSection {
+			return c.errorf("'}' without an open section")
+		}
+		c.inSection = false
+		return nil
+	}
+	if name, ok := sectionHead(line); ok {
+		return c.openSection(name)
+	}
+	return c.entry(line)
+}
+
+// sectionHead returns the name of a "Name = {" line.
+func sectionHead(line string) (string, bool) {
+	head, ok := strings.CutSuffix(line, "{")
+	if !ok {
+		return "", false
+	}
+	head, ok = strings.CutSuffix(strings.TrimSpace(head), "=")
+	return strings.TrimSpace(head), ok
+}
+
+// openSection starts section name as an INI section header.
+func (c *braceConverter) openSection(name string) error {
+	if c.inSection {
+		return c.errorf("section %q opened inside section %q (opened on line %d); missing '}'?",
+			name, c.section, c.sectionLine)
+	}
+	if name == "" {
+		return c.errorf("empty section name")
+	}
+	c.inSection, c.section, c.sectionLine = true, name, c.lineNo
+	c.out.WriteByte('[')
+	c.out.WriteString(name)
+	c.out.WriteString("]\n")
+	return nil
+}
+
+// entry converts a "key = value;" line of the open section.
+func (c *braceConverter) entry(line string) error {
+	k, v, ok := strings.Cut(line, "=")
+	if !ok {
+		return c.errorf("expected 'key = value;', 'Section = {' or '}', got %q", truncate(line, 80))
+	}
+	key := strings.TrimSpace(k)
+	if !c.inSection {
+		return c.errorf("entry %q outside any section", truncate(key, 80))
+	}
+	if key == "" {
+		return c.errorf("%s: empty key", c.section)
+	}
+	val := strings.TrimSpace(v)
+	if s, ok := strings.CutSuffix(val, ";"); ok {
+		val = strings.TrimSpace(s)
+	}
+	ek, err := encodeINIKey(key)
+	if err != nil {
+		return c.errorf("%s/%s: %v", c.section, key, err)
+	}
+	ev, err := encodeINIValue(val)
+	if err != nil {
+		return c.errorf("%s/%s: %v", c.section, key, err)
+	}
+	c.out.WriteString(ek)
+	c.out.WriteByte('=')
+	c.out.WriteString(ev)
+	c.out.WriteByte('\n')
+	return nil
 }
 
 // isComment reports whether a trimmed line is a full-line comment.

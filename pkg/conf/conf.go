@@ -100,8 +100,15 @@ type Config struct {
 	// ModulePath is the PKCS#11 module: Chrystoki2/LibUNIX64, else
 	// Chrystoki2/LibUNIX.
 	ModulePath string
+	// ModuleKey names the key that supplied ModulePath, as section/key for
+	// messages: "Chrystoki2/LibUNIX64" or "Chrystoki2/LibUNIX".
+	ModuleKey string
 	// Groups are the HA groups, in ascending order of their index NN.
 	Groups []Group
+	// NoSession is true when HAConfiguration/haExtMonitorSession is
+	// "disabled": libhaext then holds no session of its own, and stage 3
+	// is C_GetTokenInfo on the member's slot.
+	NoSession bool
 	// StatusTimeout is HAConfiguration/statusTimeout.
 	StatusTimeout time.Duration
 	// HALog holds the HA logging settings.
@@ -217,11 +224,7 @@ func Parse(name string, data []byte) (*Config, error) {
 func looksLikeINI(data []byte) bool {
 	for rest := data; len(rest) > 0; {
 		var line []byte
-		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
-			line, rest = rest[:i], rest[i+1:]
-		} else {
-			line, rest = rest, nil
-		}
+		line, rest = nextLine(rest)
 		s := strings.TrimSpace(string(line))
 		if s == "" || isComment(s) {
 			continue
@@ -317,7 +320,7 @@ func (p *parser) parseModule() error {
 	s := p.section(secChrystoki2)
 	for _, k := range []string{"LibUNIX64", "LibUNIX"} {
 		if v, _ := value(s, k); v != "" {
-			p.cfg.ModulePath = v
+			p.cfg.ModulePath, p.cfg.ModuleKey = v, secChrystoki2+"/"+k
 			return nil
 		}
 	}
@@ -330,22 +333,26 @@ type groupKeys struct {
 	hasLabel, hasSN, hasMemb bool
 }
 
-// splitGroupKey parses a lower-cased key "virtualtokenNNlabel|sn|members".
-func splitGroupKey(key string) (nn int, field string, ok bool) {
-	const prefix = "virtualtoken"
-	if len(key) < len(prefix)+2 || !strings.HasPrefix(key, prefix) {
-		return 0, "", false
+// groupFields maps the lower-cased field of a VirtualTokenNN key to its
+// canonical spelling.
+var groupFields = map[string]string{"label": "Label", "sn": "SN", "members": "Members"}
+
+// splitGroupKey parses a lower-cased key "virtualtoken<digits><field>" with
+// field label, sn or members. digits is the group index as written; a
+// caller accepts exactly two. ok is false for any other key.
+func splitGroupKey(key string) (digits, field string, ok bool) {
+	rest, found := strings.CutPrefix(key, "virtualtoken")
+	if !found {
+		return "", "", false
 	}
-	d := key[len(prefix) : len(prefix)+2]
-	if d[0] < '0' || d[0] > '9' || d[1] < '0' || d[1] > '9' {
-		return 0, "", false
+	i := 0
+	for i < len(rest) && rest[i] >= '0' && rest[i] <= '9' {
+		i++
 	}
-	field = key[len(prefix)+2:]
-	switch field {
-	case "label", "sn", "members":
-		return int(d[0]-'0')*10 + int(d[1]-'0'), field, true
+	if _, known := groupFields[rest[i:]]; i == 0 || !known {
+		return "", "", false
 	}
-	return 0, "", false
+	return rest[:i], rest[i:], true
 }
 
 func groupKeyName(nn int, field string) string {
@@ -353,30 +360,7 @@ func groupKeyName(nn int, field string) string {
 }
 
 func (p *parser) parseGroups() error {
-	s := p.section(secVirtual)
-	raw := map[int]*groupKeys{}
-	if s != nil {
-		for _, k := range s.Keys() {
-			nn, field, ok := splitGroupKey(strings.ToLower(k.Name()))
-			if !ok {
-				continue
-			}
-			g := raw[nn]
-			if g == nil {
-				g = &groupKeys{}
-				raw[nn] = g
-			}
-			v := strings.TrimSpace(k.Value())
-			switch field {
-			case "label":
-				g.label, g.hasLabel = v, true
-			case "sn":
-				g.sn, g.hasSN = v, true
-			case "members":
-				g.members, g.hasMemb = v, true
-			}
-		}
-	}
+	raw := p.rawGroups()
 	if len(raw) == 0 {
 		return fmt.Errorf("%s: %s: no HA groups defined (no VirtualTokenNNLabel/SN/Members keys): nothing to report on",
 			p.name, secVirtual)
@@ -401,6 +385,43 @@ func (p *parser) parseGroups() error {
 		p.cfg.Groups = append(p.cfg.Groups, g)
 	}
 	return nil
+}
+
+// rawGroups collects the VirtualTokenNN keys by group index NN, warning
+// about (and ignoring) keys whose index is not two digits.
+func (p *parser) rawGroups() map[int]*groupKeys {
+	s := p.section(secVirtual)
+	raw := map[int]*groupKeys{}
+	if s == nil {
+		return raw
+	}
+	for _, k := range s.Keys() {
+		digits, field, ok := splitGroupKey(strings.ToLower(k.Name()))
+		if !ok {
+			continue
+		}
+		if len(digits) != 2 {
+			p.warn(secVirtual, "VirtualToken"+digits+groupFields[field],
+				"group index %q is not two digits (NN is 00..99); key ignored", digits)
+			continue
+		}
+		nn := int(digits[0]-'0')*10 + int(digits[1]-'0')
+		g := raw[nn]
+		if g == nil {
+			g = &groupKeys{}
+			raw[nn] = g
+		}
+		v := strings.TrimSpace(k.Value())
+		switch field {
+		case "label":
+			g.label, g.hasLabel = v, true
+		case "sn":
+			g.sn, g.hasSN = v, true
+		case "members":
+			g.members, g.hasMemb = v, true
+		}
+	}
+	return raw
 }
 
 func (p *parser) parseGroup(nn int, k *groupKeys) (Group, error) {
@@ -453,6 +474,15 @@ func (p *parser) parseHAConfiguration() {
 		p.cfg.StatusTimeout = d
 		if w != "" {
 			p.warn(secHA, "statusTimeout", "%s", w)
+		}
+	}
+
+	if v, ok := value(s, "haExtMonitorSession"); ok {
+		switch {
+		case strings.EqualFold(v, "disabled"):
+			p.cfg.NoSession = true
+		case !strings.EqualFold(v, "enabled"):
+			p.warn(secHA, "haExtMonitorSession", "%q is neither enabled nor disabled; using enabled", v)
 		}
 	}
 

@@ -30,6 +30,7 @@ func ep(network, address string) *Endpoint {
 func wantRealistic() *Config {
 	return &Config{
 		ModulePath: "/usr/safenet/lunaclient/lib/libCryptoki2_64.so",
+		ModuleKey:  "Chrystoki2/LibUNIX64",
 		Groups: []Group{
 			{
 				Index:  0,
@@ -123,6 +124,7 @@ func TestMinimalBraceAndINI(t *testing.T) {
 	assert.Equal(t, &Config{
 		File:       "m.conf",
 		ModulePath: "/lib/p11.so",
+		ModuleKey:  "Chrystoki2/LibUNIX64",
 		Groups: []Group{{Index: 0, Label: "g", Serial: 100, Members: []Member{
 			{Serial: 1, SerialText: "1"}, {Serial: 2, SerialText: "2"},
 		}}},
@@ -134,6 +136,7 @@ func TestMinimalBraceAndINI(t *testing.T) {
 	c, err = Parse("w.ini", []byte(ini))
 	require.NoError(t, err)
 	assert.Equal(t, "/lib/32.so", c.ModulePath)
+	assert.Equal(t, "Chrystoki2/LibUNIX", c.ModuleKey, "the key that gave the path, in its canonical spelling")
 	require.Len(t, c.Groups, 1)
 	assert.Equal(t, 7, c.Groups[0].Index)
 	assert.Equal(t, uint64(0xab), c.Groups[0].Serial)
@@ -166,7 +169,12 @@ VirtualToken = {
 		idx = append(idx, g.Index)
 	}
 	assert.Equal(t, []int{3, 10, 99}, idx)
-	assert.Empty(t, c.Warnings)
+	// Indexes of other than two digits are ignored, with a warning (issue
+	// 9); keys that are not VirtualTokenNN keys at all are ignored silently.
+	assert.Equal(t, []string{
+		`f: VirtualToken/VirtualToken1Label: group index "1" is not two digits (NN is 00..99); key ignored`,
+		`f: VirtualToken/VirtualToken100Label: group index "100" is not two digits (NN is 00..99); key ignored`,
+	}, c.Warnings)
 }
 
 func TestBraceSyntaxErrors(t *testing.T) {
@@ -247,6 +255,8 @@ func TestSemanticErrors(t *testing.T) {
 			`f.conf: HAMemberEndpoints/1: endpoint "udp:x:1": unsupported network "udp"`},
 		{"endpoint missing port", minimal(map[string]string{"HAMemberEndpoints": "1 = tcp:hsm1;\n"}),
 			`f.conf: HAMemberEndpoints/1: endpoint "tcp:hsm1": address hsm1: missing port in address`},
+		{"endpoint path too long", minimal(map[string]string{"HAMemberEndpoints": "1 = unix:/" + strings.Repeat("s", 200) + ";\n"}),
+			`f.conf: HAMemberEndpoints/1: endpoint "unix:/sss`},
 		{"endpoint duplicate serial", minimal(map[string]string{"HAMemberEndpoints": "00ab = unix:/a;\nab = unix:/b;\n"}),
 			`f.conf: HAMemberEndpoints/ab: member serial "ab" is also given as "00ab"`},
 		{"bad ini", "[Chrystoki2\nLibUNIX=/x\n", "f.conf: reading INI: unclosed section"},
@@ -316,6 +326,17 @@ func TestWarnings(t *testing.T) {
 			check: func(t *testing.T, c *Config) { assert.Equal(t, int64(1<<20), c.HALog.MaxBytes) },
 		},
 		{
+			name:  "no monitor session",
+			extra: map[string]string{"HAConfiguration": "haExtMonitorSession = Disabled;\n"},
+			check: func(t *testing.T, c *Config) { assert.True(t, c.NoSession) },
+		},
+		{
+			name:  "monitor session neither enabled nor disabled",
+			extra: map[string]string{"HAConfiguration": "haExtMonitorSession = off;\n"},
+			want:  []string{`f.conf: HAConfiguration/haExtMonitorSession: "off" is neither enabled nor disabled; using enabled`},
+			check: func(t *testing.T, c *Config) { assert.False(t, c.NoSession) },
+		},
+		{
 			name:  "log enabled without path",
 			extra: map[string]string{"HAConfiguration": "haLogStatus = ENABLED;\nhaLogToStdout = Enabled;\n"},
 			want:  []string{"f.conf: HAConfiguration/haLogPath: haLogStatus is enabled but haLogPath is not set; HA logging to a file is disabled"},
@@ -328,6 +349,21 @@ func TestWarnings(t *testing.T) {
 			extra: map[string]string{"HAConfiguration": "haLogStatus = on;\nhaLogPath = /tmp;\nhaLogToStdout = yes;\n"},
 			check: func(t *testing.T, c *Config) {
 				assert.Equal(t, HALog{Dir: "/tmp", MaxBytes: 1 << 20}, c.HALog)
+			},
+		},
+		{
+			name: "group index beyond 99",
+			extra: map[string]string{"VirtualToken": "VirtualToken100Label = big;\nvirtualtoken100sn = 7;\n" +
+				"VirtualToken100Members = 3;\nVirtualToken5SN = 8;\nVirtualToken00Other = x;\n"},
+			want: []string{
+				`f.conf: VirtualToken/VirtualToken100Label: group index "100" is not two digits (NN is 00..99); key ignored`,
+				`f.conf: VirtualToken/VirtualToken100SN: group index "100" is not two digits (NN is 00..99); key ignored`,
+				`f.conf: VirtualToken/VirtualToken100Members: group index "100" is not two digits (NN is 00..99); key ignored`,
+				`f.conf: VirtualToken/VirtualToken5SN: group index "5" is not two digits (NN is 00..99); key ignored`,
+			},
+			check: func(t *testing.T, c *Config) {
+				require.Len(t, c.Groups, 1)
+				assert.Equal(t, 0, c.Groups[0].Index)
 			},
 		},
 		{
@@ -473,6 +509,8 @@ func TestParseEndpoint(t *testing.T) {
 		{in: "udp:x", wantErr: `unsupported network "udp"`},
 		{in: "udp:x:5", wantErr: `unsupported network "udp"`},
 		{in: "unix:", wantErr: "empty unix socket path"},
+		{in: "unix:/" + strings.Repeat("a", 106), want: Endpoint{"unix", "/" + strings.Repeat("a", 106)}},
+		{in: "unix:/" + strings.Repeat("a", 107), wantErr: "108 bytes, longer than the 107 a unix socket address holds"},
 		{in: "/run/x.sock", wantErr: "want unix:/path or tcp:host:port"},
 		{in: "", wantErr: "want unix:/path or tcp:host:port"},
 	}

@@ -31,6 +31,11 @@ func fuzzSeeds(f *testing.F) [][]byte {
 		[]byte("[Chrystoki2]\nLibUNIX=/x\n[VirtualToken]\nVirtualToken00SN=1\nVirtualToken00Members=1\n"),
 		[]byte("[Chrystoki2]\n\"\"\"\"\"\"\"=1\nk=`a\n\"a\"b\"=1\n-=1\nk=\"\"\"a\n"),
 		[]byte("[Chrystoki2]\nLibUNIX=/x\n[VirtualToken]\nVirtualToken00SN=1\nVirtualToken00Members=1\n[HAMemberEndpoints]\n1=tcp:[::1]:1\n"),
+		[]byte(minimal(map[string]string{
+			"VirtualToken":      "VirtualToken100Label = x;\nVirtualToken7SN = 3;\nVirtualToken001Members = 4;\n",
+			"HAMemberEndpoints": "1 = unix:/" + strings.Repeat("p", 106) + ";\n",
+		})),
+		[]byte(minimal(map[string]string{"HAMemberEndpoints": "2 = unix:/" + strings.Repeat("q", 107) + ";\n"})),
 	}
 	return seeds
 }
@@ -179,6 +184,9 @@ func FuzzParse(f *testing.F) {
 		if c.ModulePath == "" {
 			t.Fatal("empty ModulePath")
 		}
+		if c.ModuleKey != "Chrystoki2/LibUNIX64" && c.ModuleKey != "Chrystoki2/LibUNIX" {
+			t.Fatalf("ModuleKey = %q", c.ModuleKey)
+		}
 		if len(c.Groups) == 0 {
 			t.Fatal("no groups")
 		}
@@ -216,6 +224,9 @@ func FuzzParse(f *testing.F) {
 					t.Fatalf("member %q parses to %d, %v; want %d", m.SerialText, s, err, m.Serial)
 				}
 				if m.Endpoint != nil {
+					if m.Endpoint.Network == "unix" && len(m.Endpoint.Address) > MaxUnixPath {
+						t.Fatalf("unix endpoint of %d bytes accepted", len(m.Endpoint.Address))
+					}
 					e, err := ParseEndpoint(m.Endpoint.String())
 					if err != nil || e != *m.Endpoint {
 						t.Fatalf("endpoint %v does not round-trip: %v, %v", *m.Endpoint, e, err)

@@ -28,10 +28,15 @@ func (e Endpoint) String() string {
 	return e.Network + ":" + e.Address
 }
 
+// MaxUnixPath is the longest unix socket path, in bytes, an endpoint may
+// name: sun_path holds 108 bytes on Linux, the terminating NUL included.
+const MaxUnixPath = 107
+
 // ParseEndpoint parses a member endpoint: "unix:/abs/path", "tcp:host:port"
 // or "tcp:[v6addr]:port". Surrounding white space is ignored and the scheme
 // is case-insensitive. The port must be a decimal number in 1..65535 and a
-// unix socket path must not be empty. Anything else is an error.
+// unix socket path must be 1..MaxUnixPath bytes long (no socket can have a
+// longer one). Anything else is an error.
 func ParseEndpoint(s string) (Endpoint, error) {
 	s = strings.TrimSpace(s)
 	scheme, rest, ok := strings.Cut(s, ":")
@@ -45,6 +50,10 @@ func ParseEndpoint(s string) (Endpoint, error) {
 		}
 		if strings.IndexByte(rest, 0) >= 0 {
 			return Endpoint{}, fmt.Errorf("endpoint %q: unix socket path contains a NUL byte", s)
+		}
+		if len(rest) > MaxUnixPath {
+			return Endpoint{}, fmt.Errorf("endpoint %q: unix socket path is %d bytes, longer than the %d a unix socket address holds",
+				s, len(rest), MaxUnixPath)
 		}
 		return Endpoint{Network: "unix", Address: rest}, nil
 	case "tcp":

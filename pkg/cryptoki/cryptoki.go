@@ -1,62 +1,33 @@
-// Package cryptoki loads a vendor PKCS#11 module with github.com/miekg/pkcs11
-// and serves it to the probe engine as a probe.Module.
+// Package cryptoki is libhaext's access to the vendor PKCS#11 module: a
+// function list (CK_FUNCTION_LIST) called from C, shared with the host.
 //
-// It shares the module with the host application. When the host already
-// initialized the module (C_GetInfo succeeds), the package takes no
-// initialization of its own: some modules, p11-kit's proxy among them, count
-// C_Initialize calls, and a reference held here would turn the host's
-// C_Finalize + C_Initialize into no-ops. Only a module nobody initialized is
-// initialized here (CKR_CRYPTOKI_ALREADY_INITIALIZED counts as success), and
-// only such a module is initialized again after a C_Finalize. The package
-// never calls C_Finalize nor unloads the module.
+// A Module comes from a path (Open: the module is loaded, and initialized
+// only when nobody initialized it), or from a host that lends the function
+// list it uses itself (Lend: a front module, or a host calling
+// CA_SetHAExtFunctionList), in which case libhaext never initializes or
+// finalizes it.
 //
-// Every vendor call runs with SIGPIPE blocked on its OS thread. A write to a
-// dead member's socket inside the module then leaves the signal pending
-// instead of running the host's default action (terminate); it is drained
-// with sigtimedwait before the signal is unblocked again.
+// Some modules, p11-kit's proxy among them, count C_Initialize calls, and a
+// reference held here would turn the host's C_Finalize + C_Initialize into
+// no-ops; so Open takes no initialization of a module the host already
+// initialized (C_GetInfo succeeds). CKR_CRYPTOKI_ALREADY_INITIALIZED counts
+// as success. The package never unloads a module, and finalizes only one it
+// owns, on request (Restart).
+//
+// Every vendor call goes through the host's gate (internal/hostapi) and runs
+// with SIGPIPE blocked on its thread: a write to a dead member's socket
+// inside the module leaves the signal pending instead of running the host's
+// default action (terminate), and it is drained before the signal is
+// unblocked again. The probe engine's own calls run on its C lanes, which
+// use the same helpers (internal/hostapi/call.h).
 package cryptoki
 
 /*
+#cgo CFLAGS: -I${SRCDIR}/../../internal/hostapi -Wall -Werror
+#cgo pkg-config: p11-kit-1
 #cgo LDFLAGS: -ldl
-#include <dlfcn.h>
-#include <errno.h>
-#include <pthread.h>
-#include <signal.h>
-#include <stddef.h>
-#include <time.h>
-
-// Whether SIGPIPE was already blocked on this thread when the guard began.
-static __thread int haext_was_blocked;
-
-static void haext_sigpipe_block(void) {
-	sigset_t set, old;
-	sigemptyset(&set);
-	sigaddset(&set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &set, &old);
-	haext_was_blocked = sigismember(&old, SIGPIPE);
-}
-
-// Drains pending SIGPIPEs, restores the thread's mask, returns how many.
-static int haext_sigpipe_restore(void) {
-	sigset_t set;
-	struct timespec zero = {0, 0};
-	int drained = 0;
-	if (haext_was_blocked) {
-		return 0;
-	}
-	sigemptyset(&set);
-	sigaddset(&set, SIGPIPE);
-	while (sigtimedwait(&set, NULL, &zero) == SIGPIPE) {
-		drained++;
-	}
-	pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-	return drained;
-}
-
-static const char *haext_dlerror(void) {
-	const char *e = dlerror();
-	return e ? e : "unknown dlopen error";
-}
+#include <stdlib.h>
+#include "cryptoki.h"
 */
 import "C"
 
@@ -64,24 +35,65 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/miekg/pkcs11"
-
-	"github.com/libhaext/libhaext/pkg/probe"
 )
 
-// Module is a loaded vendor PKCS#11 module. It implements probe.Module and
-// is safe for concurrent use, as far as the vendor module is.
-type Module struct {
-	ctx      *pkcs11.Ctx
-	sigpipes atomic.Uint64
-	owner    atomic.Bool // this package initialized the module
+// Error is a CK_RV a vendor function returned, with the function's name.
+type Error struct {
+	Func string // e.g. "C_OpenSession"
+	RV   uint
 }
 
-var _ probe.Module = (*Module)(nil)
+// Error implements error.
+func (e *Error) Error() string { return e.Func + ": " + Name(e.RV) }
+
+// Name returns the CKR_ name of a CK_RV (from miekg/pkcs11's table of the
+// standard's codes), or its hexadecimal value.
+func Name(rv uint) string {
+	s := pkcs11.Error(rv).Error()
+	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s[i+2:], "CKR_") {
+		return s[i+2:]
+	}
+	return fmt.Sprintf("CKR_0x%08X", rv)
+}
+
+// RV returns the CK_RV an error carries: 0 for nil, the code of an *Error,
+// CKR_GENERAL_ERROR for any other error.
+func RV(err error) uint {
+	if err == nil {
+		return pkcs11.CKR_OK
+	}
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RV
+	}
+	return pkcs11.CKR_GENERAL_ERROR
+}
+
+func check(fn string, rv C.CK_RV) error {
+	if rv == C.CKR_OK {
+		return nil
+	}
+	return &Error{Func: fn, RV: uint(rv)}
+}
+
+// Module is a vendor module's function list, with the host's gate around
+// every call. Its methods are safe for concurrent use, as far as the vendor
+// module is.
+type Module struct {
+	host *C.struct_haext_host // C memory: the lanes keep pointers to it
+	lent bool                 // the host lent it: never initialize it
+	// perCaller: the module gives every C_GetFunctionList caller its own
+	// instance, so this one is not the host's.
+	perCaller bool
+	owner     atomic.Bool // this package initialized the module
+	mu        sync.Mutex  // serializes Restart
+}
 
 // Open loads the module at path and initializes it unless the host already
 // did.
@@ -92,66 +104,119 @@ func Open(path string) (*Module, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("cryptoki: vendor module: %w", err)
 	}
-	m := &Module{}
-	runtime.LockOSThread() // dlerror is per thread
-	m.ctx = pkcs11.New(path)
-	if m.ctx == nil {
-		reason := C.GoString(C.haext_dlerror())
-		runtime.UnlockOSThread()
-		return nil, fmt.Errorf("cryptoki: cannot load vendor module %s: %s", path, reason)
+	cpath := C.CString(path)
+	defer C.free(unsafe.Pointer(cpath))
+	var handle unsafe.Pointer
+	var list C.CK_FUNCTION_LIST_PTR
+	var perCaller C.int
+	var why *C.char
+	if rv := C.hx_load(cpath, &handle, &list, &perCaller, &why); rv != C.CKR_OK {
+		if why != nil {
+			return nil, fmt.Errorf("cryptoki: cannot load vendor module %s: %s", path, C.GoString(why))
+		}
+		return nil, fmt.Errorf("cryptoki: cannot load vendor module %s: %w", path, check("C_GetFunctionList", rv))
 	}
-	runtime.UnlockOSThread()
+	m := newModule(list, false)
+	m.perCaller = perCaller != 0
 	if err := m.attach(); err != nil {
-		return nil, fmt.Errorf("cryptoki: C_Initialize of %s: %w", path, err)
+		return nil, fmt.Errorf("cryptoki: %s: %w", path, err)
 	}
 	return m, nil
 }
 
+// Attach returns a Module over a function list loaded by other means
+// (a CK_FUNCTION_LIST_PTR), initializing the module unless it is
+// initialized already, as Open does.
+func Attach(list unsafe.Pointer) (*Module, error) {
+	m := newModule(C.CK_FUNCTION_LIST_PTR(list), false)
+	if err := m.attach(); err != nil {
+		return nil, fmt.Errorf("cryptoki: %w", err)
+	}
+	return m, nil
+}
+
+// Lend returns a Module over a function list the host initialized and
+// uses itself. host is a struct haext_host (internal/hostapi) whose hooks
+// may be NULL; Lend copies it. The module is never initialized or
+// finalized here.
+func Lend(host unsafe.Pointer) *Module {
+	h := (*C.struct_haext_host)(host)
+	m := newModule(h.list, true)
+	*m.host = *h
+	return m
+}
+
+func newModule(list C.CK_FUNCTION_LIST_PTR, lent bool) *Module {
+	h := (*C.struct_haext_host)(C.calloc(1, C.sizeof_struct_haext_host))
+	h.list = list
+	return &Module{host: h, lent: lent}
+}
+
+// Host returns the module's struct haext_host, for C code that calls the
+// module (the probe engine's lanes). It lives as long as the process.
+func (m *Module) Host() unsafe.Pointer { return unsafe.Pointer(m.host) }
+
 // attach initializes the module unless it is initialized already.
 func (m *Module) attach() error {
-	guard()
-	defer m.unguard()
-	if _, err := m.ctx.GetInfo(); err == nil {
+	if m.Initialized() {
 		return nil // the host's: take no reference
 	}
 	return m.initialize()
 }
 
 // initialize calls C_Initialize; ALREADY_INITIALIZED means the host won a
-// race and owns the module. The caller holds the guard.
+// race and owns the module.
 func (m *Module) initialize() error {
-	err := m.ctx.Initialize()
-	switch rv(err) {
-	case 0:
+	switch rv := C.hx_initialize(m.host); rv {
+	case C.CKR_OK:
 		m.owner.Store(true)
 		return nil
-	case pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED:
+	case C.CKR_CRYPTOKI_ALREADY_INITIALIZED:
 		return nil
+	default:
+		return check("C_Initialize", rv)
 	}
-	return convert(err)
+}
+
+// Initialized reports whether the module answers C_GetInfo, i.e. is
+// initialized (and, behind a front, not being finalized).
+func (m *Module) Initialized() bool {
+	var info C.CK_INFO
+	return C.hx_get_info(m.host, &info) == C.CKR_OK
 }
 
 // Owner reports whether this package initialized the module.
 func (m *Module) Owner() bool { return m.owner.Load() }
 
-// SigpipesDrained returns how many SIGPIPEs vendor calls raised and this
-// package drained.
-func (m *Module) SigpipesDrained() uint64 { return m.sigpipes.Load() }
+// Lent reports whether the host lent the module (Lend).
+func (m *Module) Lent() bool { return m.lent }
 
-// guard locks the calling goroutine to its thread and blocks SIGPIPE there;
-// unguard drains a pending SIGPIPE, unblocks it and unlocks the thread.
-// Every vendor call runs between the two.
-func guard() {
-	runtime.LockOSThread()
-	C.haext_sigpipe_block()
-}
+// PerCaller reports whether the module gives every caller of
+// C_GetFunctionList its own instance (p11-kit-proxy does): the Module then
+// has an instance of its own, not the host's, which keeps its own
+// connections to the members. A host should lend its function list
+// instead (Lend).
+func (m *Module) PerCaller() bool { return m.perCaller }
 
-func (m *Module) unguard() {
-	if n := C.haext_sigpipe_restore(); n > 0 {
-		m.sigpipes.Add(uint64(n))
+// Release finalizes the module when this package initialized it (an
+// instance of its own that nobody else uses), so that its connections are
+// closed. The caller must make sure no call is in flight.
+func (m *Module) Release() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.owner.Swap(false) {
+		return nil
 	}
-	runtime.UnlockOSThread()
+	return check("C_Finalize", C.hx_finalize(m.host))
 }
+
+// LendsSessions reports whether the host also lends its sessions for the
+// lightweight call (a front module does).
+func (m *Module) LendsSessions() bool { return m.host.borrow != nil }
+
+// sigpipesDrained returns how many SIGPIPEs this package's vendor calls
+// raised and drained, process-wide (the tests read it).
+func sigpipesDrained() uint64 { return uint64(C.hx_sigpipes_drained()) }
 
 // Reinitialize initializes the module again after a C_Finalize, when this
 // package initialized it in the first place. A module the host initialized
@@ -159,10 +224,26 @@ func (m *Module) unguard() {
 // CKR_CRYPTOKI_NOT_INITIALIZED and the engine keeps waiting.
 func (m *Module) Reinitialize() error {
 	if !m.owner.Load() {
-		return probe.Error(pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED)
+		return &Error{Func: "C_Initialize", RV: pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED}
 	}
-	guard()
-	defer m.unguard()
+	m.owner.Store(false)
+	return m.initialize()
+}
+
+// Restart finalizes and initializes again a module this package owns, so
+// that a vendor client that reconnects only on initialization (p11-kit's)
+// reaches members that came back. Only a program that is its own host
+// (hastatus) may call it, and only while no other call is in flight:
+// C_Finalize during another call is undefined behaviour.
+func (m *Module) Restart() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.owner.Load() {
+		return errors.New("cryptoki: restart: the module is not this program's to finalize")
+	}
+	if err := check("C_Finalize", C.hx_finalize(m.host)); err != nil {
+		return err
+	}
 	m.owner.Store(false)
 	return m.initialize()
 }
@@ -170,61 +251,59 @@ func (m *Module) Reinitialize() error {
 // Slots lists every slot, token or not, so that the module need not ask
 // its members (C_GetSlotList with tokenPresent false).
 func (m *Module) Slots() ([]uint, error) {
-	guard()
-	defer m.unguard()
-	slots, err := m.ctx.GetSlotList(false)
-	return slots, convert(err)
+	for {
+		var n C.CK_ULONG
+		if err := check("C_GetSlotList", C.hx_slot_list(m.host, nil, &n)); err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return nil, nil
+		}
+		buf := make([]C.CK_SLOT_ID, n)
+		got := n
+		rv := C.hx_slot_list(m.host, &buf[0], &got)
+		if rv == C.CKR_BUFFER_TOO_SMALL {
+			continue // a slot appeared in between
+		}
+		if err := check("C_GetSlotList", rv); err != nil {
+			return nil, err
+		}
+		out := make([]uint, got)
+		for i := range out {
+			out[i] = uint(buf[i])
+		}
+		return out, nil
+	}
 }
 
-// Token returns the serial number and label of the token in a slot.
+// Token returns the serial number and label of the token in a slot, with
+// their blank padding removed.
 func (m *Module) Token(slot uint) (serial, label string, err error) {
-	guard()
-	defer m.unguard()
-	info, err := m.ctx.GetTokenInfo(slot)
-	if err != nil {
-		return "", "", convert(err)
+	var info C.CK_TOKEN_INFO
+	if err := check("C_GetTokenInfo", C.hx_token_info(m.host, C.CK_SLOT_ID(slot), &info)); err != nil {
+		return "", "", err
 	}
-	return strings.TrimSpace(info.SerialNumber), strings.TrimSpace(info.Label), nil
+	return padded(info.serialNumber[:]), padded(info.label[:]), nil
+}
+
+// padded returns a blank-padded PKCS#11 text field without its padding.
+func padded(b []C.CK_UTF8CHAR) string {
+	return strings.TrimRight(string(unsafe.Slice((*byte)(unsafe.Pointer(&b[0])), len(b))), " \x00")
 }
 
 // OpenSession opens a read-only, not logged-in session.
 func (m *Module) OpenSession(slot uint) (uint, error) {
-	guard()
-	defer m.unguard()
-	h, err := m.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
-	return uint(h), convert(err)
+	var h C.CK_SESSION_HANDLE
+	err := check("C_OpenSession", C.hx_open_session(m.host, C.CK_SLOT_ID(slot), &h))
+	return uint(h), err
 }
 
 // CloseSession closes a session.
 func (m *Module) CloseSession(session uint) error {
-	guard()
-	defer m.unguard()
-	return convert(m.ctx.CloseSession(pkcs11.SessionHandle(session)))
+	return check("C_CloseSession", C.hx_close_session(m.host, C.CK_SESSION_HANDLE(session)))
 }
 
 // SessionInfo is the lightweight call, C_GetSessionInfo.
 func (m *Module) SessionInfo(session uint) error {
-	guard()
-	defer m.unguard()
-	_, err := m.ctx.GetSessionInfo(pkcs11.SessionHandle(session))
-	return convert(err)
-}
-
-func rv(err error) uint {
-	var e pkcs11.Error
-	if errors.As(err, &e) {
-		return uint(e)
-	}
-	return 0
-}
-
-// convert turns a miekg/pkcs11 error into a probe.Error with the same CK_RV.
-func convert(err error) error {
-	if err == nil {
-		return nil
-	}
-	if code := rv(err); code != 0 {
-		return probe.Error(code)
-	}
-	return err
+	return check("C_GetSessionInfo", C.hx_session_info(m.host, C.CK_SESSION_HANDLE(session)))
 }

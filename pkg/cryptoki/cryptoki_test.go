@@ -2,13 +2,17 @@ package cryptoki
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
-	"syscall"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/libhaext/libhaext/internal/fakep11"
 )
 
 func softhsm(t *testing.T) string {
@@ -37,6 +41,37 @@ func TestOpenErrorsSayWhy(t *testing.T) {
 	assert.ErrorContains(t, err, "text.so", "dlerror's reason is kept")
 }
 
+// buildModule compiles a one-function PKCS#11 module.
+func buildModule(t *testing.T, body string) string {
+	t.Helper()
+	dir := t.TempDir()
+	src, lib := filepath.Join(dir, "m.c"), filepath.Join(dir, "m.so")
+	require.NoError(t, os.WriteFile(src, []byte("#include <p11-kit/pkcs11.h>\n"+body), 0o600))
+	cflags, err := exec.Command("pkg-config", "--cflags", "p11-kit-1").Output()
+	require.NoError(t, err)
+	out, err := exec.Command("sh", "-c", "cc -shared -fPIC "+strings.TrimSpace(string(cflags))+" -o "+lib+" "+src).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	return lib
+}
+
+// A module that cannot start is an error with the reason, never a crash
+// (issue 9, item 3).
+func TestModuleThatCannotStart(t *testing.T) {
+	failing := buildModule(t, "CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR p) { (void)p; return CKR_HOST_MEMORY; }\n")
+	_, err := Open(failing)
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "C_GetFunctionList: CKR_HOST_MEMORY")
+	assert.Equal(t, uint(0x2), RV(err))
+
+	null := buildModule(t, "CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR p) { *p = 0; return CKR_OK; }\n")
+	_, err = Open(null)
+	assert.ErrorContains(t, err, "no function list")
+
+	none := buildModule(t, "int not_pkcs11(void) { return 0; }\n")
+	_, err = Open(none)
+	assert.ErrorContains(t, err, "no C_GetFunctionList")
+}
+
 // The first Open initializes the module and owns it; a later Open finds it
 // initialized and takes no initialization of its own.
 func TestOwnershipFollowsWhoInitialized(t *testing.T) {
@@ -48,24 +83,32 @@ func TestOwnershipFollowsWhoInitialized(t *testing.T) {
 	require.NoError(t, err)
 	assert.False(t, second.Owner(), "module already initialized: no reference taken")
 	assert.Error(t, second.Reinitialize(), "not the second's to initialize again")
+	assert.Error(t, second.Restart(), "nor to finalize")
 	slots, err := second.Slots()
 	require.NoError(t, err)
 	assert.NotEmpty(t, slots, "SoftHSM2 always shows one free slot")
+	serial, _, err := second.Token(slots[0])
+	require.NoError(t, err)
+	assert.Empty(t, serial, "the free slot's token has no serial yet")
 }
 
-// A SIGPIPE raised on the thread during a vendor call is held and drained.
-func TestGuardDrainsSIGPIPE(t *testing.T) {
-	m := &Module{}
-	guard()
-	require.NoError(t, syscall.Tgkill(os.Getpid(), syscall.Gettid(), syscall.SIGPIPE))
-	m.unguard()
-	assert.Equal(t, uint64(1), m.SigpipesDrained())
+// A SIGPIPE raised on the thread during a vendor call is held and drained,
+// and the thread's signal mask is as it was.
+func TestVendorCallDrainsSIGPIPE(t *testing.T) {
+	f := fakep11.New(1)
+	m, err := Attach(fakep11.List())
+	require.NoError(t, err)
+	h, err := m.OpenSession(10)
+	require.NoError(t, err)
+	f.Update(10, func(s *fakep11.Script) { s.Sigpipe = true })
 
-	// The thread's mask is restored: a guard on an unblocked thread leaves
-	// it unblocked, and nothing is drained without a signal.
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	guard()
-	m.unguard()
-	assert.Equal(t, uint64(1), m.SigpipesDrained())
+	var before, after unix.Sigset_t
+	require.NoError(t, unix.PthreadSigmask(unix.SIG_SETMASK, nil, &before))
+	drained := sigpipesDrained()
+	require.NoError(t, m.SessionInfo(h), "the process survives the SIGPIPE")
+	assert.Equal(t, drained+1, sigpipesDrained())
+	require.NoError(t, unix.PthreadSigmask(unix.SIG_SETMASK, nil, &after))
+	assert.Equal(t, before, after, "the thread's mask is restored")
 }

@@ -5,19 +5,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libhaext/libhaext/internal/fakep11"
 	"github.com/libhaext/libhaext/pkg/conf"
 )
 
 // benchCheck measures one status call on a group of n members over a
 // zero-latency fake module: the engine's own cost per call.
 func benchCheck(b *testing.B, n int) {
-	f := newFake(n)
-	e := New(f, []conf.Group{f.group("bench", 1, n)}, Options{Timeout: 3 * time.Second,
-		Sockets: func(_ []conf.Endpoint, healthy []bool) {
-			for i := range healthy {
-				healthy[i] = true
-			}
-		}})
+	f := fakep11.New(n)
+	e := newEngine(b, []conf.Group{f.Group("bench", 1, n)}, Options{Timeout: 3 * time.Second, Sockets: allHealthy})
 	e.Start()
 	defer e.Close()
 	out := make([]Verdict, 0, n)
@@ -32,7 +28,7 @@ func benchCheck(b *testing.B, n int) {
 	b.StopTimer()
 	for _, v := range out {
 		if v.Status != StatusOK {
-			b.Fatalf("member %x: %s", v.Serial, StatusName(v.Status))
+			b.Fatalf("member %x: %s", v.Serial, v.Status)
 		}
 	}
 }

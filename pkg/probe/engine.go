@@ -1,25 +1,32 @@
 // Package probe checks the members of HA groups of PKCS#11 tokens, all in
 // parallel, in three stages: the driver instance (the member resolved to a
-// slot and holding a monitor session), the socket (the process's connection
-// to the member's endpoint is healthy), and one lightweight call
-// (C_GetSessionInfo) over the existing monitor session.
+// slot, holding a monitor session), the socket (the process's connection to
+// the member's endpoint is healthy), and one lightweight call
+// (C_GetSessionInfo over the existing monitor session; C_GetTokenInfo when
+// the engine holds no session).
 //
-// An Engine opens one read-only monitor session per member when it starts
-// and re-opens a lost one from a background recovery loop; a status check
-// never opens or closes a session. Each member has one worker goroutine that
-// alone makes the member's vendor calls, so at most one call per member is in
-// flight and a hung member pins at most one OS thread however many callers
-// ask. Concurrent checks of one member share its current call.
+// Each member has a lane: a C thread, parked until a status call releases
+// every lane of its group with one broadcast, that makes the member's
+// lightweight call (lanes.c). At most one call per member is in flight: a
+// status call joins a running call, and a call running for longer than
+// statusTimeout is not asked again, so a hung member pins exactly its lane
+// however many callers ask. A status call never opens or closes a session;
+// a member's recovery worker (recovery.go) does, and only while the member
+// has no usable instance. An engine with every member healthy makes no
+// vendor call and wakes no thread between status calls.
 package probe
 
 import (
 	"errors"
+	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libhaext/libhaext/internal/sockstate"
 	"github.com/libhaext/libhaext/pkg/conf"
+	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
 
 // missRefreshInterval is the least time between a finished slot-map refresh
@@ -34,17 +41,24 @@ var (
 	// ErrNotReady means the slot could not be resolved before the deadline
 	// because the module's slot list was still being read.
 	ErrNotReady = errors.New("probe: slot map not ready before the deadline")
+	// ErrNotInitialized means the module is not initialized (the host
+	// finalized it), so the slot cannot be resolved now.
+	ErrNotInitialized = errors.New("probe: the vendor module is not initialized (the host finalized it)")
 )
 
 // Options tune an Engine. The zero value gives the documented defaults.
 type Options struct {
 	// Timeout is statusTimeout: how long a check waits for verdicts, and
 	// how old a member's stuck call must be before the member is reported
-	// CKR_HA_TIMEOUT at once. Default conf.DefaultStatusTimeout.
+	// StatusTimeout at once. Default conf.DefaultStatusTimeout.
 	Timeout time.Duration
-	// RecoveryInterval is the least time between two attempts to re-open
-	// one member's monitor session. Default 1 s.
+	// RecoveryInterval is the least time between two attempts to restore
+	// one member's instance. Default 1 s.
 	RecoveryInterval time.Duration
+	// NoSession makes the engine hold no session at all: stage 3 is then
+	// C_GetTokenInfo on the member's slot (conf: HAConfiguration
+	// haExtMonitorSession = disabled).
+	NoSession bool
 	// Sockets is stage 2. Default: a sockstate.Checker, which scans this
 	// process's descriptors (/proc/self/fd); it resolves TCP host names once,
 	// in New, within half the Timeout.
@@ -55,61 +69,88 @@ type Options struct {
 	OnTransition func(Transition)
 }
 
+// SocketChecker is stage 2: it reports, for each endpoint, whether this
+// process holds a healthy connection to it. It must only use read-only
+// system calls and must not block.
+type SocketChecker func(endpoints []conf.Endpoint, healthy []bool)
+
 // Transition is a change of one member's verdict.
 type Transition struct {
 	Time        time.Time
 	Group       string // group label
 	GroupSerial uint64
 	Serial      uint64 // member serial
-	Old, New    uint   // statuses; Old is meaningless when First is set
+	Old, New    Status // Old is meaningless when First is set
 	First       bool   // the member's first verdict
 }
 
 // Verdict is one member's line in a report.
 type Verdict struct {
-	Serial  uint64
-	Status  uint          // CKR_OK, a CKR_HA_* code, or the vendor's CK_RV
-	Slot    uint          // the member's slot, when HasSlot
-	HasSlot bool          // the member has been resolved to a slot
-	Label   string        // the member token's label, when known
-	Took    time.Duration // from the start of the check to this verdict
+	Serial     uint64
+	SerialText string // as the token reports it; as configured until it is resolved
+	Status     Status
+	Slot       uint          // the member's slot, when HasSlot
+	HasSlot    bool          // the member has been resolved to a slot
+	Label      string        // the member token's label, when known
+	Took       time.Duration // from the start of the check to this verdict
+}
+
+// group is one configured HA group and what stage 2 needs of it.
+type group struct {
+	*conf.Group
+	members   []*member
+	endpoints []conf.Endpoint // of the members that have one
+	epIndex   []int           // per member: index into endpoints, or -1
 }
 
 // Engine checks the members of the configured groups. Its methods are safe
 // for concurrent use.
 type Engine struct {
-	mod      Module
+	mod      *cryptoki.Module
+	mode     mode
 	timeout  time.Duration
 	interval time.Duration
 	sockets  SocketChecker
 	observe  func(Transition)
 
-	groups    []conf.Group
-	members   []*member   // one per distinct serial
-	byGroup   [][]*member // members of each group, in configured order
-	endpoints [][]conf.Endpoint
-	epIndex   [][]int // per group and member: index into endpoints, or -1
-	slots     *slotMap
+	conf    []conf.Group
+	groups  []group
+	members []*member // one per distinct serial; members[i] runs on lane i
+	slots   *slotMap
+	lanes   lanes
 
 	reinitMu   sync.Mutex
 	lastReinit time.Time
+	// finalized is set when a lightweight call found the module not
+	// initialized (the host finalized it), and cleared when recovery gets
+	// an answer from it again: until then every member is no instance.
+	finalized atomic.Bool
 
+	checks               sync.RWMutex // Close waits for the checks in flight
 	startOnce, closeOnce sync.Once
+	quiet                bool // set by Close
 	stop                 chan struct{}
 	workers              sync.WaitGroup
 }
 
 // New returns an Engine for the groups over the module. Groups must satisfy
 // conf's rules (1 to conf.MaxMembers members each). Call Start before Check.
-func New(mod Module, groups []conf.Group, opts Options) *Engine {
+func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, error) {
 	e := &Engine{
 		mod:      mod,
+		mode:     modeSession,
 		timeout:  opts.Timeout,
 		interval: opts.RecoveryInterval,
 		sockets:  opts.Sockets,
 		observe:  opts.OnTransition,
-		groups:   append([]conf.Group(nil), groups...),
+		conf:     append([]conf.Group(nil), groups...),
 		stop:     make(chan struct{}),
+	}
+	switch {
+	case opts.NoSession:
+		e.mode = modeToken
+	case mod.LendsSessions():
+		e.mode = modeBorrow
 	}
 	if e.timeout <= 0 {
 		e.timeout = conf.DefaultStatusTimeout
@@ -118,62 +159,63 @@ func New(mod Module, groups []conf.Group, opts Options) *Engine {
 		e.interval = time.Second
 	}
 	e.slots = newSlotMap(mod, e.timeout)
+	var all []conf.Endpoint
 	bySerial := make(map[uint64]*member)
-	for _, g := range e.groups {
-		ms := make([]*member, len(g.Members))
-		idx := make([]int, len(g.Members))
-		var eps []conf.Endpoint
-		for i, gm := range g.Members {
+	for gi := range e.conf {
+		g := group{Group: &e.conf[gi]}
+		for _, gm := range g.Members {
 			m := bySerial[gm.Serial]
 			if m == nil {
-				m = newMember(e, gm.Serial, gm.Endpoint)
+				m = newMember(gm.Serial, gm.SerialText, len(e.members))
 				bySerial[gm.Serial] = m
 				e.members = append(e.members, m)
 			}
-			ms[i] = m
-			idx[i] = -1
+			g.members = append(g.members, m)
+			idx := -1
 			if gm.Endpoint != nil {
-				idx[i] = len(eps)
-				eps = append(eps, *gm.Endpoint)
+				idx = len(g.endpoints)
+				g.endpoints = append(g.endpoints, *gm.Endpoint)
 			}
+			g.epIndex = append(g.epIndex, idx)
 		}
-		e.byGroup = append(e.byGroup, ms)
-		e.endpoints = append(e.endpoints, eps)
-		e.epIndex = append(e.epIndex, idx)
+		all = append(all, g.endpoints...)
+		e.groups = append(e.groups, g)
 	}
 	if e.sockets == nil {
-		var all []conf.Endpoint
-		for _, eps := range e.endpoints {
-			all = append(all, eps...)
-		}
 		e.sockets = sockstate.NewChecker(all, e.timeout/2).Check
 	}
-	return e
+	var ok bool
+	if e.lanes, ok = newLanes(mod.Host(), len(e.members), e.timeout); !ok {
+		return nil, fmt.Errorf("probe: cannot start %d member threads", len(e.members))
+	}
+	return e, nil
 }
 
-// Start reads the module's slots and opens the monitor sessions, in the
-// background; checks made before that finishes wait for it up to their
-// deadline. It also starts the recovery loop. Start is idempotent.
+// Start reads the module's slots and resolves every member, in the
+// background; checks made before a member's first resolution ends wait for
+// it up to their deadline. Start is idempotent.
 func (e *Engine) Start() {
 	e.startOnce.Do(func() {
 		e.slots.refresh()
 		for _, m := range e.members {
-			m.wantRecover = true
 			e.workers.Add(1)
-			go m.run()
+			go e.recoveryWorker(m)
 			m.kick()
 		}
-		e.workers.Add(1)
-		go e.recoveryLoop()
 	})
 }
 
 // Close stops the engine and closes the monitor sessions of members whose
-// worker is idle, waiting at most Timeout for them. A worker stuck in a
-// vendor call exits when the call returns.
+// worker is idle, waiting at most Timeout for the engine's vendor calls in
+// flight. A lane or worker stuck in a vendor call exits when the call
+// returns; Quiet tells whether one was.
 func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
 		close(e.stop)
+		e.checks.Lock() // no check in flight uses the lanes any more
+		e.lanes.stop()
+		e.checks.Unlock()
+		deadline := time.Now().Add(e.timeout)
 		done := make(chan struct{})
 		go func() {
 			e.workers.Wait()
@@ -181,38 +223,53 @@ func (e *Engine) Close() {
 		}()
 		timer := time.NewTimer(e.timeout)
 		defer timer.Stop()
+		workersDone := false
 		select {
 		case <-done:
+			workersDone = true
 		case <-timer.C:
 		}
+		e.quiet = e.lanes.waitIdle(time.Until(deadline)) && workersDone
+		e.lanes.release()
 	})
 }
 
-// WantProcs is the GOMAXPROCS a program that owns its Go runtime should run
-// the engine with: a member's lightweight call is a blocking cgo call, and a
-// goroutine in a cgo call keeps its P until the runtime's monitor takes it
-// back (after up to 10 ms in an idle program), so with fewer Ps than members
-// the calls of one check run only a few at a time. With one P per member
-// plus the CPUs, every member's call starts at once. libhaext.so and
-// hastatus raise GOMAXPROCS to this; a Go program using the engine should
-// do the same. Idle Ps cost nothing.
-func (e *Engine) WantProcs() int { return runtime.NumCPU() + len(e.members) }
+// Stuck returns how many members have a call in flight older than
+// statusTimeout (0 once the engine is closed).
+func (e *Engine) Stuck() int {
+	e.checks.RLock()
+	defer e.checks.RUnlock()
+	select {
+	case <-e.stop:
+		return 0
+	default:
+		return e.lanes.stuck()
+	}
+}
+
+// Quiet reports, after Close, whether none of the engine's vendor calls was
+// still in flight when Close returned: only then may the module be
+// finalized.
+func (e *Engine) Quiet() bool { return e.quiet }
 
 // Timeout returns the engine's statusTimeout.
 func (e *Engine) Timeout() time.Duration { return e.timeout }
 
 // Groups returns the configured groups, in file order; the index of a group
 // is what GroupForSlot returns and Check takes.
-func (e *Engine) Groups() []conf.Group { return e.groups }
+func (e *Engine) Groups() []conf.Group { return e.conf }
 
 // GroupForSlot returns the index of the group a slot names: the slot of a
 // token whose serial is a group's serial (a vendor's virtual HA slot), or the
-// slot of any member token (the first such group in file order). A slot the
-// slot map does not know triggers a refresh (unless one finished within the
-// last second), waited for until the deadline.
+// slot of any member token (the first such group in file order).
+//
+// A slot the slot map does not know triggers a refresh (unless one finished
+// within the last second), waited for until the deadline; but not while a
+// member's call is stuck, since some modules (p11-kit's proxy) make
+// C_GetSlotList wait for every member, and every other call behind it.
 func (e *Engine) GroupForSlot(slot uint, deadline time.Time) (int, error) {
 	t, ok := e.slots.lookup(slot)
-	if !ok && !e.slots.recentlyRefreshed(missRefreshInterval) {
+	if !ok && !e.slots.recentlyRefreshed(missRefreshInterval) && e.lanes.stuck() == 0 {
 		finished := e.slots.find(deadline, e.stop, func() bool {
 			_, ok := e.slots.lookup(slot)
 			return ok
@@ -222,14 +279,17 @@ func (e *Engine) GroupForSlot(slot uint, deadline time.Time) (int, error) {
 		}
 	}
 	if !ok {
+		if e.slots.notInitialized() {
+			return -1, ErrNotInitialized
+		}
 		return -1, ErrUnknownSlot
 	}
-	for i := range e.groups {
-		if e.groups[i].Serial == t.serial {
+	for i := range e.conf {
+		if e.conf[i].Serial == t.serial {
 			return i, nil
 		}
 	}
-	for i, g := range e.groups {
+	for i, g := range e.conf {
 		for _, m := range g.Members {
 			if m.Serial == t.serial {
 				return i, nil
@@ -243,92 +303,173 @@ func (e *Engine) GroupForSlot(slot uint, deadline time.Time) (int, error) {
 // member has a verdict; a member without one at the deadline is
 // StatusTimeout. The verdicts are written to out, grown when too small.
 func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
-	ms := e.byGroup[g]
-	if cap(out) < len(ms) {
-		out = make([]Verdict, len(ms))
+	grp := &e.groups[g]
+	n := len(grp.members)
+	if cap(out) < n {
+		out = make([]Verdict, n)
 	}
-	out = out[:len(ms)]
+	out = out[:n]
 	start := time.Now()
+	e.checks.RLock()
+	defer e.checks.RUnlock()
+	select {
+	case <-e.stop: // closed (the library moved to another instance)
+		for i, m := range grp.members {
+			out[i] = Verdict{Serial: m.serial, SerialText: m.text, Status: StatusNoInstance}
+		}
+		return out
+	default:
+	}
 
 	var healthy [conf.MaxMembers]bool
-	e.checkSockets(g, healthy[:len(ms)])
-
-	var timer *time.Timer
-	expired := false
-	wait := func(ch <-chan struct{}) bool { // false when the deadline passed
-		select {
-		case <-ch:
-			return true
-		default:
-		}
-		if expired {
-			return false
-		}
-		if timer == nil {
-			timer = time.NewTimer(time.Until(deadline))
-		}
-		select {
-		case <-ch:
-			return true
-		case <-timer.C:
-			expired = true
-			return false
+	grp.checkSockets(e.sockets, healthy[:n])
+	var ready, unready []int
+	var readyBuf, unreadyBuf [conf.MaxMembers]int
+	ready, unready = readyBuf[:0], unreadyBuf[:0]
+	for i, m := range grp.members {
+		if m.isReady() {
+			ready = append(ready, i)
+		} else {
+			unready = append(unready, i)
 		}
 	}
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-
-	// Start or join every ready member's round, then give members still in
-	// their first resolution (only right after Start) until the deadline,
-	// then wait once for all the rounds.
-	w := newWaiter()
-	var gens [conf.MaxMembers]uint64
-	var unready [conf.MaxMembers]chan struct{}
-	for i, m := range ms {
-		out[i] = Verdict{Serial: m.serial}
-		out[i].Status, gens[i], unready[i] = m.begin(start, healthy[i], w)
+	// Only right after Start: a member still in its first resolution gets
+	// until the deadline, and its round starts as soon as it is ready,
+	// without holding up the others.
+	var wg sync.WaitGroup
+	for _, i := range unready {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			e.awaitReady(grp.members[i], deadline)
+			e.round(grp, []int{i}, healthy[:n], start, deadline, out)
+		}(i)
 	}
-	for i, m := range ms {
-		if unready[i] != nil && wait(unready[i]) {
-			out[i].Status, gens[i], _ = m.begin(time.Now(), healthy[i], w)
+	e.round(grp, ready, healthy[:n], start, deadline, out)
+	wg.Wait()
+	if e.finalized.Load() {
+		for i := range out {
+			out[i].Status = StatusNoInstance
 		}
 	}
-	w.release()
-	wait(w.done)
-	for i, m := range ms {
-		m.fill(&out[i], gens[i], start)
-		if out[i].Took == 0 {
-			out[i].Took = time.Since(start)
-		}
-	}
-	e.noteTransitions(g, out)
+	e.noteTransitions(grp, out)
 	return out
 }
 
-// checkSockets runs stage 2 for the members of group g that have an
-// endpoint; members without one pass.
-func (e *Engine) checkSockets(g int, healthy []bool) {
-	eps := e.endpoints[g]
-	var ok [conf.MaxMembers]bool
-	if len(eps) > 0 {
-		e.sockets(eps, ok[:len(eps)])
+// awaitReady waits until m has ended its first resolution, or the
+// deadline.
+func (e *Engine) awaitReady(m *member, deadline time.Time) {
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-m.ready:
+	case <-timer.C:
 	}
-	for i, j := range e.epIndex[g] {
+}
+
+// round runs stages 1 to 3 for the members of grp at idx and writes their
+// verdicts into out: one wait on the lanes for all of them.
+func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline time.Time, out []Verdict) {
+	var reqs [conf.MaxMembers]request
+	var at [conf.MaxMembers]int
+	var views [conf.MaxMembers]instanceView
+	k := 0
+	for _, i := range idx {
+		m := grp.members[i]
+		v := m.inst.view()
+		out[i] = Verdict{Serial: m.serial, SerialText: m.text, Slot: v.slot, HasSlot: v.hasSlot, Label: v.label}
+		if v.serialText != "" {
+			out[i].SerialText = v.serialText
+		}
+		switch {
+		case !m.isReady():
+			out[i].Status = StatusTimeout
+		case e.finalized.Load() || !v.usable(e.mode):
+			out[i].Status = StatusNoInstance
+		case !healthy[i]:
+			out[i].Status = StatusSocketDown
+		default:
+			reqs[k] = request{lane: m.lane, mode: e.mode, slot: v.slot, session: v.session}
+			at[k], views[k] = i, v
+			k++
+			continue
+		}
+		out[i].Took = time.Since(start)
+	}
+	if k < len(idx) && !e.finalized.Load() && !e.mod.Initialized() {
+		// A member failed stage 1 or 2: a host that finalized the module
+		// closed its connections too. That is no instance, not a socket
+		// down (C_GetInfo is local to the module).
+		e.moduleFinalized()
+		for _, i := range idx {
+			out[i].Status = StatusNoInstance
+		}
+		return
+	}
+	if k == 0 {
+		return
+	}
+	var res [conf.MaxMembers]result
+	before := time.Since(start)
+	e.lanes.check(reqs[:k], time.Until(deadline), res[:k])
+	for j := 0; j < k; j++ {
+		i, m := at[j], grp.members[at[j]]
+		out[i].Status, out[i].Took = e.verdict(m, views[j], res[j]), before+res[j].took
+	}
+}
+
+// verdict turns a lane's result into a member status, and starts recovery
+// when the answer says the instance is gone.
+func (e *Engine) verdict(m *member, v instanceView, r result) Status {
+	switch r.rv {
+	case rvLate, rvStuck:
+		return StatusTimeout
+	case rvGate:
+		return StatusNoInstance
+	}
+	if r.rv == ckrCryptokiNotInitialized {
+		e.moduleFinalized()
+		return StatusNoInstance
+	}
+	if dropsSession(r.rv) && m.inst.lose(e.mode, v.session, r.rv) {
+		m.kick()
+	}
+	return r.rv
+}
+
+// moduleFinalized records that the host finalized the module: every
+// member's session went with it, and recovery waits for the host to
+// initialize the module again (or, when the engine owns it, does so).
+func (e *Engine) moduleFinalized() {
+	if e.finalized.Swap(true) {
+		return
+	}
+	for _, m := range e.members {
+		if m.inst.forgetSession() {
+			m.kick()
+		}
+	}
+}
+
+// checkSockets runs stage 2 for the members that have an endpoint; members
+// without one pass.
+func (g *group) checkSockets(check SocketChecker, healthy []bool) {
+	var ok [conf.MaxMembers]bool
+	if len(g.endpoints) > 0 {
+		check(g.endpoints, ok[:len(g.endpoints)])
+	}
+	for i, j := range g.epIndex {
 		healthy[i] = j < 0 || ok[j]
 	}
 }
 
-func (e *Engine) noteTransitions(g int, out []Verdict) {
+func (e *Engine) noteTransitions(grp *group, out []Verdict) {
 	if e.observe == nil {
 		return
 	}
 	now := time.Now()
-	grp := &e.groups[g]
-	for i, m := range e.byGroup[g] {
-		if old, first, changed := m.noteVerdict(out[i].Status); changed {
+	for i, m := range grp.members {
+		if old, first, changed := m.last.note(out[i].Status); changed {
 			e.observe(Transition{
 				Time: now, Group: grp.Label, GroupSerial: grp.Serial,
 				Serial: m.serial, Old: old, New: out[i].Status, First: first,
@@ -337,35 +478,25 @@ func (e *Engine) noteTransitions(g int, out []Verdict) {
 	}
 }
 
-// recoveryLoop asks the workers of members without a monitor session to
-// re-open one, each at most once per RecoveryInterval.
-func (e *Engine) recoveryLoop() {
-	defer e.workers.Done()
-	tick := time.NewTicker(min(e.interval/4, 250*time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case <-e.stop:
-			return
-		case now := <-tick.C:
-			for _, m := range e.members {
-				if m.dueForRecovery(now, e.interval) {
-					m.kick()
-				}
-			}
-		}
-	}
-}
+// WantProcs is the GOMAXPROCS a program should run the engine with: every
+// host thread inside a status call holds a Go P while it waits for the
+// lanes, until the runtime's monitor hands the P on (after up to 10 ms in
+// an idle program), so with fewer Ps than concurrent callers plus the
+// recovery workers the calls queue for a P. Idle Ps cost nothing.
+func (e *Engine) WantProcs() int { return runtime.NumCPU() + len(e.members) }
 
-// reinitialize calls C_Initialize again after the module reported
-// CKR_CRYPTOKI_NOT_INITIALIZED (someone finalized it), at most once a second.
-// It reports whether the module is initialized as far as the engine knows.
-func (e *Engine) reinitialize() bool {
-	e.reinitMu.Lock()
-	defer e.reinitMu.Unlock()
-	if time.Since(e.lastReinit) < time.Second {
-		return true
+// Launch is how a program starts an engine over a module: New, then
+// GOMAXPROCS raised to WantProcs unless the operator chose it with the
+// GOMAXPROCS environment variable (read with getenv), then Start. Both
+// libhaext.so and hastatus start their engine this way.
+func Launch(mod *cryptoki.Module, groups []conf.Group, opts Options, getenv func(string) string) (*Engine, error) {
+	e, err := New(mod, groups, opts)
+	if err != nil {
+		return nil, err
 	}
-	e.lastReinit = time.Now()
-	return e.mod.Reinitialize() == nil
+	if getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) < e.WantProcs() {
+		runtime.GOMAXPROCS(e.WantProcs())
+	}
+	e.Start()
+	return e, nil
 }

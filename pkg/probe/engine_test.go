@@ -9,20 +9,36 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/libhaext/libhaext/internal/fakep11"
 	"github.com/libhaext/libhaext/pkg/conf"
+	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
 
+// allHealthy is a stage 2 that passes every member.
+func allHealthy(_ []conf.Endpoint, healthy []bool) {
+	for i := range healthy {
+		healthy[i] = true
+	}
+}
+
+// newEngine builds an engine over the fake (through its C function list, as
+// over a vendor module) for the groups; the caller starts it.
+func newEngine(tb testing.TB, groups []conf.Group, opts Options) *Engine {
+	tb.Helper()
+	mod, err := cryptoki.Attach(fakep11.List())
+	require.NoError(tb, err)
+	e, err := New(mod, groups, opts)
+	require.NoError(tb, err)
+	return e
+}
+
 // start builds a started engine over the fake's first n tokens as one group.
-func start(t *testing.T, f *fakeModule, n int, opts Options) *Engine {
+func start(t *testing.T, f *fakep11.Module, n int, opts Options) *Engine {
 	t.Helper()
 	if opts.Sockets == nil {
-		opts.Sockets = func(_ []conf.Endpoint, healthy []bool) {
-			for i := range healthy {
-				healthy[i] = true
-			}
-		}
+		opts.Sockets = allHealthy
 	}
-	e := New(f, []conf.Group{f.group("g", 4242, n)}, opts)
+	e := newEngine(t, []conf.Group{f.Group("g", 4242, n)}, opts)
 	e.Start()
 	t.Cleanup(e.Close)
 	return e
@@ -34,16 +50,16 @@ func check(e *Engine) ([]Verdict, time.Duration) {
 	return v, time.Since(t0)
 }
 
-func statuses(vs []Verdict) []uint {
-	out := make([]uint, len(vs))
+func statuses(vs []Verdict) []Status {
+	out := make([]Status, len(vs))
 	for i, v := range vs {
 		out[i] = v.Status
 	}
 	return out
 }
 
-func repeat(s uint, n int) []uint {
-	out := make([]uint, n)
+func repeat(s Status, n int) []Status {
+	out := make([]Status, n)
 	for i := range out {
 		out[i] = s
 	}
@@ -57,7 +73,7 @@ func eventually(t *testing.T, d time.Duration, cond func() bool, msg string) {
 }
 
 func TestHealthyGroupAllOK(t *testing.T) {
-	f := newFake(3)
+	f := fakep11.New(3)
 	e := start(t, f, 3, Options{Timeout: 3 * time.Second})
 	v, took := check(e)
 	assert.Equal(t, repeat(StatusOK, 3), statuses(v))
@@ -65,17 +81,17 @@ func TestHealthyGroupAllOK(t *testing.T) {
 	for i, vv := range v {
 		assert.True(t, vv.HasSlot)
 		assert.Equal(t, uint(10+i), vv.Slot)
-		assert.Equal(t, f.slots[uint(10+i)].label, vv.Label)
+		assert.Equal(t, f.Token(uint(10+i)).Label, vv.Label)
 	}
-	assert.Equal(t, map[uint]int{10: 1, 11: 1, 12: 1}, f.openSessions(), "one monitor session per member")
+	assert.Equal(t, map[uint]int{10: 1, 11: 1, 12: 1}, f.OpenSessions(), "one monitor session per member")
 }
 
 func TestMembersAreCheckedInParallel(t *testing.T) {
-	f := newFake(8)
+	f := fakep11.New(8)
 	e := start(t, f, 8, Options{Timeout: 5 * time.Second})
 	check(e) // first call: resolution and sessions
 	for slot := uint(10); slot < 18; slot++ {
-		f.update(slot, func(s *fakeScript) { s.latency = 200 * time.Millisecond })
+		f.Update(slot, func(s *fakep11.Script) { s.Latency = 200 * time.Millisecond })
 	}
 	v, took := check(e)
 	assert.Equal(t, repeat(StatusOK, 8), statuses(v))
@@ -84,21 +100,21 @@ func TestMembersAreCheckedInParallel(t *testing.T) {
 }
 
 func TestMemberErrorIsReportedAsItsCKRV(t *testing.T) {
-	f := newFake(3)
+	f := fakep11.New(3)
 	e := start(t, f, 3, Options{})
-	f.update(11, func(s *fakeScript) { s.rv = ckrDeviceError })
+	f.Update(11, func(s *fakep11.Script) { s.RV = ckrDeviceError })
 	v, _ := check(e)
-	assert.Equal(t, []uint{StatusOK, ckrDeviceError, StatusOK}, statuses(v))
-	assert.Equal(t, "CKR_DEVICE_ERROR", StatusName(v[1].Status))
+	assert.Equal(t, []Status{StatusOK, ckrDeviceError, StatusOK}, statuses(v))
+	assert.Equal(t, "CKR_DEVICE_ERROR", v[1].Status.String())
 }
 
 func TestSocketDownSkipsTheLightweightCall(t *testing.T) {
-	f := newFake(3)
-	g := f.group("g", 1, 3)
+	f := fakep11.New(3)
+	g := f.Group("g", 1, 3)
 	g.Members[1].Endpoint = &conf.Endpoint{Network: "unix", Address: "/run/m1.sock"}
 	var seen []conf.Endpoint
 	var mu sync.Mutex
-	e := New(f, []conf.Group{g}, Options{Sockets: func(eps []conf.Endpoint, healthy []bool) {
+	e := newEngine(t, []conf.Group{g}, Options{Sockets: func(eps []conf.Endpoint, healthy []bool) {
 		mu.Lock()
 		seen = append([]conf.Endpoint(nil), eps...)
 		mu.Unlock()
@@ -106,38 +122,38 @@ func TestSocketDownSkipsTheLightweightCall(t *testing.T) {
 	}})
 	e.Start()
 	defer e.Close()
-	before := f.token(11).infos.Load()
+	before := f.Token(11).Infos.Load()
 	v, took := check(e)
-	assert.Equal(t, []uint{StatusOK, StatusSocketDown, StatusOK}, statuses(v))
+	assert.Equal(t, []Status{StatusOK, StatusSocketDown, StatusOK}, statuses(v))
 	assert.Less(t, took, time.Second)
-	assert.Equal(t, before, f.token(11).infos.Load(), "nothing is sent to a member whose socket is down")
+	assert.Equal(t, before, f.Token(11).Infos.Load(), "nothing is sent to a member whose socket is down")
 	mu.Lock()
 	assert.Equal(t, []conf.Endpoint{*g.Members[1].Endpoint}, seen, "only members with an endpoint are scanned")
 	mu.Unlock()
 }
 
 func TestMissingAndAbsentMembersHaveNoInstance(t *testing.T) {
-	f := newFake(2)
-	g := f.group("g", 1, 2)
+	f := fakep11.New(2)
+	g := f.Group("g", 1, 2)
 	g.Members = append(g.Members, conf.Member{Serial: 0xdead, SerialText: "dead"})
-	f.update(11, func(s *fakeScript) { s.absent = true })
-	e := New(f, []conf.Group{g}, Options{Timeout: 2 * time.Second})
+	f.Update(11, func(s *fakep11.Script) { s.Absent = true })
+	e := newEngine(t, []conf.Group{g}, Options{Timeout: 2 * time.Second})
 	e.Start()
 	defer e.Close()
 	v, took := check(e)
-	assert.Equal(t, []uint{StatusOK, StatusNoInstance, StatusNoInstance}, statuses(v))
+	assert.Equal(t, []Status{StatusOK, StatusNoInstance, StatusNoInstance}, statuses(v))
 	assert.Less(t, took, 2*time.Second)
 	assert.False(t, v[2].HasSlot)
 }
 
 func TestHungMember(t *testing.T) {
 	const timeout = time.Second
-	f := newFake(3)
+	f := fakep11.New(3)
 	e := start(t, f, 3, Options{Timeout: timeout})
 	check(e)
-	asked := f.token(11).infos.Load()
+	asked := f.Token(11).Infos.Load()
 	release := make(chan struct{})
-	f.update(11, func(s *fakeScript) { s.hang = release })
+	f.Update(11, func(s *fakep11.Script) { s.Hang = release })
 	defer func() {
 		select {
 		case <-release:
@@ -148,7 +164,7 @@ func TestHungMember(t *testing.T) {
 
 	// The first call waits for the hung member until its deadline.
 	v, took := check(e)
-	assert.Equal(t, []uint{StatusOK, StatusTimeout, StatusOK}, statuses(v))
+	assert.Equal(t, []Status{StatusOK, StatusTimeout, StatusOK}, statuses(v))
 	assert.GreaterOrEqual(t, took, timeout-10*time.Millisecond)
 	assert.Less(t, took, timeout+500*time.Millisecond, "reported at statusTimeout")
 
@@ -156,27 +172,27 @@ func TestHungMember(t *testing.T) {
 	// wait for it, and do not ask the member again.
 	for i := 0; i < 20; i++ {
 		v, took = check(e)
-		assert.Equal(t, []uint{StatusOK, StatusTimeout, StatusOK}, statuses(v))
+		assert.Equal(t, []Status{StatusOK, StatusTimeout, StatusOK}, statuses(v))
 		assert.Less(t, took, 200*time.Millisecond, "a member stuck past statusTimeout is reported at once")
 	}
-	assert.Equal(t, asked+1, f.token(11).infos.Load(), "one call in flight, never a second")
+	assert.Equal(t, asked+1, f.Token(11).Infos.Load(), "one call in flight, never a second")
 
 	close(release)
 	eventually(t, 2*time.Second, func() bool {
 		v, _ := check(e)
 		return v[1].Status == StatusOK
 	}, "member is OK again once it answers")
-	assert.Equal(t, int32(1), f.token(11).maxInflight.Load())
+	assert.Equal(t, int32(1), f.Token(11).MaxInflight.Load())
 }
 
 func TestCallerJoinsYoungStuckCallUntilItsOwnDeadline(t *testing.T) {
 	const timeout = time.Second
-	f := newFake(1)
+	f := fakep11.New(1)
 	e := start(t, f, 1, Options{Timeout: timeout})
 	check(e)
-	asked := f.token(10).infos.Load()
+	asked := f.Token(10).Infos.Load()
 	release := make(chan struct{})
-	f.update(10, func(s *fakeScript) { s.hang = release })
+	f.Update(10, func(s *fakep11.Script) { s.Hang = release })
 	first := make(chan time.Duration)
 	go func() {
 		_, took := check(e)
@@ -192,15 +208,15 @@ func TestCallerJoinsYoungStuckCallUntilItsOwnDeadline(t *testing.T) {
 	assert.Less(t, took, 700*time.Millisecond)
 	close(release)
 	assert.Less(t, <-first, timeout+300*time.Millisecond)
-	assert.Equal(t, asked+1, f.token(10).infos.Load(), "both callers shared one call")
+	assert.Equal(t, asked+1, f.Token(10).Infos.Load(), "both callers shared one call")
 }
 
 func TestManyCallersDuringAHangDoNotPileUp(t *testing.T) {
-	f := newFake(4)
+	f := fakep11.New(4)
 	e := start(t, f, 4, Options{Timeout: time.Second})
 	check(e)
 	release := make(chan struct{})
-	f.update(12, func(s *fakeScript) { s.hang = release })
+	f.Update(12, func(s *fakep11.Script) { s.Hang = release })
 	goroutines := runtime.NumGoroutine()
 
 	var wg sync.WaitGroup
@@ -225,66 +241,66 @@ func TestManyCallersDuringAHangDoNotPileUp(t *testing.T) {
 	}
 	wg.Wait()
 	assert.Zero(t, bad, "every report during the hang is well-formed and on time")
-	assert.Equal(t, int32(1), f.token(12).maxInflight.Load(), "never more than one call in flight per member")
+	assert.Equal(t, int32(1), f.Token(12).MaxInflight.Load(), "never more than one call in flight per member")
 	assert.LessOrEqual(t, runtime.NumGoroutine(), goroutines+2, "no goroutine pile-up")
 	close(release)
 }
 
 func TestSessionLostIsRecoveredInTheBackground(t *testing.T) {
-	f := newFake(3)
+	f := fakep11.New(3)
 	e := start(t, f, 3, Options{RecoveryInterval: 200 * time.Millisecond})
 	check(e)
-	opens := f.opens.Load()
-	f.closeAll(11) // the host's C_CloseAllSessions
+	opens := f.Opens.Load()
+	f.CloseAll(11) // the host's C_CloseAllSessions
 
 	v, _ := check(e)
-	assert.Equal(t, []uint{StatusOK, ckrSessionHandleInvalid, StatusOK}, statuses(v))
+	assert.Equal(t, []Status{StatusOK, ckrSessionHandleInvalid, StatusOK}, statuses(v))
 	v, _ = check(e)
 	assert.Equal(t, StatusNoInstance, v[1].Status, "no monitor session until recovery re-opens one")
-	assert.Equal(t, opens, f.opens.Load(), "a status call opens no session")
+	assert.Equal(t, opens, f.Opens.Load(), "a status call opens no session")
 
 	eventually(t, 2*time.Second, func() bool {
 		v, _ := check(e)
 		return v[1].Status == StatusOK
 	}, "recovery re-opens the monitor session")
-	assert.Equal(t, opens+1, f.opens.Load(), "exactly one session re-opened")
-	assert.Equal(t, map[uint]int{10: 1, 11: 1, 12: 1}, f.openSessions(), "nothing leaked")
+	assert.Equal(t, opens+1, f.Opens.Load(), "exactly one session re-opened")
+	assert.Equal(t, map[uint]int{10: 1, 11: 1, 12: 1}, f.OpenSessions(), "nothing leaked")
 }
 
 func TestRecoveryIsRateLimited(t *testing.T) {
-	f := newFake(1)
-	f.update(10, func(s *fakeScript) { s.absent = true })
+	f := fakep11.New(1)
+	f.Update(10, func(s *fakep11.Script) { s.Absent = true })
 	e := start(t, f, 1, Options{RecoveryInterval: 300 * time.Millisecond})
 	check(e)
 	time.Sleep(1000 * time.Millisecond)
 	v, _ := check(e)
 	assert.Equal(t, StatusNoInstance, v[0].Status)
-	f.update(10, func(s *fakeScript) { s.absent = false })
+	f.Update(10, func(s *fakep11.Script) { s.Absent = false })
 	eventually(t, 2*time.Second, func() bool {
 		v, _ := check(e)
 		return v[0].Status == StatusOK
 	}, "the token came back")
-	assert.Equal(t, int32(1), f.opens.Load())
+	assert.Equal(t, int32(1), f.Opens.Load())
 }
 
 func TestReinitializeAfterTheHostFinalized(t *testing.T) {
-	f := newFake(2)
+	f := fakep11.New(2)
 	e := start(t, f, 2, Options{RecoveryInterval: 100 * time.Millisecond})
 	check(e)
-	f.finalize()
+	f.Finalize()
 	v, _ := check(e)
-	assert.Equal(t, repeat(ckrCryptokiNotInitialized, 2), statuses(v))
+	assert.Equal(t, repeat(StatusNoInstance, 2), statuses(v), "a finalized module is no instance (issue 9.5)")
 	eventually(t, 3*time.Second, func() bool {
 		v, _ := check(e)
 		return v[0].Status == StatusOK && v[1].Status == StatusOK
 	}, "members come back once the module is initialized again")
-	assert.GreaterOrEqual(t, f.reinits.Load(), int32(1))
-	assert.Equal(t, map[uint]int{10: 1, 11: 1}, f.openSessions())
+	assert.GreaterOrEqual(t, f.Inits.Load(), int32(2), "initialized at start, and again")
+	assert.Equal(t, map[uint]int{10: 1, 11: 1}, f.OpenSessions())
 }
 
 func TestFirstCallWaitsForResolution(t *testing.T) {
-	f := newFake(2)
-	f.update(11, func(s *fakeScript) { s.latency = 300 * time.Millisecond })
+	f := fakep11.New(2)
+	f.Update(11, func(s *fakep11.Script) { s.Latency = 300 * time.Millisecond })
 	e := start(t, f, 2, Options{Timeout: 3 * time.Second})
 	v, took := check(e)
 	assert.Equal(t, repeat(StatusOK, 2), statuses(v), "a slow member is resolved, not reported absent")
@@ -292,26 +308,26 @@ func TestFirstCallWaitsForResolution(t *testing.T) {
 }
 
 func TestFirstCallTimesOutOnAHungResolution(t *testing.T) {
-	f := newFake(2)
+	f := fakep11.New(2)
 	release := make(chan struct{})
 	defer close(release)
-	f.update(11, func(s *fakeScript) { s.tokHang = release })
+	f.Update(11, func(s *fakep11.Script) { s.TokHang = release })
 	e := start(t, f, 2, Options{Timeout: time.Second})
 	v, took := check(e)
 	assert.Equal(t, StatusOK, v[0].Status, "a healthy member is not held up by a hung one")
 	// The hung token never answered: whether its resolution gave up just
 	// before the deadline or not, the member has no verdict.
-	assert.Contains(t, []uint{StatusTimeout, StatusNoInstance}, v[1].Status)
+	assert.Contains(t, []Status{StatusTimeout, StatusNoInstance}, v[1].Status)
 	assert.Less(t, took, 1500*time.Millisecond)
 }
 
 func TestGroupForSlot(t *testing.T) {
-	f := newFake(4)
-	vslot := &fakeToken{fakeScript: fakeScript{serial: "777", label: "virtual"}}
-	f.add(50, vslot) // a vendor's virtual HA slot: token serial = group serial
-	g1 := f.group("one", 777, 2)
-	g2 := f.group("two", 888, 4)
-	e := New(f, []conf.Group{g1, g2}, Options{})
+	f := fakep11.New(4)
+	vslot := &fakep11.Token{Script: fakep11.Script{Serial: "777", Label: "virtual"}}
+	f.Add(50, vslot) // a vendor's virtual HA slot: token serial = group serial
+	g1 := f.Group("one", 777, 2)
+	g2 := f.Group("two", 888, 4)
+	e := newEngine(t, []conf.Group{g1, g2}, Options{})
 	e.Start()
 	defer e.Close()
 	deadline := time.Now().Add(time.Second)
@@ -326,18 +342,18 @@ func TestGroupForSlot(t *testing.T) {
 	// A token that appears later is found by the refresh a miss triggers,
 	// once the last refresh is a second old.
 	time.Sleep(missRefreshInterval + 100*time.Millisecond)
-	f.add(60, &fakeToken{fakeScript: fakeScript{serial: "888"}})
+	f.Add(60, &fakep11.Token{Script: fakep11.Script{Serial: "888"}})
 	g, err := e.GroupForSlot(60, time.Now().Add(time.Second))
 	require.NoError(t, err)
 	assert.Equal(t, 1, g)
 }
 
 func TestGroupForSlotNeverBlocksPastTheDeadline(t *testing.T) {
-	f := newFake(2)
+	f := fakep11.New(2)
 	release := make(chan struct{})
-	f.slotsHang = release
+	f.HangSlotList(release)
 	defer close(release)
-	e := New(f, []conf.Group{f.group("g", 1, 2)}, Options{})
+	e := newEngine(t, []conf.Group{f.Group("g", 1, 2)}, Options{})
 	e.Start()
 	defer e.Close()
 	t0 := time.Now()
@@ -347,17 +363,12 @@ func TestGroupForSlotNeverBlocksPastTheDeadline(t *testing.T) {
 }
 
 func TestMembersAreFollowedBySerialAcrossRenumbering(t *testing.T) {
-	f := newFake(2)
+	f := fakep11.New(2)
 	e := start(t, f, 2, Options{RecoveryInterval: 100 * time.Millisecond})
 	check(e)
 	// The token of member 1 moves from slot 11 to slot 31.
-	f.mu.Lock()
-	moved := f.slots[11]
-	delete(f.slots, 11)
-	f.order = []uint{10, 31}
-	f.slots[31] = moved
-	f.mu.Unlock()
-	f.closeAll(11)
+	f.Move(11, 31)
+	f.CloseAll(11)
 	eventually(t, 3*time.Second, func() bool {
 		v, _ := check(e)
 		return v[1].Status == StatusOK && v[1].Slot == 31
@@ -365,7 +376,7 @@ func TestMembersAreFollowedBySerialAcrossRenumbering(t *testing.T) {
 }
 
 func TestTransitionsAreObserved(t *testing.T) {
-	f := newFake(2)
+	f := fakep11.New(2)
 	var mu sync.Mutex
 	var seen []Transition
 	e := start(t, f, 2, Options{OnTransition: func(tr Transition) {
@@ -375,7 +386,7 @@ func TestTransitionsAreObserved(t *testing.T) {
 	}})
 	check(e)
 	check(e)
-	f.update(11, func(s *fakeScript) { s.rv = ckrDeviceError })
+	f.Update(11, func(s *fakep11.Script) { s.RV = ckrDeviceError })
 	check(e)
 	check(e)
 	mu.Lock()
@@ -386,26 +397,149 @@ func TestTransitionsAreObserved(t *testing.T) {
 	assert.False(t, last.First)
 	assert.Equal(t, "g", last.Group)
 	assert.Equal(t, StatusOK, last.Old)
-	assert.Equal(t, ckrDeviceError, last.New)
+	assert.Equal(t, Status(ckrDeviceError), last.New)
 }
 
 func TestCloseClosesMonitorSessions(t *testing.T) {
-	f := newFake(3)
-	e := New(f, []conf.Group{f.group("g", 1, 3)}, Options{})
+	f := fakep11.New(3)
+	e := newEngine(t, []conf.Group{f.Group("g", 1, 3)}, Options{})
 	e.Start()
 	check(e)
 	e.Close()
-	assert.Empty(t, f.openSessions())
-	assert.Equal(t, int32(3), f.closes.Load())
+	assert.Empty(t, f.OpenSessions())
+	assert.Equal(t, int32(3), f.Closes.Load())
 }
 
-func TestStatusNames(t *testing.T) {
-	assert.Equal(t, "CKR_HA_TIMEOUT", StatusName(StatusTimeout))
-	assert.Equal(t, uint(0xC8410001), StatusNoInstance)
-	assert.Equal(t, uint(0xC8410002), StatusSocketDown)
-	assert.Equal(t, uint(0xC8410003), StatusTimeout)
-	assert.Equal(t, "CKR_0x80001234", StatusName(0x80001234))
-	assert.Equal(t, ckrDeviceError, RV(Error(ckrDeviceError)))
-	assert.Equal(t, ckrGeneralError, RV(assert.AnError))
-	assert.Equal(t, StatusOK, RV(nil))
+func TestStatusVocabulary(t *testing.T) {
+	assert.Equal(t, "CKR_HA_TIMEOUT", StatusTimeout.String())
+	assert.Equal(t, Status(0xC8410001), StatusNoInstance)
+	assert.Equal(t, Status(0xC8410002), StatusSocketDown)
+	assert.Equal(t, Status(0xC8410003), StatusTimeout)
+	assert.Equal(t, "CKR_0x80001234", Status(0x80001234).String())
+	assert.Equal(t, "CKR_DEVICE_ERROR", Status(ckrDeviceError).String())
+	assert.Equal(t, "alive", StatusOK.Reason())
+	assert.Equal(t, "socket down", StatusSocketDown.Reason())
+	assert.Equal(t, "no instance", StatusNoInstance.Reason())
+	assert.Equal(t, "CKR_DEVICE_ERROR", Status(ckrDeviceError).Reason())
+	assert.True(t, StatusOK.Alive())
+	assert.False(t, StatusTimeout.Alive())
+}
+
+func TestLaunchRaisesProcsUnlessTheOperatorChose(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	f := fakep11.New(3)
+	groups := []conf.Group{f.Group("g", 1, 3)}
+	launch := func(getenv func(string) string) *Engine {
+		mod, err := cryptoki.Attach(fakep11.List())
+		require.NoError(t, err)
+		e, err := Launch(mod, groups, Options{Sockets: allHealthy}, getenv)
+		require.NoError(t, err)
+		t.Cleanup(e.Close)
+		return e
+	}
+	runtime.GOMAXPROCS(1)
+	e := launch(func(string) string { return "" })
+	assert.Equal(t, e.WantProcs(), runtime.GOMAXPROCS(0))
+	runtime.GOMAXPROCS(e.WantProcs() + 5)
+	launch(func(string) string { return "" })
+	assert.Equal(t, e.WantProcs()+5, runtime.GOMAXPROCS(0), "never lowered")
+	runtime.GOMAXPROCS(1)
+	launch(func(k string) string {
+		if k == "GOMAXPROCS" {
+			return "1"
+		}
+		return ""
+	})
+	assert.Equal(t, 1, runtime.GOMAXPROCS(0), "the operator's choice stands")
+}
+
+// A slot-map miss during a hang must not make healthy members time out: in
+// p11-kit's proxy a C_GetSlotList waits for the hung member, and every other
+// call waits behind it (issue 9, item 4).
+func TestUnknownSlotDuringAHangLeavesHealthyMembersAlone(t *testing.T) {
+	const timeout = 500 * time.Millisecond
+	f := fakep11.New(3)
+	f.SerializeSlotList()
+	e := start(t, f, 3, Options{Timeout: timeout})
+	check(e)
+	release := make(chan struct{})
+	defer close(release)
+	f.Update(11, func(s *fakep11.Script) { s.Hang = release })
+	check(e) // member 1 hangs; its call is now stuck
+	for i := 0; i < 2; i++ {
+		time.Sleep(missRefreshInterval + 50*time.Millisecond)
+		_, err := e.GroupForSlot(99, time.Now().Add(timeout))
+		assert.ErrorIs(t, err, ErrUnknownSlot)
+		v, _ := check(e)
+		assert.Equal(t, []Status{StatusOK, StatusTimeout, StatusOK}, statuses(v), "after unknown slot %d", i+1)
+	}
+}
+
+// Between the host's C_Finalize and its C_Initialize a member's slot still
+// names its group, whose members are CKR_HA_NO_INSTANCE; a slot never seen
+// is ErrNotInitialized, never ErrUnknownSlot (issue 9, item 5).
+func TestFinalizeWindow(t *testing.T) {
+	f := fakep11.New(2)
+	f.HostInitialize()
+	e := start(t, f, 2, Options{RecoveryInterval: 50 * time.Millisecond})
+	check(e)
+	f.Finalize()
+	for i := 0; i < 5; i++ {
+		g, err := e.GroupForSlot(11, time.Now().Add(time.Second))
+		require.NoError(t, err, "a member's slot still names its group")
+		v := e.Check(g, time.Now().Add(time.Second), nil)
+		assert.Equal(t, repeat(StatusNoInstance, 2), statuses(v))
+		time.Sleep(100 * time.Millisecond) // recovery tries, and must not forget the slots
+	}
+	time.Sleep(missRefreshInterval)
+	_, err := e.GroupForSlot(77, time.Now().Add(time.Second))
+	assert.ErrorIs(t, err, ErrNotInitialized)
+
+	f.HostInitialize() // the host's C_Initialize ends the window
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[0].Status == StatusOK && v[1].Status == StatusOK
+	}, "members come back once the host initializes the module again")
+}
+
+// With NoSession the engine opens no session at all: stage 3 is
+// C_GetTokenInfo on the member's slot, with the same timing rules.
+func TestNoSessionChecksTokenInfo(t *testing.T) {
+	f := fakep11.New(3)
+	e := start(t, f, 3, Options{NoSession: true, Timeout: 500 * time.Millisecond, RecoveryInterval: 100 * time.Millisecond})
+	v, _ := check(e)
+	assert.Equal(t, repeat(StatusOK, 3), statuses(v))
+	assert.Equal(t, int32(0), f.Opens.Load(), "no session opened")
+
+	f.Update(11, func(s *fakep11.Script) { s.Absent = true })
+	v, _ = check(e)
+	assert.Equal(t, []Status{StatusOK, ckrTokenNotPresent, StatusOK}, statuses(v))
+	f.Update(11, func(s *fakep11.Script) { s.Absent = false })
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[1].Status == StatusOK
+	}, "the member is resolved again once its token is back")
+
+	release := make(chan struct{})
+	defer close(release)
+	f.Update(12, func(s *fakep11.Script) { s.TokHang = release })
+	v, took := check(e)
+	assert.Equal(t, []Status{StatusOK, StatusOK, StatusTimeout}, statuses(v))
+	assert.Less(t, took, time.Second)
+	v, took = check(e)
+	assert.Equal(t, StatusTimeout, v[2].Status, "a stuck member is not asked again")
+	assert.Less(t, took, 200*time.Millisecond)
+	assert.Equal(t, int32(0), f.Opens.Load(), "still no session")
+}
+
+func TestCheckAfterCloseTouchesNoVendor(t *testing.T) {
+	f := fakep11.New(2)
+	e := start(t, f, 2, Options{})
+	check(e)
+	infos := f.Token(10).Infos.Load()
+	e.Close()
+	assert.True(t, e.Quiet())
+	v, _ := check(e)
+	assert.Equal(t, repeat(StatusNoInstance, 2), statuses(v))
+	assert.Equal(t, infos, f.Token(10).Infos.Load(), "no call after Close")
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/libhaext/libhaext/pkg/conf"
+	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
 
 // errSlotBusy is returned when a C_GetTokenInfo on the slot is still in flight.
@@ -14,6 +15,7 @@ var errSlotBusy = errors.New("probe: token query already in flight for this slot
 // slotToken is what the module last said about the token in a slot.
 type slotToken struct {
 	serial uint64
+	text   string // the serial as the token reports it
 	label  string
 }
 
@@ -22,7 +24,7 @@ type slotToken struct {
 // time, and at most one C_GetTokenInfo in flight per slot, so a hung member
 // pins no more than one extra thread however often callers miss.
 type slotMap struct {
-	mod  Module
+	mod  *cryptoki.Module
 	wait time.Duration // how long a refresh waits for slow tokens
 
 	mu         sync.Mutex
@@ -37,7 +39,7 @@ type slotMap struct {
 	err        error // the last C_GetSlotList error, if any
 }
 
-func newSlotMap(mod Module, wait time.Duration) *slotMap {
+func newSlotMap(mod *cryptoki.Module, wait time.Duration) *slotMap {
 	return &slotMap{
 		mod:      mod,
 		wait:     wait,
@@ -143,7 +145,7 @@ func (s *slotMap) find(deadline time.Time, stop <-chan struct{}, found func() bo
 func (s *slotMap) notInitialized() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return RV(s.err) == ckrCryptokiNotInitialized
+	return cryptoki.RV(s.err) == ckrCryptokiNotInitialized
 }
 
 // recentlyRefreshed reports whether a refresh finished within d.
@@ -232,14 +234,19 @@ func (s *slotMap) query(slot uint) (slotToken, error) {
 	text, label, err := s.mod.Token(slot)
 	var t slotToken
 	if err == nil {
-		t.label = label
+		t.label, t.text = label, text
 		t.serial, err = conf.ParseSerial(text)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.inflight, slot)
 	if err != nil {
-		delete(s.tokens, slot)
+		// Forget the slot only when the answer is about the slot: a module
+		// the host finalized, or a member that does not answer, says
+		// nothing about which token the slot holds.
+		if rv := cryptoki.RV(err); rv == ckrSlotIDInvalid || rv == ckrTokenNotPresent || rv == ckrTokenNotRecognized {
+			delete(s.tokens, slot)
+		}
 		return t, err
 	}
 	s.tokens[slot] = t
@@ -258,10 +265,10 @@ func (s *slotMap) verify(slot uint) (slotToken, error) {
 // resolve finds the slot of the token with the serial: the slot map's
 // answer, confirmed by asking the slot, else what a refresh learns. It waits
 // at most wait and returns early when stop closes.
-func (s *slotMap) resolve(serial uint64, wait time.Duration, stop <-chan struct{}) (slot uint, label string, ok bool) {
+func (s *slotMap) resolve(serial uint64, wait time.Duration, stop <-chan struct{}) (slot uint, t slotToken, ok bool) {
 	if slot, ok = s.slotOf(serial); ok {
 		if t, err := s.verify(slot); err == nil && t.serial == serial {
-			return slot, t.label, true
+			return slot, t, true
 		}
 	}
 	s.find(time.Now().Add(wait), stop, func() bool {
@@ -269,8 +276,8 @@ func (s *slotMap) resolve(serial uint64, wait time.Duration, stop <-chan struct{
 		return ok
 	})
 	if slot, ok = s.slotOf(serial); !ok {
-		return 0, "", false
+		return 0, slotToken{}, false
 	}
-	t, _ := s.lookup(slot)
-	return slot, t.label, true
+	t, _ = s.lookup(slot)
+	return slot, t, true
 }

@@ -1,97 +1,77 @@
 package probe
 
-import (
-	"errors"
-	"fmt"
-)
+import "github.com/libhaext/libhaext/pkg/cryptoki"
 
-// Member status codes. They are CK_RV values: CKR_OK when all three stages
-// passed, one of the CKR_HA_* codes below when stage 1, 2 or the deadline
-// failed the member, or the vendor's own CK_RV when the lightweight call
-// answered with an error. The values are fixed by include/cryptoki_ha.h.
+// Status is a member's status in a report: a CK_RV. It is CKR_OK when all
+// three stages passed, one of the CKR_HA_* codes when stage 1, 2 or the
+// deadline failed the member, or the vendor's own CK_RV when the
+// lightweight call answered with an error. The CKR_HA_* values are fixed by
+// include/cryptoki_ha.h, and the build checks that they agree (lanes.go).
+type Status uint
+
+// Member statuses of libhaext's own.
 const (
 	// StatusOK is CKR_OK: the member passed all three stages.
-	StatusOK uint = 0
+	StatusOK Status = 0
 	// StatusNoInstance is CKR_HA_NO_INSTANCE: no usable driver instance
-	// (not among the module's slots, token absent, or no monitor session).
-	StatusNoInstance uint = ckrVendorDefined | 0x48410001
+	// (not among the module's slots, token absent, no monitor session, or
+	// the host finalized the module).
+	StatusNoInstance Status = 0xC8410001
 	// StatusSocketDown is CKR_HA_SOCKET_DOWN: the member's connection is
 	// closed, in error, or missing.
-	StatusSocketDown uint = ckrVendorDefined | 0x48410002
+	StatusSocketDown Status = 0xC8410002
 	// StatusTimeout is CKR_HA_TIMEOUT: no verdict before the deadline.
-	StatusTimeout uint = ckrVendorDefined | 0x48410003
+	StatusTimeout Status = 0xC8410003
 )
 
 // CK_RV values the engine itself interprets.
 const (
-	ckrVendorDefined          uint = 0x80000000
-	ckrGeneralError           uint = 0x00000005
-	ckrSlotIDInvalid          uint = 0x00000003
-	ckrDeviceError            uint = 0x00000030
-	ckrDeviceRemoved          uint = 0x00000032
-	ckrSessionClosed          uint = 0x000000B0
-	ckrSessionHandleInvalid   uint = 0x000000B3
-	ckrTokenNotPresent        uint = 0x000000E0
-	ckrCryptokiNotInitialized uint = 0x00000190
-	ckrAlreadyInitialized     uint = 0x00000191
+	ckrSlotIDInvalid          = 0x003
+	ckrDeviceError            = 0x030
+	ckrDeviceRemoved          = 0x032
+	ckrSessionClosed          = 0x0B0
+	ckrSessionHandleInvalid   = 0x0B3
+	ckrTokenNotPresent        = 0x0E0
+	ckrTokenNotRecognized     = 0x0E1
+	ckrCryptokiNotInitialized = 0x190
 )
 
-// rvNames names the CK_RV values a member status is likely to carry.
-var rvNames = map[uint]string{
-	StatusOK:                  "CKR_OK",
-	StatusNoInstance:          "CKR_HA_NO_INSTANCE",
-	StatusSocketDown:          "CKR_HA_SOCKET_DOWN",
-	StatusTimeout:             "CKR_HA_TIMEOUT",
-	0x00000001:                "CKR_CANCEL",
-	0x00000002:                "CKR_HOST_MEMORY",
-	ckrSlotIDInvalid:          "CKR_SLOT_ID_INVALID",
-	ckrGeneralError:           "CKR_GENERAL_ERROR",
-	0x00000006:                "CKR_FUNCTION_FAILED",
-	0x00000007:                "CKR_ARGUMENTS_BAD",
-	ckrDeviceError:            "CKR_DEVICE_ERROR",
-	0x00000031:                "CKR_DEVICE_MEMORY",
-	ckrDeviceRemoved:          "CKR_DEVICE_REMOVED",
-	0x00000054:                "CKR_FUNCTION_NOT_SUPPORTED",
-	ckrSessionClosed:          "CKR_SESSION_CLOSED",
-	0x000000B1:                "CKR_SESSION_COUNT",
-	ckrSessionHandleInvalid:   "CKR_SESSION_HANDLE_INVALID",
-	ckrTokenNotPresent:        "CKR_TOKEN_NOT_PRESENT",
-	0x000000E1:                "CKR_TOKEN_NOT_RECOGNIZED",
-	ckrCryptokiNotInitialized: "CKR_CRYPTOKI_NOT_INITIALIZED",
-	ckrAlreadyInitialized:     "CKR_CRYPTOKI_ALREADY_INITIALIZED",
+var haNames = map[Status]string{
+	StatusNoInstance: "CKR_HA_NO_INSTANCE",
+	StatusSocketDown: "CKR_HA_SOCKET_DOWN",
+	StatusTimeout:    "CKR_HA_TIMEOUT",
 }
 
-// StatusName returns the CKR_ name of a CK_RV, or its hexadecimal value when
-// the name is not known.
-func StatusName(rv uint) string {
-	if n, ok := rvNames[rv]; ok {
+// String returns the CKR_ name of the status, or its hexadecimal value.
+func (s Status) String() string {
+	if n, ok := haNames[s]; ok {
 		return n
 	}
-	return fmt.Sprintf("CKR_0x%08X", rv)
+	return cryptoki.Name(uint(s))
 }
 
-// Error is a CK_RV returned by a Module call, as a Go error.
-type Error uint
+// Alive reports whether the member passed all three stages.
+func (s Status) Alive() bool { return s == StatusOK }
 
-// Error implements error.
-func (e Error) Error() string { return StatusName(uint(e)) }
-
-// RV returns the CK_RV an error carries: 0 for nil, the code of an Error,
-// and CKR_GENERAL_ERROR for any other error.
-func RV(err error) uint {
-	if err == nil {
-		return StatusOK
+// Reason explains the status in a few words: "alive", "no instance",
+// "socket down", "timeout", or the CK_RV's name.
+func (s Status) Reason() string {
+	switch s {
+	case StatusOK:
+		return "alive"
+	case StatusNoInstance:
+		return "no instance"
+	case StatusSocketDown:
+		return "socket down"
+	case StatusTimeout:
+		return "timeout"
 	}
-	var e Error
-	if errors.As(err, &e) {
-		return uint(e)
-	}
-	return ckrGeneralError
+	return s.String()
 }
 
-// dropsSession reports whether a lightweight call's CK_RV means the monitor
-// session can no longer be used and must be re-opened by the recovery loop.
-func dropsSession(rv uint) bool {
+// dropsSession reports whether a lightweight call's CK_RV means the
+// session it used can no longer be used and must be re-opened.
+func dropsSession(rv Status) bool {
 	switch rv {
 	case ckrSessionHandleInvalid, ckrSessionClosed, ckrDeviceRemoved,
 		ckrTokenNotPresent, ckrCryptokiNotInitialized:

@@ -11,6 +11,8 @@
  *   concurrency  calls per second and latency with 1, 8 and 64 callers
  *   resources    RSS and threads before and after 100k calls
  *   faults       a dead member (kill 1), a hung member (stop 2), resume
+ *   fanout       libhaext against the C fan-out, alternating, hot and cold
+ *   idle         context switches and CPU of an idle host, library loaded
  *   libonly=NAME libhaext latency alone, reported as scenario NAME
  *   libthread=NAME the same, called from a second thread, not main
  *
@@ -194,7 +196,7 @@ static CK_RV ha_call(CK_HA_STATUS *st)
 static int all_ok(CK_RV rv, const CK_HA_STATUS *st)
 {
     int i;
-    if (rv != CKR_OK || st->listSize != nmembers) {
+    if (rv != CKR_OK || st->listSize != (CK_ULONG)nmembers) {
         return 0;
     }
     for (i = 0; i < nmembers; i++) {
@@ -250,11 +252,10 @@ struct fanout {
     long errors;
     pthread_t t[MAX];
     CK_SESSION_HANDLE s[MAX];
-};
-
-struct fan_arg {
-    struct fanout *f;
-    int i;
+    struct fan_arg {
+        struct fanout *f;
+        int i;
+    } arg[MAX];
 };
 
 static void *fan_main(void *arg)
@@ -300,6 +301,42 @@ static int op_fanout(void *ctx)
     before = f->errors - before;
     pthread_mutex_unlock(&f->mu);
     return before != 0;
+}
+
+/* Opens a session per member and starts the fan-out's threads. */
+static void fanout_start(struct fanout *f)
+{
+    int i;
+    memset(f, 0, sizeof *f);
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_cond_init(&f->go, NULL);
+    pthread_cond_init(&f->done, NULL);
+    for (i = 0; i < nmembers; i++) {
+        if (host.p11->C_OpenSession(slots[i], CKF_SERIAL_SESSION, NULL, NULL, &f->s[i]) != CKR_OK) {
+            fprintf(stderr, "bench: cannot open a fan-out session on member %d\n", i);
+            exit(2);
+        }
+        f->arg[i].f = f;
+        f->arg[i].i = i;
+        if (pthread_create(&f->t[i], NULL, fan_main, &f->arg[i]) != 0) {
+            fprintf(stderr, "bench: pthread_create failed\n");
+            exit(2);
+        }
+    }
+}
+
+/* Stops the fan-out's threads and closes its sessions. */
+static void fanout_stop(struct fanout *f)
+{
+    int i;
+    pthread_mutex_lock(&f->mu);
+    f->stop = 1;
+    pthread_cond_broadcast(&f->go);
+    pthread_mutex_unlock(&f->mu);
+    for (i = 0; i < nmembers; i++) {
+        pthread_join(f->t[i], NULL);
+        host.p11->C_CloseSession(f->s[i]);
+    }
 }
 
 static double cpu_ms(void)
@@ -416,14 +453,12 @@ static void scenario_sweep(void)
     struct plan p_fan = {20, 200, 1000, 3000};
     struct cost k_lib, k_flo, k_leg, k_fan;
     struct fanout fo;
-    struct fan_arg fa[MAX];
     CK_SESSION_HANDLE hs;
     CK_HA_STATUS st;
     double first, t0;
     long e_lib, e_leg, e_flo, e_fan;
     char a[32], b[32], c[32], d[32], e[32], f[32], g[32], ks[256];
     CK_RV rv;
-    int i;
 
     /* The first call loads the configuration, the module and opens the
      * monitor sessions. */
@@ -446,31 +481,9 @@ static void scenario_sweep(void)
     emit("floor", 1, &flo, ",\"errors\":%ld%s", e_flo, cost_json(ks, sizeof ks, &k_flo));
 
     /* The ideal fan-out, in C threads. */
-    memset(&fo, 0, sizeof fo);
-    pthread_mutex_init(&fo.mu, NULL);
-    pthread_cond_init(&fo.go, NULL);
-    pthread_cond_init(&fo.done, NULL);
-    for (i = 0; i < nmembers; i++) {
-        if (host.p11->C_OpenSession(slots[i], CKF_SERIAL_SESSION, NULL, NULL, &fo.s[i]) != CKR_OK) {
-            fprintf(stderr, "bench: cannot open a fan-out session on member %d\n", i);
-            exit(2);
-        }
-        fa[i].f = &fo;
-        fa[i].i = i;
-        if (pthread_create(&fo.t[i], NULL, fan_main, &fa[i]) != 0) {
-            fprintf(stderr, "bench: pthread_create failed\n");
-            exit(2);
-        }
-    }
+    fanout_start(&fo);
     e_fan = measure(&fan, op_fanout, &fo, p_fan, &k_fan);
-    pthread_mutex_lock(&fo.mu);
-    fo.stop = 1;
-    pthread_cond_broadcast(&fo.go);
-    pthread_mutex_unlock(&fo.mu);
-    for (i = 0; i < nmembers; i++) {
-        pthread_join(fo.t[i], NULL);
-        host.p11->C_CloseSession(fo.s[i]);
-    }
+    fanout_stop(&fo);
     emit("c_fanout", 1, &fan, ",\"errors\":%ld%s", e_fan, cost_json(ks, sizeof ks, &k_fan));
 
     e_leg = measure(&leg, op_legacy, NULL, p_leg, &k_leg);
@@ -488,6 +501,79 @@ static void scenario_sweep(void)
     release(&lib);
     release(&leg);
     release(&flo);
+}
+
+/* libhaext against the C fan-out in the same process, call by call
+ * alternating so that both see the same machine: "hot" back to back, and
+ * "cold" after 20 ms of idleness before each call, as a periodic monitor
+ * calls. The ratio of the medians is the fan-out ratio of BENCHMARKS.md. */
+static void scenario_fanout(void)
+{
+    static const struct {
+        const char *name;
+        long idle_us;
+    } regimes[] = {{"hot", 0}, {"cold", 20000}};
+    struct fanout fo;
+    CK_HA_STATUS st;
+    int r;
+
+    if (!all_ok(ha_call(&st), &st)) {
+        fprintf(stderr, "bench: fanout: first call not all CKR_OK\n");
+    }
+    fanout_start(&fo);
+    for (r = 0; r < 2; r++) {
+        struct samples lib = {0}, fan = {0};
+        long e_lib = 0, e_fan = 0;
+        int i, n = quick ? 40 : (regimes[r].idle_us ? 300 : 2000);
+        char a[32], b[32];
+        for (i = 0; i < 20; i++) { /* warm both */
+            op_libhaext(NULL);
+            op_fanout(&fo);
+        }
+        for (i = 0; i < n; i++) {
+            double t0;
+            if (regimes[r].idle_us) {
+                sleep_ms(regimes[r].idle_us / 1000);
+            }
+            t0 = now_ms();
+            e_lib += op_libhaext(NULL) != 0;
+            add(&lib, now_ms() - t0);
+            if (regimes[r].idle_us) {
+                sleep_ms(regimes[r].idle_us / 1000);
+            }
+            t0 = now_ms();
+            e_fan += op_fanout(&fo) != 0;
+            add(&fan, now_ms() - t0);
+        }
+        emit("fanout", 1, &lib, ",\"regime\":\"%s\",\"errors\":%ld,\"c_fanout_p50_ms\":%s,\"c_fanout_p99_ms\":%s,"
+             "\"c_fanout_errors\":%ld,\"libhaext_over_c_fanout\":%.3f",
+             regimes[r].name, e_lib, jnum(a, sizeof a, pct(&fan, 50)), jnum(b, sizeof b, pct(&fan, 99)), e_fan,
+             pct(&lib, 50) / pct(&fan, 50));
+        release(&lib);
+        release(&fan);
+    }
+    fanout_stop(&fo);
+}
+
+/* A host with the library loaded and every member healthy, doing nothing:
+ * the process's context switches and CPU time over BENCH_IDLE_SECONDS
+ * (default 20), after one status call and one second to settle. */
+static void scenario_idle(void)
+{
+    const char *env = getenv("BENCH_IDLE_SECONDS");
+    double seconds = env ? atof(env) : (quick ? 5 : 20), x0, c0, t0, el;
+    CK_HA_STATUS st;
+    if (!all_ok(ha_call(&st), &st)) {
+        fprintf(stderr, "bench: idle: first call not all CKR_OK\n");
+    }
+    sleep_ms(1000);
+    x0 = ctx_switches();
+    c0 = cpu_ms();
+    t0 = now_ms();
+    sleep_ms((long)(seconds * 1000));
+    el = (now_ms() - t0) / 1000.0;
+    emit("idle", 0, NULL, ",\"seconds\":%.1f,\"ctxsw_per_s\":%.2f,\"cpu_ms_per_s\":%.3f,\"threads\":%d",
+         el, (ctx_switches() - x0 - 1) / el, (cpu_ms() - c0) / el, thread_count());
 }
 
 /* libhaext alone, under the name given (a diagnostic variant of the sweep,
@@ -658,7 +744,7 @@ static void lab(const char *action, int idx)
 static int expect(CK_RV rv, const CK_HA_STATUS *st, int which, CK_RV want, int also_down)
 {
     int i;
-    if (rv != CKR_OK || st->listSize != nmembers) {
+    if (rv != CKR_OK || st->listSize != (CK_ULONG)nmembers) {
         return 0;
     }
     for (i = 0; i < nmembers; i++) {
@@ -745,7 +831,7 @@ static void scenario_faults(void)
         double a = now_ms();
         rv = ha_call(&st);
         ms = now_ms() - a;
-        if (rv == CKR_OK && st.listSize == nmembers && st.memberList[2].memberStatus == CKR_OK) {
+        if (rv == CKR_OK && st.listSize == (CK_ULONG)nmembers && st.memberList[2].memberStatus == CKR_OK) {
             back = now_ms() - t0;
             break;
         }
@@ -760,7 +846,6 @@ static void scenario_faults(void)
 
 int main(int argc, char **argv)
 {
-    char *list, *tok, *save = NULL;
     const char *env;
     int i, argi = 1;
 
@@ -774,16 +859,11 @@ int main(int argc, char **argv)
         argi = 3;
     }
     if (argi >= argc) {
-        fprintf(stderr, "usage: %s [--json FILE] sweep|concurrency|resources|faults|libonly=NAME|libthread=NAME...\n",
+        fprintf(stderr, "usage: %s [--json FILE] sweep|fanout|idle|concurrency|resources|faults|libonly=NAME|libthread=NAME...\n",
                 argv[0]);
         return 2;
     }
-    list = strdup(need_env("HALAB_SERIALS"));
-    for (tok = strtok_r(list, " ", &save); tok && nmembers < MAX; tok = strtok_r(NULL, " ", &save)) {
-        snprintf(serial_text[nmembers], sizeof serial_text[0], "%s", tok);
-        serials[nmembers++] = parse_serial(tok);
-    }
-    free(list);
+    nmembers = lab_members(serial_text, serials, MAX);
     latency_us = (env = getenv("BENCH_LATENCY_US")) ? atol(env) : 0;
     timeout_ms = (env = getenv("BENCH_TIMEOUT_MS")) ? atof(env) : 3000;
     quick = (env = getenv("BENCH_QUICK")) && strcmp(env, "1") == 0;
@@ -793,13 +873,7 @@ int main(int argc, char **argv)
     /* A benchmark, not a test of signal handling: a SIGPIPE from a write to
      * a dead member must not end the run. */
     signal(SIGPIPE, SIG_IGN);
-    for (i = 0; i < nmembers; i++) {
-        slots[i] = slot_of_serial(&host, serial_text[i]);
-        if (slots[i] == (CK_SLOT_ID)-1) {
-            fprintf(stderr, "bench: member %s not found in the module\n", serial_text[i]);
-            return 2;
-        }
-    }
+    lab_slots(&host, serial_text, nmembers, slots);
     for (i = argi; i < argc; i++) {
         if (strcmp(argv[i], "sweep") == 0) {
             scenario_sweep();
@@ -813,6 +887,10 @@ int main(int argc, char **argv)
             scenario_resources();
         } else if (strcmp(argv[i], "faults") == 0) {
             scenario_faults();
+        } else if (strcmp(argv[i], "fanout") == 0) {
+            scenario_fanout();
+        } else if (strcmp(argv[i], "idle") == 0) {
+            scenario_idle();
         } else {
             fprintf(stderr, "bench: unknown scenario %s\n", argv[i]);
             return 2;

@@ -128,19 +128,20 @@ for lat in $latencies; do
         dir=$work/lab-$n-$lat
         log "lab: $n members, ${lat} us injected"
         up "$dir" "$n" "$lat"
-        bench "$dir" "$lat" -- sweep
-        if [ "$n" -eq 32 ] && [ "$lat" -gt 0 ]; then
-            # Diagnostic: the same calls with more Go Ps than members.
-            bench "$dir" "$lat" GOMAXPROCS=64 -- libonly=libhaext_gomaxprocs64
+        if [ "$lat" -le 1000 ]; then
+            bench "$dir" "$lat" -- sweep fanout
+        else
+            bench "$dir" "$lat" -- sweep
         fi
         down "$dir"
     done
 done
 
-# 2. Resources: 8 members, no injected latency, a fresh process.
+# 2. Idle, then resources: 8 members, no injected latency, fresh processes.
 dir=$work/lab-res
-log "lab: resources (8 members, 0 us)"
+log "lab: idle and resources (8 members, 0 us)"
 up "$dir" 8 0
+bench "$dir" 0 -- idle
 bench "$dir" 0 -- resources
 down "$dir"
 
@@ -150,6 +151,14 @@ dir=$work/lab-conc
 log "lab: concurrency (8 members, 1000 us)"
 up "$dir" 8 1000
 bench "$dir" 1000 -- concurrency
+# Stage 3 with the monitor session (C_GetSessionInfo) and without any
+# session (haExtMonitorSession = disabled: C_GetTokenInfo), side by side on
+# the same lab, one process each.
+nosession=$work/conf-nosession
+mkdir -p "$nosession"
+sed "s#^HAConfiguration = {#&\n   haExtMonitorSession = disabled;#" "$dir/Chrystoki.conf" >"$nosession/Chrystoki.conf"
+bench "$dir" 1000 -- libonly=stage3_session
+bench "$dir" 1000 ChrystokiConfigurationPath="$nosession" -- libonly=stage3_token
 down "$dir"
 for lat in 1000 0; do
     # The 1 ms lab is the reference; the 0 us one shows the library's own

@@ -260,3 +260,27 @@ const char *status_name(CK_RV rv)
     snprintf(buf, sizeof buf, "0x%08lx", rv);
     return buf;
 }
+
+int lab_members(char text[][32], CK_ULONG *serials, int max)
+{
+    char *list = strdup(need_env("HALAB_SERIALS")), *tok, *save = NULL;
+    int n = 0;
+    for (tok = strtok_r(list, " ", &save); tok && n < max; tok = strtok_r(NULL, " ", &save)) {
+        snprintf(text[n], 32, "%s", tok);
+        serials[n++] = parse_serial(tok);
+    }
+    free(list);
+    return n;
+}
+
+void lab_slots(struct host *h, char text[][32], int n, CK_SLOT_ID *slots)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        slots[i] = slot_of_serial(h, text[i]);
+        if (slots[i] == (CK_SLOT_ID)-1) {
+            fprintf(stderr, "member %s not found in the module\n", text[i]);
+            exit(2);
+        }
+    }
+}

@@ -49,6 +49,15 @@ long rss_kib(void);
  * member: kill, stop, cont, ...) and waits for it; returns 0 on success. */
 int lab_run(const char *action, int idx);
 
+/* The lab's members, as the test programs see them: reads HALAB_SERIALS
+ * (the serials as the tokens report them, in group order) into text and,
+ * parsed, into serials; returns how many (at most max). Exits when the
+ * variable is missing. */
+int lab_members(char text[][32], CK_ULONG *serials, int max);
+/* Finds the slot of each of the n members in the host's module; exits when
+ * one is missing. */
+void lab_slots(struct host *h, char text[][32], int n, CK_SLOT_ID *slots);
+
 /* Required environment variable; exits when missing. */
 const char *need_env(const char *name);
 

@@ -60,6 +60,34 @@ else
     failed=$((failed + 1))
 fi
 
+# The host's login state, with libhaext's monitor sessions (the default)
+# and without any session (haExtMonitorSession = disabled).
+for variant in default nosession; do
+    dir=$work/lab-login-$variant
+    bash "$lab" up --dir "$dir" --mode direct --members 2 >/dev/null
+    if [ "$variant" = nosession ]; then
+        sed -i "s#^HAConfiguration = {#&\n   haExtMonitorSession = disabled;#" "$dir/Chrystoki.conf"
+    fi
+    run "login-$variant" "$dir" "$build/test_login" "$variant"
+    bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+done
+
+# The HA log to a standard output nobody reads: the host must survive with
+# SIGPIPE at its default action, ignored, or handled by its own handler.
+bash "$lab" up --dir "$work/lab-sigpipe" --mode direct --members 3 >/dev/null
+run sigpipe "$work/lab-sigpipe" "$build/test_sigpipe"
+bash "$lab" down --dir "$work/lab-sigpipe" >/dev/null 2>&1 || true
+
+# The ABI as applications build against it (test/c/abi.sh), the threads'
+# signal masks, per-thread last errors and fork children (test_capi), and a
+# sigtimedwait host under a signal burst (test_sigwait), on a SoftHSM2
+# group of their own.
+bash "$lab" up --dir "$work/lab-abi" --mode direct --members 3 --group-serial 1000001 >/dev/null
+run abi "$work/lab-abi" env HALAB_GROUP_SERIAL=1000001 bash "$here/abi.sh"
+run capi "$work/lab-abi" env HALAB_GROUP_SERIAL=1000001 "$build/test_capi"
+run sigwait "$work/lab-abi" "$build/test_sigwait"
+bash "$lab" down --dir "$work/lab-abi" >/dev/null 2>&1 || true
+
 # Networked members: one p11-kit server per member behind p11-kit-proxy.
 # p11-kit-proxy gives every caller of C_GetFunctionList its own instance; a
 # vendor client is one instance per process. Scenarios where the host and
@@ -95,6 +123,9 @@ fault closeall closeall 3 spy
 fault reinit reinit 3 spy
 fault spy spy 3 spy
 fault stress stress 4 proxy
+fault lend lend 3 proxy
+fault lend-late lend-late 3 proxy
+fault percaller percaller 3 proxy
 
 # hastatus --watch while a member hangs and resumes (the README shows this
 # by hand).
@@ -111,19 +142,26 @@ echo "== watch"
 dir=$work/lab-watch
 bash "$lab" up --dir "$dir" --mode net --members 3 --timeout "$timeout_s" >/dev/null
 rc=0
-bash "$lab" exec --dir "$dir" -- timeout --preserve-status -s INT 7 "$build/hastatus" --watch 200ms \
+bash "$lab" exec --dir "$dir" -- timeout --preserve-status -s INT 11 "$build/hastatus" --watch 200ms \
     >"$work/watch.log" 2>&1 &
 watcher=$!
 sleep 1.5
 bash "$lab" stop --dir "$dir" 1 2>/dev/null
 sleep 3
 bash "$lab" cont --dir "$dir" 1 2>/dev/null
+sleep 1.5
+bash "$lab" kill --dir "$dir" 2 2>/dev/null # its p11-kit server stays up
 wait "$watcher" || rc=$?
 sed 's/^/   /' "$work/watch.log"
 m01=$(. "$dir/env" && echo "$HALAB_SERIALS" | cut -d' ' -f2)
+m02=$(. "$dir/env" && echo "$HALAB_SERIALS" | cut -d' ' -f3)
 check_line "hastatus --watch prints the hang with a timestamp" \
     "^[0-9T:.-]+Z  halab  $m01  alive -> down \(timeout\)$" "$work/watch.log"
 check_line "and the recovery" "^[0-9T:.-]+Z  halab  $m01  down \(timeout\) -> alive$" "$work/watch.log"
+check_line "a killed member is reported down" "^[0-9T:.-]+Z  halab  $m02  alive -> down \((socket down|no instance)\)$" \
+    "$work/watch.log"
+check_line "and alive again without restarting hastatus (it re-initializes its own module)" \
+    "^[0-9T:.-]+Z  halab  $m02  down \((socket down|no instance)\) -> alive$" "$work/watch.log"
 if [ "$rc" -eq 0 ]; then
     echo "   ok - hastatus stops on SIGINT with exit status 0 (all alive at the end)"
     passed=$((passed + 1))

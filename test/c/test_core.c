@@ -27,12 +27,20 @@ static CK_SLOT_ID slots[MAX];
 static CK_ULONG group_serial;
 
 /* A CK_HA_STATUS as Luna's cryptoki_v2.h lays it out (CK_USHORT is
- * unsigned long there). */
+ * unsigned long there, as in cryptoki_ha.h). */
 typedef struct {
     CK_ULONG groupSerial;
     CK_HA_MEMBER memberList[CK_HA_MAX_MEMBERS];
     unsigned long listSize;
 } luna_ha_status;
+
+/* The same from a header that types CK_USHORT as unsigned short (as
+ * cryptoki_ha.h did before 1.1). */
+typedef struct {
+    CK_ULONG groupSerial;
+    CK_HA_MEMBER memberList[CK_HA_MAX_MEMBERS];
+    unsigned short listSize;
+} short_ha_status;
 
 static void test_layout(void)
 {
@@ -140,13 +148,13 @@ static void test_bad_input(const char *scratch)
 
 static int report_is_group(const CK_HA_STATUS *st, CK_RV want, const char *what)
 {
-    int i, ok = st->groupSerial == group_serial && st->listSize == nmembers;
+    int i, ok = st->groupSerial == group_serial && st->listSize == (CK_ULONG)nmembers;
     for (i = 0; ok && i < nmembers; i++) {
         ok = st->memberList[i].memberSerial == serials[i] && st->memberList[i].memberStatus == want;
     }
     if (!ok) {
         note("%s: groupSerial %lu listSize %u", what, st->groupSerial, (unsigned)st->listSize);
-        for (i = 0; i < st->listSize && i < CK_HA_MAX_MEMBERS; i++) {
+        for (i = 0; i < (int)st->listSize && i < CK_HA_MAX_MEMBERS; i++) {
             note("  member %lu %s", st->memberList[i].memberSerial, status_name(st->memberList[i].memberStatus));
         }
     }
@@ -157,6 +165,7 @@ static void test_healthy(void)
 {
     CK_HA_STATUS st;
     luna_ha_status luna;
+    short_ha_status shortst;
     int i;
     double t0, worst = 0;
     CK_RV rv;
@@ -180,17 +189,18 @@ static void test_healthy(void)
     rv = host.get_state(slots[0], (CK_HA_STATE_PTR)(void *)&luna);
     check(rv == CKR_OK && luna.listSize == (unsigned long)nmembers,
           "listSize reads right through Luna's unsigned long CK_USHORT (%lu)", luna.listSize);
-    memset(&st, 0xA5, sizeof st);
-    host.get_state(slots[0], &st);
-    check(st.listSize == nmembers, "listSize reads right through unsigned short (%u)", (unsigned)st.listSize);
+    memset(&shortst, 0xA5, sizeof shortst);
+    host.get_state(slots[0], (CK_HA_STATE_PTR)(void *)&shortst);
+    check(shortst.listSize == nmembers, "listSize reads right through unsigned short (%u)",
+          (unsigned)shortst.listSize);
     {
         int tail_zero = 1;
-        unsigned char *p = (unsigned char *)&st;
+        unsigned char *p = (unsigned char *)&shortst;
         size_t k;
         for (k = 8 + 16 * (size_t)nmembers; k < 520; k++) {
             tail_zero &= p[k] == 0;
         }
-        for (k = 522; k < sizeof st; k++) {
+        for (k = 522; k < sizeof shortst; k++) {
             tail_zero &= p[k] == 0;
         }
         check(tail_zero, "unused members and padding are zeroed over garbage");
@@ -341,28 +351,15 @@ static void test_threads(void)
 int main(void)
 {
     const char *scratch = need_env("HALAB_SCRATCH");
-    char *list = strdup(need_env("HALAB_SERIALS")), *tok, *save = NULL;
-    int i;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    for (tok = strtok_r(list, " ", &save); tok && nmembers < MAX; tok = strtok_r(NULL, " ", &save)) {
-        snprintf(serial_text[nmembers], sizeof serial_text[0], "%s", tok);
-        serials[nmembers] = parse_serial(tok);
-        nmembers++;
-    }
-    free(list);
+    nmembers = lab_members(serial_text, serials, MAX);
     group_serial = parse_serial(need_env("HALAB_GROUP_SERIAL"));
     unsetenv("ChrystokiConfigurationPath");
 
     test_layout();
     host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
-    for (i = 0; i < nmembers; i++) {
-        slots[i] = slot_of_serial(&host, serial_text[i]);
-        if (slots[i] == (CK_SLOT_ID)-1) {
-            fprintf(stderr, "member %s not found in the module\n", serial_text[i]);
-            return 2;
-        }
-    }
+    lab_slots(&host, serial_text, nmembers, slots);
     test_bad_input(scratch);
     test_healthy();
     test_unknown_slots();

@@ -6,7 +6,7 @@
  * p11-kit-remote process.
  *
  *   test_faults SCENARIO     killed | killed-noep | hung | closeall |
- *                            reinit | spy | stress
+ *                            reinit | spy | stress | lend | lend-late | percaller
  *
  * Environment (from test/c/run.sh): LIBHAEXT, HALAB_MODULE, HALAB_DIR,
  * HALAB_SERIALS, HALAB_LAB_SH, HALAB_TIMEOUT_MS; for spy: HALAB_SPY_LOG.
@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
+#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,7 +87,7 @@ static CK_RV call(CK_HA_STATUS *st, double *ms)
 static int well_formed(const CK_HA_STATUS *st)
 {
     int i;
-    if (st->listSize != nmembers) {
+    if (st->listSize != (CK_ULONG)nmembers) {
         return 0;
     }
     for (i = 0; i < nmembers; i++) {
@@ -114,7 +115,7 @@ static void show(const char *what, const CK_HA_STATUS *st, double ms)
 {
     char line[512];
     int i, n = snprintf(line, sizeof line, "%s (%.1f ms):", what, ms);
-    for (i = 0; i < st->listSize && i < MAX && n < (int)sizeof line; i++) {
+    for (i = 0; i < (int)st->listSize && i < MAX && n < (int)sizeof line; i++) {
         n += snprintf(line + n, sizeof line - n, " %s", status_name(st->memberList[i].memberStatus));
     }
     note("%s", line);
@@ -317,6 +318,41 @@ static void scenario_closeall(void)
     check(one_each, "one monitor session per member afterwards");
 }
 
+/* Between the host's C_Finalize and its C_Initialize, a member's slot
+ * gets either a report whose members are all CKR_HA_NO_INSTANCE, or
+ * CKR_FUNCTION_FAILED with the reason; never CKR_SLOT_ID_INVALID. */
+static void finalize_window(void)
+{
+    CK_HA_STATUS st;
+    char why[256];
+    int i, k, ok = 1, calls = 0;
+
+    for (k = 0; k < 3; k++) {
+        for (i = 0; i < nmembers; i++) {
+            CK_RV rv = host.get_state(slots[i], &st);
+            calls++;
+            if (rv == CKR_OK) {
+                CK_ULONG j;
+                for (j = 0; j < st.listSize; j++) {
+                    if (st.memberList[j].memberStatus != CKR_HA_NO_INSTANCE) {
+                        note("slot %lu in the finalize window: member %lu %s", (unsigned long)slots[i],
+                             (unsigned long)j, status_name(st.memberList[j].memberStatus));
+                        ok = 0;
+                    }
+                }
+            } else if (rv == CKR_FUNCTION_FAILED) {
+                ok &= host.last_error(why, sizeof why) > 0;
+            } else {
+                note("slot %lu in the finalize window: %s", (unsigned long)slots[i], status_name(rv));
+                ok = 0;
+            }
+        }
+        sleep_ms(300);
+    }
+    check(ok, "finalize window: %d calls on members' slots, each CKR_HA_NO_INSTANCE or CKR_FUNCTION_FAILED "
+              "with the reason, none CKR_SLOT_ID_INVALID", calls);
+}
+
 /* Fault 5: a killed member whose server is still up. p11-kit's client does
  * not reconnect until the module is initialized again, which is the host's
  * decision: the library reports the member down, never finalizes the
@@ -351,6 +387,7 @@ static void scenario_reinit(void)
      * is the host's business, as the library guards its own calls. */
     host_guard_sigpipe(1);
     host.p11->C_Finalize(NULL);
+    finalize_window();
     memset(&args, 0, sizeof args);
     args.flags = CKF_OS_LOCKING_OK;
     rv = host.p11->C_Initialize(&args);
@@ -360,6 +397,89 @@ static void scenario_reinit(void)
     back = wait_all_ok(8000);
     check(back >= 0, "after the host's re-initialization every member is CKR_OK again (%.0f ms)", back);
 
+}
+
+/* The host re-initializes its module after a member's connection died,
+ * and then wants every member back (scenarios lend and percaller). */
+static CK_RV host_reinitialize(void)
+{
+    CK_C_INITIALIZE_ARGS args;
+    CK_RV rv;
+    host_guard_sigpipe(1);
+    host.p11->C_Finalize(NULL);
+    memset(&args, 0, sizeof args);
+    args.flags = CKF_OS_LOCKING_OK;
+    rv = host.p11->C_Initialize(&args);
+    host_guard_sigpipe(0);
+    return rv;
+}
+
+/* Kills member 1 and waits until it is reported down. */
+static void kill_member_1(void)
+{
+    CK_HA_STATUS st;
+    double ms = 0, t0 = now_ms();
+    CK_RV rv;
+    int down = 0;
+    lab("kill", 1);
+    while (!down && now_ms() - t0 < timeout_ms + 2500) {
+        rv = call(&st, &ms);
+        down = rv == CKR_OK && st.memberList[1].memberStatus != CKR_OK && others_ok(&st, 1);
+        sleep_ms(50);
+    }
+    show("member 1 killed", &st, ms);
+    check(down, "member 1 reported down, the others CKR_OK");
+}
+
+/* Fault 8: p11-kit-proxy gives every C_GetFunctionList caller its own
+ * instance. The host lends libhaext its own with CA_SetHAExtFunctionList,
+ * before the first status call or (late) after it, when libhaext already
+ * runs an instance of its own and must let it go: after a member's
+ * connection died, the host's C_Finalize + C_Initialize succeeds and every
+ * member comes back. */
+static void scenario_lend(int late)
+{
+    CK_RV (*lend)(CK_FUNCTION_LIST_PTR) = (CK_RV(*)(CK_FUNCTION_LIST_PTR))dlsym(host.ha_handle,
+                                                                              "CA_SetHAExtFunctionList");
+    char why[512];
+    double back;
+    CK_RV rv;
+
+    check(lend != NULL, "libhaext.so exports CA_SetHAExtFunctionList");
+    if (lend == NULL) {
+        return;
+    }
+    check(lend(NULL) == CKR_ARGUMENTS_BAD, "CA_SetHAExtFunctionList(NULL) is CKR_ARGUMENTS_BAD");
+    if (late) {
+        start_healthy(); /* on an instance of libhaext's own */
+    }
+    check(lend(host.p11) == CKR_OK, "the host lends libhaext its function list%s", late ? ", late" : "");
+    start_healthy();
+    if (!late) {
+        check(host.last_error(why, sizeof why) == 0 || strstr(why, "CA_SetHAExtFunctionList") == NULL,
+              "no notice about an instance of libhaext's own");
+    }
+    kill_member_1();
+    rv = host_reinitialize();
+    check(rv == CKR_OK, "the host's C_Finalize + C_Initialize succeeds (%s)", status_name(rv));
+    back = wait_all_ok(5000);
+    check(back >= 0, "every member CKR_OK again within 5 s (%.0f ms)", back);
+}
+
+/* Fault 9: the same module without lending: libhaext says, once, that it
+ * runs an instance of its own. */
+static void scenario_percaller(void)
+{
+    char why[512];
+    CK_RV rv;
+
+    start_healthy();
+    check(host.last_error(why, sizeof why) > 0 && strstr(why, "CA_SetHAExtFunctionList") != NULL,
+          "the first report comes with the notice that the module gives each caller its own instance");
+    note("last error: %s", why);
+    kill_member_1();
+    rv = host_reinitialize();
+    note("without lending, the host's re-initialization answers %s", status_name(rv));
 }
 
 static int count_calls(const char *log, const char *fn)
@@ -496,17 +616,10 @@ static void scenario_stress(void)
 
 int main(int argc, char **argv)
 {
-    char *list, *tok, *save = NULL;
     const char *scenario = argc > 1 ? argv[1] : "";
-    int i;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    list = strdup(need_env("HALAB_SERIALS"));
-    for (tok = strtok_r(list, " ", &save); tok && nmembers < MAX; tok = strtok_r(NULL, " ", &save)) {
-        snprintf(serial_text[nmembers], sizeof serial_text[0], "%s", tok);
-        serials[nmembers++] = parse_serial(tok);
-    }
-    free(list);
+    nmembers = lab_members(serial_text, serials, MAX);
     timeout_ms = atof(need_env("HALAB_TIMEOUT_MS"));
 
     host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
@@ -522,15 +635,15 @@ int main(int argc, char **argv)
         sigaction(SIGPIPE, NULL, &sa);
         sigpipe_was_default = sa.sa_handler == SIG_DFL;
     }
-    for (i = 0; i < nmembers; i++) {
-        slots[i] = slot_of_serial(&host, serial_text[i]);
-        if (slots[i] == (CK_SLOT_ID)-1) {
-            fprintf(stderr, "member %s not found in the module\n", serial_text[i]);
-            return 2;
-        }
-    }
+    lab_slots(&host, serial_text, nmembers, slots);
     if (strcmp(scenario, "killed") == 0) {
         scenario_killed();
+    } else if (strcmp(scenario, "lend") == 0) {
+        scenario_lend(0);
+    } else if (strcmp(scenario, "lend-late") == 0) {
+        scenario_lend(1);
+    } else if (strcmp(scenario, "percaller") == 0) {
+        scenario_percaller();
     } else if (strcmp(scenario, "killed-noep") == 0) {
         scenario_killed_noep();
     } else if (strcmp(scenario, "hung") == 0) {
@@ -544,7 +657,7 @@ int main(int argc, char **argv)
     } else if (strcmp(scenario, "stress") == 0) {
         scenario_stress();
     } else {
-        fprintf(stderr, "usage: %s killed|killed-noep|hung|closeall|reinit|spy|stress\n", argv[0]);
+        fprintf(stderr, "usage: %s killed|killed-noep|hung|closeall|reinit|spy|stress|lend|lend-late|percaller\n", argv[0]);
         return 2;
     }
     return done();

@@ -44,6 +44,13 @@ ok "header, hastatus and haext.pc installed" \
     test -f "$stage$prefix/include/cryptoki_ha.h" -a -x "$stage$prefix/bin/hastatus" -a -f "$lib/pkgconfig/haext.pc"
 ok "haext.pc names the PREFIX, not the DESTDIR" \
     bash -c "grep -qx 'prefix=$prefix' '$lib/pkgconfig/haext.pc' && ! grep -q '$stage' '$lib/pkgconfig/haext.pc'"
+# A second install with another PREFIX right after the first must not reuse
+# the first's haext.pc.
+make -s -C "$top" install DESTDIR="$work/stage2" PREFIX=/opt/haext >"$work/install2.log" 2>&1 ||
+    { cat "$work/install2.log"; failed=$((failed + 1)); }
+ok "a second install with PREFIX=/opt/haext installs a haext.pc that names /opt/haext" \
+    bash -c "grep -qx 'prefix=/opt/haext' '$work/stage2/opt/haext/lib/pkgconfig/haext.pc' &&
+        grep -qx 'libdir=/opt/haext/lib' '$work/stage2/opt/haext/lib/pkgconfig/haext.pc'"
 
 # Build the example as its comment says, with the staged tree in front of
 # the prefix (the files are not in /usr/local until a real install).

@@ -1,0 +1,66 @@
+/*
+ * lanes.h - stage 3 on C threads: one lane (a parked pthread) per member,
+ * released by one broadcast, making the member's lightweight call from C.
+ *
+ * A status call starts or joins the rounds of its members and waits for
+ * them in one call (hx_lanes_check); the Go engine only orchestrates. At
+ * most one call per member is in flight: a caller that finds a round
+ * running joins it, and one that finds a round older than the stuck limit
+ * reports CKR_HA_TIMEOUT at once, so a hung member pins exactly its lane.
+ */
+#ifndef HAEXT_LANES_H
+#define HAEXT_LANES_H
+
+#include <stdint.h>
+
+#include "call.h"
+
+/* The most members one status call checks (CK_HA_MAX_MEMBERS). */
+#define HX_MAX_LANES_PER_CALL 32
+
+/* How a lane makes its lightweight call. */
+enum hx_mode {
+    HX_MODE_SESSION = 0, /* C_GetSessionInfo on the engine's own session */
+    HX_MODE_BORROW = 1,  /* C_GetSessionInfo on a session the host lends */
+    HX_MODE_TOKEN = 2,   /* C_GetTokenInfo on the member's slot: no session */
+};
+
+/* Results besides a CK_RV. */
+#define HX_RV_TIMEOUT ((CK_RV)-1) /* no result before the deadline */
+#define HX_RV_STUCK ((CK_RV)-2)   /* the member's running call is older than the stuck limit */
+#define HX_RV_GATE ((CK_RV)-3)    /* the host's gate is closed (C_Finalize) */
+
+struct hx_req {
+    int lane;
+    int mode;
+    CK_SLOT_ID slot;
+    CK_SESSION_HANDLE session;
+};
+
+struct hx_res {
+    CK_RV rv;
+    int64_t took_ns; /* from the start of hx_lanes_check to the result */
+};
+
+struct hx_lanes;
+
+/* Starts n lanes over host (which must outlive them). A round running for
+ * stuck_ns or longer is not joined. Returns NULL when a thread could not be
+ * created. */
+struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int64_t stuck_ns);
+/* Runs one round on each requested lane (starting it, or joining the one
+ * running) and waits at most wait_ns for all of them. */
+void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res);
+/* Stops the lanes: idle ones exit now, one inside a vendor call when the
+ * call returns. */
+void hx_lanes_stop(struct hx_lanes *p);
+/* Waits at most wait_ns for every lane to be out of its vendor call;
+ * returns how many are still inside one. */
+int hx_lanes_wait_idle(struct hx_lanes *p, int64_t wait_ns);
+/* Drops the owner's hold: the last of the owner and the lane threads frees
+ * the pool. The pool must not be used afterwards. */
+void hx_lanes_release(struct hx_lanes *p);
+/* Lanes inside a call older than the stuck limit. */
+int hx_lanes_stuck(struct hx_lanes *p);
+
+#endif
