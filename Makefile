@@ -46,6 +46,10 @@ $(BUILD)/test_%: test/c/test_%.c test/c/harness.c test/c/harness.h include/crypt
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< test/c/harness.c -ldl -lpthread
 
+$(BUILD)/test_net: test/c/test_net.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -o $@ test/c/test_net.c test/c/harness.c -ldl -lpthread
+
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
@@ -60,7 +64,8 @@ test-go:
 	$(GO) test -race -count=1 ./...
 
 test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login \
-	$(BUILD)/test_sigpipe $(BUILD)/test_capi $(BUILD)/test_sigwait
+	$(BUILD)/test_sigpipe $(BUILD)/test_capi $(BUILD)/test_sigwait \
+	$(BUILD)/test_net
 	bash test/c/run.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus

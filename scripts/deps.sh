@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing libhaext needs, only when it is missing:
-# a C and a C++ compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers) and
-# OpenSC's pkcs11-spy. Go itself (1.22 or newer) must be on PATH; Go modules
+# a C and a C++ compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers),
+# OpenSC's pkcs11-spy, and for network members Caml Crush, iptables,
+# iproute2 and openssl. Go itself (1.22 or newer) must be on PATH; Go modules
 # come through the module proxy on first build.
 set -euo pipefail
 
@@ -22,6 +23,15 @@ have_cmd pgrep || need+=(procps)           # the lab finds member processes
 have_cmd readelf || need+=(binutils)       # the install test and the export check (nm)
 have_cmd awk || need+=(mawk)
 have_cmd python3 || need+=(python3) # make bench writes BENCHMARKS.md with it
+# Network members (test/lab/camlcrush.sh): Caml Crush's server and clients,
+# iptables and iproute2 inside the lab's network namespace, openssl for its
+# certificates, nsenter (util-linux) to enter it.
+have_cmd pkcs11proxyd || need+=(caml-crush-server)
+have_file '/usr/lib/*/caml-crush/libp11clienttcp.so' || need+=(caml-crush-clients)
+have_cmd iptables || need+=(iptables)
+have_cmd ip || need+=(iproute2)
+have_cmd openssl || need+=(openssl)
+have_cmd nsenter || need+=(util-linux)
 
 if ! have_cmd go; then
     echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.22 or newer" >&2

@@ -64,6 +64,9 @@ type system struct {
 }
 
 func main() {
+	if os.Getenv(guardEnv) == "" {
+		os.Exit(guard(os.Args[1:])) // the work is done in a child: see guard.go
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr, system{

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -25,15 +26,28 @@ const fdDir = "/proc/self/fd"
 // tcpEstablished is TCP_ESTABLISHED, the tcpi_state of a usable connection.
 const tcpEstablished = 1
 
+// defaultRelookup is the least time between two background look-ups of a
+// host name whose endpoint has no healthy connection.
+const defaultRelookup = 5 * time.Second
+
+// lookupNetIP resolves host names (the system resolver; tests replace it).
+var lookupNetIP = net.DefaultResolver.LookupNetIP
+
 // Checker reports on the endpoints it was prepared for. TCP host names are
-// resolved once, by NewChecker. Concurrent checks share one scan of the
-// descriptors: a check that arrives while a scan is in flight waits for it
-// rather than making its own, as concurrent status calls share a member's
-// lightweight call.
+// resolved by NewChecker; a name whose endpoint then has no healthy
+// connection (it did not resolve at start, or the member moved) is looked up
+// again in the background, at most once per relookup interval, and never
+// inside a check. Concurrent checks share one scan of the descriptors: a
+// check that arrives while a scan is in flight waits for it rather than
+// making its own, as concurrent status calls share a member's lightweight
+// call.
 type Checker struct {
-	eps   []conf.Endpoint             // prepared, without duplicates
-	index map[conf.Endpoint]int       // endpoint -> position in eps
-	tcp   map[string][]netip.AddrPort // endpoint address -> resolved peers
+	eps   []conf.Endpoint       // prepared, without duplicates
+	index map[conf.Endpoint]int // endpoint -> position in eps
+	tcp   map[string]*target    // endpoint address -> where it leads
+
+	lookupTimeout time.Duration // budget of one look-up
+	relookup      time.Duration // least time between two look-ups of a name
 
 	mu      sync.Mutex
 	current *scan // the scan in flight, if any
@@ -41,6 +55,18 @@ type Checker struct {
 	// known[j] is the descriptor that last proved eps[j] healthy, or -1.
 	// Only the scan in flight uses it, and scans run one at a time.
 	known []int
+}
+
+// target is where a TCP endpoint's connections lead: the addresses its host
+// resolved to, with the port.
+type target struct {
+	host  string // the name to look up again; empty for an address literal
+	port  uint16
+	peers atomic.Pointer[[]netip.AddrPort]
+
+	mu     sync.Mutex
+	busy   bool      // a look-up is in flight
+	looked time.Time // when the last look-up started
 }
 
 // scan is one pass over the descriptors: the health of every prepared
@@ -52,9 +78,11 @@ type scan struct {
 
 // NewChecker prepares a Checker for the endpoints, resolving TCP host names
 // with the system resolver within timeout. A name that does not resolve
-// matches no socket, so its member is reported with its socket down.
+// matches no socket, so its member is reported with its socket down until a
+// later look-up succeeds.
 func NewChecker(eps []conf.Endpoint, timeout time.Duration) *Checker {
-	c := &Checker{index: make(map[conf.Endpoint]int), tcp: make(map[string][]netip.AddrPort)}
+	c := &Checker{index: make(map[conf.Endpoint]int), tcp: make(map[string]*target),
+		lookupTimeout: timeout, relookup: defaultRelookup}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	for _, ep := range eps {
@@ -70,32 +98,76 @@ func NewChecker(eps []conf.Endpoint, timeout time.Duration) *Checker {
 		if _, done := c.tcp[ep.Address]; done {
 			continue
 		}
-		c.tcp[ep.Address] = resolve(ctx, ep.Address)
+		c.tcp[ep.Address] = newTarget(ctx, ep.Address)
 	}
 	return c
 }
 
-func resolve(ctx context.Context, address string) []netip.AddrPort {
+// newTarget parses host:port; a host that is not an address literal is
+// looked up now, within ctx.
+func newTarget(ctx context.Context, address string) *target {
+	t := &target{}
+	none := []netip.AddrPort(nil)
+	t.peers.Store(&none)
 	host, portText, err := net.SplitHostPort(address)
 	if err != nil {
-		return nil
+		return t
 	}
 	port, err := strconv.ParseUint(portText, 10, 16)
 	if err != nil {
-		return nil
+		return t
 	}
+	t.port = uint16(port)
 	if ip, err := netip.ParseAddr(host); err == nil {
-		return []netip.AddrPort{netip.AddrPortFrom(ip.Unmap(), uint16(port))}
+		// The kernel reports a peer without a zone name: the address and
+		// the port decide.
+		peers := []netip.AddrPort{netip.AddrPortFrom(ip.Unmap().WithZone(""), t.port)}
+		t.peers.Store(&peers)
+		return t
 	}
-	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil {
-		return nil
+	t.host = host
+	t.looked = time.Now()
+	t.lookup(ctx)
+	return t
+}
+
+// lookup resolves the target's host; a failed look-up keeps the addresses
+// known so far.
+func (t *target) lookup(ctx context.Context) {
+	ips, err := lookupNetIP(ctx, "ip", t.host)
+	if err != nil || len(ips) == 0 {
+		return
 	}
-	out := make([]netip.AddrPort, 0, len(ips))
+	peers := make([]netip.AddrPort, 0, len(ips))
 	for _, ip := range ips {
-		out = append(out, netip.AddrPortFrom(ip.Unmap(), uint16(port)))
+		peers = append(peers, netip.AddrPortFrom(ip.Unmap().WithZone(""), t.port))
 	}
-	return out
+	t.peers.Store(&peers)
+}
+
+// relookupLater starts a background look-up of the target's host unless it
+// is an address literal, one is in flight, or the last one started less
+// than every ago.
+func (t *target) relookupLater(every, timeout time.Duration) {
+	if t.host == "" {
+		return
+	}
+	t.mu.Lock()
+	if t.busy || time.Since(t.looked) < every {
+		t.mu.Unlock()
+		return
+	}
+	t.busy = true
+	t.looked = time.Now()
+	t.mu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		t.lookup(ctx)
+		t.mu.Lock()
+		t.busy = false
+		t.mu.Unlock()
+	}()
 }
 
 // Check sets healthy[i] when this process holds at least one healthy
@@ -148,6 +220,11 @@ func (c *Checker) scan() []bool {
 	}
 	if confirmed < len(c.eps) {
 		c.walk(healthy)
+		for j, ep := range c.eps {
+			if !healthy[j] && ep.Network == "tcp" {
+				c.tcp[ep.Address].relookupLater(c.relookup, c.lookupTimeout)
+			}
+		}
 	}
 	return healthy
 }
@@ -196,8 +273,12 @@ func (c *Checker) matches(peer unix.Sockaddr, ep conf.Endpoint) bool {
 }
 
 func (c *Checker) tcpMatches(peer netip.AddrPort, address string) bool {
-	for _, t := range c.tcp[address] {
-		if t == peer {
+	t := c.tcp[address]
+	if t == nil {
+		return false
+	}
+	for _, p := range *t.peers.Load() {
+		if p == peer {
 			return true
 		}
 	}

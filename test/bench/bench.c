@@ -21,7 +21,8 @@
  * lab's injected latency, recorded in the output); BENCH_TIMEOUT_MS (the
  * lab's statusTimeout); BENCH_QUICK=1 shrinks every sample count (a smoke
  * run); BENCH_CONC_SECONDS (default 5), BENCH_RESOURCE_CALLS (default
- * 100000).
+ * 100000); BENCH_TRANSPORT (a label for the lab's transport, written into
+ * every JSON line).
  *
  * Every measurement is printed as one line of text and, with --json, as one
  * JSON object per line appended to FILE.
@@ -51,6 +52,7 @@ static long latency_us;
 static double timeout_ms;
 static int quick;
 static FILE *json;
+static const char *transport; /* BENCH_TRANSPORT: recorded with every measurement when set */
 
 /* ------------------------------------------------------------------------
  * Samples
@@ -166,6 +168,9 @@ static void emit(const char *scenario, int callers, struct samples *s, const cha
     }
     fprintf(json, "{\"scenario\":\"%s\",\"members\":%d,\"latency_us\":%ld,\"timeout_ms\":%.0f", scenario, nmembers,
             latency_us, timeout_ms);
+    if (transport) {
+        fprintf(json, ",\"transport\":\"%s\"", transport);
+    }
     if (s) {
         fprintf(json,
                 ",\"callers\":%d,\"samples\":%zu,\"p50_ms\":%s,\"p99_ms\":%s,\"max_ms\":%s,\"min_ms\":%s,"
@@ -862,6 +867,7 @@ int main(int argc, char **argv)
     latency_us = (env = getenv("BENCH_LATENCY_US")) ? atol(env) : 0;
     timeout_ms = (env = getenv("BENCH_TIMEOUT_MS")) ? atof(env) : 3000;
     quick = (env = getenv("BENCH_QUICK")) && strcmp(env, "1") == 0;
+    transport = getenv("BENCH_TRANSPORT");
 
     host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
     /* A benchmark, not a test of signal handling: a SIGPIPE from a write to

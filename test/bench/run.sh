@@ -89,12 +89,13 @@ log "compiling $build/delayshim.so and $out/bench"
 "$cc" "${cflags[@]}" -o "$out/bench" test/bench/bench.c test/c/harness.c -ldl -lpthread -lm
 export HALAB_SHIM=$build/delayshim.so
 
-# up DIR MEMBERS LATENCY_US: a net lab; latency 0 runs without the shim.
+# up DIR MEMBERS LATENCY_US [MODE]: a lab (MODE net unless given); latency 0
+# runs without the shim.
 up() {
-    local dir=$1 members=$2 lat=$3 extra=()
+    local dir=$1 members=$2 lat=$3 mode=${4:-net} extra=()
     [ "$lat" -eq 0 ] || extra=(--delay-us "$lat")
     local rc=0
-    bash "$lab" up --dir "$dir" --mode net --members "$members" --timeout "$timeout_s" "${extra[@]}" \
+    bash "$lab" up --dir "$dir" --mode "$mode" --members "$members" --timeout "$timeout_s" "${extra[@]}" \
         >>"$benchlog" 2>&1 || rc=$?
     if [ "$rc" -eq 77 ]; then
         log "SKIP: lab.sh cannot set up a lab here (see $benchlog)"
@@ -116,7 +117,7 @@ bench() {
     shift
     if ! bash "$lab" exec --dir "$dir" -- env LIBHAEXT="$build/libhaext.so" HALAB_LAB_SH="$lab" \
         BENCH_LATENCY_US="$lat" BENCH_TIMEOUT_MS=$((timeout_s * 1000)) "${envs[@]}" \
-        "$out/bench" --json "$results" "$@" 2>&1 | tee -a "$benchlog"; then
+        "$out/bench" --json "${bench_json:-$results}" "$@" 2>&1 | tee -a "$benchlog"; then
         die "bench $* failed in $dir (see $benchlog)"
     fi
 }
@@ -169,6 +170,22 @@ for lat in 1000 0; do
     down "$dir"
 done
 
+# 4a. Network transports: the sweep on members behind Caml Crush's
+# pkcs11proxyd over TCP (lab mode tcp, in the lab's network namespace),
+# side by side with p11-kit over unix sockets; 1 ms injected behind each
+# server by the delay shim. Recorded apart, in results-net.jsonl.
+netresults=$out/results-net.jsonl
+: >"$netresults"
+for n in ${BENCH_NET_SIZES:-1 4}; do
+    for mode in net tcp; do
+        dir=$work/lab-transport-$mode-$n
+        log "lab: $n members over $mode, 1000 us injected"
+        up "$dir" "$n" 1000 "$mode"
+        bench_json=$netresults bench "$dir" 1000 BENCH_TRANSPORT="$mode" -- sweep
+        down "$dir"
+    done
+done
+
 # 4. The Go engine benchmarks (fake backend).
 log "go test -bench ./pkg/probe"
 gobench=$out/go-bench.txt
@@ -178,7 +195,8 @@ gobench=$out/go-bench.txt
 
 # 5. Report.
 finished=$(date +%s)
-"$python" "$here/report.py" --results "$results" --go-bench "$gobench" --out-json "$out/results.json" \
+"$python" "$here/report.py" --results "$results" --net-results "$netresults" --go-bench "$gobench" \
+    --out-json "$out/results.json" \
     --out-md "$top/BENCHMARKS.md" --seconds $((finished - started)) --quick "${BENCH_QUICK:-0}" \
     --go-version "$("$go_bin" version 2>/dev/null || true)"
 cp "$out/results.json" "$top/BENCHMARKS.json"

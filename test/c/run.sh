@@ -171,6 +171,11 @@ else
 fi
 bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 
+# Members across a network: TCP and TLS through Caml Crush, in network
+# namespaces of the labs' own.
+# shellcheck source=test/c/net.sh
+. "$here/net.sh"
+
 echo "C tests: $passed passed, $failed failed"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -8,9 +8,11 @@
 #           is served by its own `p11-kit server` on its own unix socket; the
 #           vendor module is p11-kit-proxy.so, which sees one module file per
 #           member (DIR/modules/mNN.module, "remote: unix:path=<socket>").
+#   tcp, tls, mixed  members over TCP (and TLS) through Caml Crush, in a
+#           network namespace of the lab's own: see test/lab/camlcrush.sh.
 #
 # Usage: lab.sh COMMAND [--dir DIR] [options]     (DIR may also be $HALAB_DIR)
-#   up --mode direct|net --members N [--group-serial S] [--label L]
+#   up --mode direct|net|tcp|tls|mixed --members N [--group-serial S] [--label L]
 #      [--timeout SEC] [--no-endpoints] [--delay-us N]
 #   down [--purge]
 #   exec -- CMD [ARGS...]
@@ -20,8 +22,14 @@
 #                              per-connection p11-kit-remote process(es))
 #   kill-server IDX           (net mode: the member's server and children die)
 #   restart-server IDX        (net mode: start the member's server again)
+#   partition|heal [IDX]      (tcp/tls/mixed: iptables DROP to and from the
+#                              Caml Crush server, inside the lab's namespace)
+#   kill-proxy|restart-proxy [IDX]   (tcp/tls/mixed: SIGKILL pkcs11proxyd,
+#                              start it again)
+#   proxy-pid [IDX]           (tcp/tls/mixed: pids of pkcs11proxyd)
+#   netns-exec -- CMD [ARGS...]      (run CMD in the lab's network namespace)
 #
-# --delay-us N (net mode): every member's server loads the delay shim
+# --delay-us N (networked modes): every member's server loads the delay shim
 # ($HALAB_SHIM, built from test/shim/delayshim.c) as its provider, which
 # sleeps N microseconds before it forwards each call to SoftHSM2.
 #
@@ -192,6 +200,7 @@ load_state() {
 	ST_SERIALS=$HALAB_ST_SERIALS
 	ST_PROVIDER=${HALAB_ST_PROVIDER:-$ST_SOFTHSM}
 	ST_DELAY_US=${HALAB_ST_DELAY_US:-}
+	cc_load_state
 }
 
 save_state() {
@@ -225,7 +234,7 @@ parse_idx() {
 }
 
 need_net() {
-	[ "$ST_MODE" = net ] || die "'$1' needs a net-mode lab (this lab is $ST_MODE)"
+	[ "$ST_MODE" = net ] || [ "$ST_MODE" = mixed ] || die "'$1' needs a net-mode lab (this lab is $ST_MODE)"
 }
 
 # ---------------------------------------------------------------------------
@@ -411,6 +420,7 @@ lock_lab() {
 managed_paths() {
 	printf '%s\n' .halab env Chrystoki.conf softhsm2.conf tokens members sock \
 		modules home log empty pkcs11.conf pids pids.tmp .halab.tmp
+	cc_managed_paths
 }
 
 # Stop everything of the lab in $DIR (state must be loaded).
@@ -508,7 +518,8 @@ cmd_up() {
 	local idx name conf serials=()
 
 	[ -n "$mode" ] || die "up: --mode direct|net is required"
-	[ "$mode" = direct ] || [ "$mode" = net ] || die "up: --mode must be direct or net, not '$mode'"
+	[ "$mode" = direct ] || [ "$mode" = net ] || cc_mode "$mode" ||
+		die "up: --mode must be direct, net, tcp, tls or mixed, not '$mode'"
 	[[ "$members" =~ ^[0-9]+$ ]] || die "up: --members N is required (1..$MAX_MEMBERS)"
 	members=$((10#$members))
 	if [ "$members" -lt 1 ] || [ "$members" -gt "$MAX_MEMBERS" ]; then
@@ -523,19 +534,20 @@ cmd_up() {
 	if [ -n "$delay_us" ]; then
 		[[ "$delay_us" =~ ^[0-9]+$ ]] || die "up: --delay-us must be a whole number of microseconds"
 		delay_us=$((10#$delay_us))
-		[ "$mode" = net ] || die "up: --delay-us needs --mode net"
+		[ "$mode" != direct ] || die "up: --delay-us needs a networked mode"
 		[ -n "${HALAB_SHIM:-}" ] || die "up: --delay-us needs HALAB_SHIM=/path/to/delayshim.so (test/shim/delayshim.c)"
 		[ -f "$HALAB_SHIM" ] || die "up: HALAB_SHIM=$HALAB_SHIM is not a file"
 		shim=$(realpath -- "$HALAB_SHIM")
 	fi
 	resolve_dir
-	if [ "$mode" = net ]; then
+	if [ "$mode" = net ] || [ "$mode" = mixed ]; then
 		local s
 		s="$DIR/sock/m00.sock"
 		[ ${#s} -le 107 ] || die "lab directory path too long for unix sockets: $DIR"
 	fi
 
 	ensure_deps
+	! cc_mode "$mode" || cc_ensure_deps
 
 	if has_lab; then
 		log "$DIR already holds a lab; taking it down first"
@@ -553,9 +565,12 @@ cmd_up() {
 	ST_PROVIDER=${shim:-$ST_SOFTHSM}
 	ST_DELAY_US=$delay_us
 	ST_SERVER=""
+	CC_FIRST=""
 	if [ "$mode" = net ]; then
 		ST_SERVER=$(find_server_bin) || die "p11-kit-server not found"
 		ST_MODULE=$(find_proxy_module) || die "p11-kit-proxy.so not found"
+	elif cc_mode "$mode"; then
+		cc_select "$mode" "$members"
 	else
 		ST_MODULE=$ST_SOFTHSM
 	fi
@@ -579,6 +594,7 @@ cmd_up() {
 		mkdir -p "$DIR/sock" "$DIR/modules" "$DIR/empty" "$DIR/home/.config/pkcs11"
 		: >"$DIR/pids"
 		for ((idx = 0; idx < members; idx++)); do
+			! cc_member "$idx" || break # Caml Crush's members come last
 			name=$(mname "$idx")
 			conf=$(member_conf "$idx")
 			mkdir -p "$DIR/members/$name"
@@ -594,8 +610,9 @@ cmd_up() {
 		# Root: laid over /etc/pkcs11/pkcs11.conf if that exists.
 		printf '# empty p11-kit global config (lab.sh)\n' >"$DIR/pkcs11.conf"
 		for ((idx = 0; idx < members; idx++)); do
-			start_server "$idx"
+			cc_member "$idx" || start_server "$idx"
 		done
+		! cc_mode "$mode" || cc_up_members "$mode" "$members"
 	fi
 	ST_SERIALS="${serials[*]}"
 	save_state
@@ -616,10 +633,14 @@ cmd_up() {
 		echo "HAConfiguration = {"
 		echo "   statusTimeout = $timeout;"
 		echo "}"
-		if [ "$mode" = net ] && [ "$endpoints" = 1 ]; then
+		if [ "$mode" != direct ] && [ "$endpoints" = 1 ]; then
 			echo "HAMemberEndpoints = {"
 			for ((idx = 0; idx < members; idx++)); do
-				echo "   ${serials[$idx]} = unix:$(sock_path "$idx");"
+				if cc_member "$idx"; then
+					echo "   ${serials[$idx]} = $(cc_endpoint);"
+				else
+					echo "   ${serials[$idx]} = unix:$(sock_path "$idx");"
+				fi
 			done
 			echo "}"
 		fi
@@ -637,6 +658,7 @@ cmd_up() {
 		if [ "$mode" = direct ]; then
 			printf 'export SOFTHSM2_CONF=%q\n' "$DIR/softhsm2.conf"
 		fi
+		cc_env
 	} >"$DIR/env"
 
 	UP_OK=1
@@ -648,9 +670,10 @@ cmd_exec() {
 	resolve_dir
 	load_state
 	[ $# -gt 0 ] || die "exec: no command (usage: $PROG exec --dir DIR -- CMD ARGS...)"
+	cc_enter_netns "$@" # tcp, tls, mixed: into the lab's network namespace first
 	# shellcheck source=/dev/null
 	. "$DIR/env"
-	if [ "$ST_MODE" != net ]; then
+	if [ "$ST_MODE" != net ] && [ "$ST_MODE" != mixed ]; then
 		exec "$@"
 	fi
 	if is_root; then
@@ -769,13 +792,17 @@ cmd_status() {
 	load_state
 	sw=$(sock_path 0)
 	sw=${#sw}
-	[ "$ST_MODE" = net ] || sw=6
+	[ "$ST_MODE" = net ] || [ "$ST_MODE" = mixed ] || sw=22
 	fmt="%-3s %-16s %-${sw}s %-12s %-14s %s\n"
 	read -r -a serials <<<"$ST_SERIALS"
 	# shellcheck disable=SC2059 # the format is ours
 	printf "$fmt" IDX SERIAL SOCKET SERVER/ST CHILDREN/ST STATE
 	for ((idx = 0; idx < ST_MEMBERS; idx++)); do
-		if [ "$ST_MODE" != net ]; then
+		if cc_member "$idx"; then
+			cc_status_row "$idx" "${serials[$idx]:-?}" "$fmt"
+			continue
+		fi
+		if [ "$ST_MODE" != net ] && [ "$ST_MODE" != mixed ]; then
 			# shellcheck disable=SC2059
 			printf "$fmt" "$idx" "${serials[$idx]:-?}" - - - direct
 			continue
@@ -831,7 +858,7 @@ main() {
 		--) shift; pos+=("$@"); break ;;
 		-*) die "unknown option: $1" ;;
 		*)
-			if [ "$cmd" = exec ] || [ "$cmd" = _nsexec ]; then
+			if [ "$cmd" = exec ] || [ "$cmd" = _nsexec ] || [ "$cmd" = netns-exec ]; then
 				pos+=("$@")
 				break
 			fi
@@ -868,9 +895,14 @@ main() {
 		[ ${#pos[@]} -eq 1 ] || die "usage: $PROG restart-server --dir DIR IDX"
 		cmd_restart_server "${pos[0]}"
 		;;
+	partition | heal | kill-proxy | restart-proxy | proxy-pid | netns-exec) cc_command "$cmd" "${pos[@]}" ;;
 	help | -h | --help) usage ;;
 	*) die "unknown command: $cmd (try: $PROG help)" ;;
 	esac
 }
+
+# The network modes (tcp, tls, mixed) and their fault commands.
+# shellcheck source=test/lab/camlcrush.sh
+. "$(dirname "$SELF")/camlcrush.sh"
 
 main "$@"
