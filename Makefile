@@ -46,10 +46,6 @@ $(BUILD)/test_%: test/c/test_%.c test/c/harness.c test/c/harness.h include/crypt
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< test/c/harness.c -ldl -lpthread
 
-$(BUILD)/test_net: test/c/test_net.c test/c/harness.c test/c/harness.h include/cryptoki_ha.h
-	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) -o $@ test/c/test_net.c test/c/harness.c -ldl -lpthread
-
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
