@@ -383,6 +383,10 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 		if v.serialText != "" {
 			out[i].SerialText = v.serialText
 		}
+		if ev, ok := m.inst.takeEvidence(); ok {
+			out[i].Status, out[i].Took = ev, time.Since(start) // the host's own call said so
+			continue
+		}
 		switch {
 		case !m.isReady():
 			out[i].Status = StatusTimeout
@@ -435,6 +439,32 @@ func (e *Engine) verdict(m *member, v instanceView, r result) Status {
 		m.kick()
 	}
 	return r.rv
+}
+
+// HostInitialized is told by a front module that the host initialized the
+// module: every member is resolved again, at once, by serial.
+func (e *Engine) HostInitialized() {
+	e.finalized.Store(false)
+	for _, m := range e.members {
+		m.inst.forget()
+		m.kick()
+	}
+}
+
+// HostFinalized is told by a front module that the host finalized the
+// module: every member is CKR_HA_NO_INSTANCE until HostInitialized.
+func (e *Engine) HostFinalized() { e.moduleFinalized() }
+
+// HostError is told by a front module that a host call on slot failed with
+// a connection-class rv (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
+// CKR_TOKEN_NOT_PRESENT, a dropped session): the next verdict of the member
+// in that slot is rv, without a probe, and its recovery starts.
+func (e *Engine) HostError(slot uint, rv Status) {
+	for _, m := range e.members {
+		if m.inst.witness(slot, rv) {
+			m.kick()
+		}
+	}
 }
 
 // moduleSaysFinalized asks the module whether it is initialized: C_GetInfo

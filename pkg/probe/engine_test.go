@@ -543,3 +543,31 @@ func TestCheckAfterCloseTouchesNoVendor(t *testing.T) {
 	assert.Equal(t, repeat(StatusNoInstance, 2), statuses(v))
 	assert.Equal(t, infos, f.Token(10).Infos.Load(), "no call after Close")
 }
+
+// A front module tells the engine what the host's own calls found.
+func TestHostEvidence(t *testing.T) {
+	f := fakep11.New(3)
+	e := start(t, f, 3, Options{RecoveryInterval: 100 * time.Millisecond})
+	check(e)
+	infos := f.Token(11).Infos.Load()
+	e.HostError(11, ckrDeviceError)
+	e.HostError(99, ckrDeviceError) // no member there
+	v, _ := check(e)
+	assert.Equal(t, []Status{StatusOK, ckrDeviceError, StatusOK}, statuses(v), "reported without a probe")
+	assert.Equal(t, infos, f.Token(11).Infos.Load(), "no call made to report it")
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[1].Status == StatusOK
+	}, "recovery resolves the member again (it is healthy)")
+	assert.Equal(t, map[uint]int{10: 1, 11: 1, 12: 1}, f.OpenSessions(), "the old session closed, one new")
+
+	e.HostFinalized()
+	v, _ = check(e)
+	assert.Equal(t, repeat(StatusNoInstance, 3), statuses(v))
+	f.Move(12, 32) // slots may move when the host initializes again
+	e.HostInitialized()
+	eventually(t, 2*time.Second, func() bool {
+		v, _ := check(e)
+		return v[0].Status == StatusOK && v[1].Status == StatusOK && v[2].Status == StatusOK && v[2].Slot == 32
+	}, "every member resolved again at once")
+}

@@ -45,6 +45,8 @@ func (m *member) isReady() bool {
 type instance struct {
 	mu sync.Mutex
 	instanceView
+	evidence    Status // what a host call on the member's slot answered, reported once
+	hasEvidence bool
 	stale       uint // a dropped session still to be closed by recovery
 	hasStale    bool
 	lastAttempt time.Time
@@ -110,6 +112,42 @@ func (in *instance) forgetSession() bool {
 	had := in.hasSession
 	in.hasSession = false
 	return had
+}
+
+// takeEvidence returns, once, what a host call on the member's slot
+// answered (HostError).
+func (in *instance) takeEvidence() (Status, bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	ev, ok := in.evidence, in.hasEvidence
+	in.hasEvidence = false
+	return ev, ok
+}
+
+// witness records a host call's failure on slot: the next verdict reports
+// it, and the instance is dropped so that recovery resolves the member
+// again. It reports whether the member is on that slot.
+func (in *instance) witness(slot uint, rv Status) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if !in.hasSlot || in.slot != slot {
+		return false
+	}
+	in.evidence, in.hasEvidence = rv, true
+	if in.hasSession {
+		in.stale, in.hasStale = in.session, true // closed by recovery if it still exists
+		in.hasSession = false
+	}
+	in.hasSlot = false
+	return true
+}
+
+// forget drops the whole instance (the host initialized the module again:
+// slots may have moved).
+func (in *instance) forget() {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.instanceView = instanceView{}
 }
 
 // beginAttempt records a recovery attempt and hands over a stale session.
