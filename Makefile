@@ -1,6 +1,6 @@
 # libhaext: CA_GetCurrentHAState for PKCS#11 HA groups, as a C shared library.
 #
-#   make          build build/libhaext.so (and build/hastatus)
+#   make          build build/libhaext.so, build/libhaext-pkcs11.so (and build/hastatus)
 #   make demo     set up a SoftHSM2 group of 3 members and print its state
 #   make test     everything: Go checks and tests (race detector), C tests
 #   make bench    benchmarks, written to BENCHMARKS.md
@@ -24,7 +24,7 @@ LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map
 
 .PHONY: all deps demo test test-go test-c test-install fuzz bench install uninstall clean
 
-all: $(BUILD)/libhaext.so $(BUILD)/hastatus
+all: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 
 deps:
 	@bash scripts/deps.sh
@@ -36,6 +36,20 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 	@ln -sf libhaext.so $(BUILD)/$(SONAME)
 	@extra=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' || true); \
 	  if [ -n "$$extra" ]; then echo "libhaext.so exports more than CA_*: $$extra" >&2; rm -f $@; exit 1; fi
+
+# The front module: a PKCS#11 module loaded instead of the vendor's. It
+# exports exactly the 68 C_* functions of PKCS#11 2.40 listed in its
+# exports.map, and CA_*.
+FRONT_LDFLAGS := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext-pkcs11/exports.map -Wl,-soname,libhaext-pkcs11.so'
+$(BUILD)/libhaext-pkcs11.so: $(GOFILES) include/cryptoki_ha.h internal/hostapi/hostapi.h cmd/libhaext-pkcs11/exports.map
+	@mkdir -p $(BUILD)
+	$(GO) build -buildmode=c-shared -ldflags "$(FRONT_LDFLAGS)" -o $@ ./cmd/libhaext-pkcs11
+	@rm -f $(BUILD)/libhaext-pkcs11.h
+	@want=$$(sed -n 's/^ *\(C_[A-Za-z]*\);$$/\1/p' cmd/libhaext-pkcs11/exports.map | sort); \
+	  got=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' | sort); \
+	  if [ "$$want" != "$$got" ] || [ $$(echo "$$want" | wc -l) -ne 68 ]; then \
+	    echo "libhaext-pkcs11.so must export the 68 C_* of exports.map and CA_*, and nothing else:" >&2; \
+	    echo "$$want" > $@.want; echo "$$got" > $@.got; diff $@.want $@.got >&2; rm -f $@ $@.want $@.got; exit 1; fi
 
 $(BUILD)/hastatus: $(GOFILES)
 	@mkdir -p $(BUILD)
