@@ -156,7 +156,7 @@ static struct str sub(struct str s, size_t from, size_t to)
     return r;
 }
 
-static void set_value(char **dst, const char *p, size_t n)
+static void set_value(char **dst, size_t *dlen, const char *p, size_t n)
 {
     char *v = malloc(n + 1);
     if (v == NULL)
@@ -165,6 +165,8 @@ static void set_value(char **dst, const char *p, size_t n)
     v[n] = '\0';
     free(*dst);
     *dst = v;
+    if (dlen != NULL)
+        *dlen = n;
 }
 
 /* Records key = value of the Chrystoki2 section; pkg/conf trims values. */
@@ -172,11 +174,11 @@ static void store(struct haext_conf_keys *keys, struct str key, struct str val)
 {
     val = trim(val);
     if (fold_eq(key, "libhaextvendor"))
-        set_value(&keys->vendor, val.p, val.n);
+        set_value(&keys->vendor, &keys->vendor_len, val.p, val.n);
     else if (fold_eq(key, "libunix64"))
-        set_value(&keys->unix64, val.p, val.n);
+        set_value(&keys->unix64, &keys->unix64_len, val.p, val.n);
     else if (fold_eq(key, "libunix"))
-        set_value(&keys->unix32, val.p, val.n);
+        set_value(&keys->unix32, &keys->unix32_len, val.p, val.n);
 }
 
 /* Splits the next line off *rest, without its '\n' (keep_nl: with it, as
@@ -273,12 +275,12 @@ static int surrounded(struct str s, char q)
 /* go-ini's readValue (with IgnoreInlineComment and IgnoreContinuation),
  * including a quoted value that continues on the following lines. Returns
  * 0 and the value in *out (malloc'd), or -1 where go-ini fails. */
-static int ini_value(struct str in, struct str *rest, char **out)
+static int ini_value(struct str in, struct str *rest, char **out, size_t *outlen)
 {
     struct str line = trim_left(in);
     const char *q = NULL;
     if (line.n == 0) {
-        set_value(out, "", 0);
+        set_value(out, outlen, "", 0);
         return 0;
     }
     if (line.n > 3 && has_prefix(line, "\"\"\""))
@@ -292,7 +294,7 @@ static int ini_value(struct str in, struct str *rest, char **out)
         char *acc;
         size_t len;
         if (pos >= 0) {
-            set_value(out, body.p, (size_t)pos);
+            set_value(out, outlen, body.p, (size_t)pos);
             return 0;
         }
         /* readMultilines: append whole lines until one holds the quote. */
@@ -324,12 +326,13 @@ static int ini_value(struct str in, struct str *rest, char **out)
         free(*out);
         acc[len] = '\0';
         *out = acc;
+        *outlen = len;
         return 0;
     }
     line = trim(line);
     if (surrounded(line, '\'') || surrounded(line, '"'))
         line = sub(line, 1, line.n - 1);
-    set_value(out, line.p, line.n);
+    set_value(out, outlen, line.p, line.n);
     return 0;
 }
 
@@ -376,6 +379,7 @@ static void parse_ini(struct str data, struct haext_conf_keys *keys)
         struct str key;
         size_t off;
         char *val = NULL;
+        size_t vlen = 0;
         line = trim_left(line);
         if (line.n == 0 || line.p[0] == '#' || line.p[0] == ';')
             continue;
@@ -387,10 +391,10 @@ static void parse_ini(struct str data, struct haext_conf_keys *keys)
         }
         if (ini_key(line, &key, &off) != 0)
             continue;
-        if (ini_value(sub(line, off, line.n), &rest, &val) != 0)
+        if (ini_value(sub(line, off, line.n), &rest, &val, &vlen) != 0)
             continue;
         if (chrystoki && key.n > 0 && val != NULL)
-            store(keys, key, (struct str){val, strlen(val)});
+            store(keys, key, (struct str){val, vlen});
         free(val);
     }
 }
@@ -486,27 +490,36 @@ static char *read_file(const char *path, size_t *len, char *err, size_t errlen)
 int haext_conf_module(const char *path, char **module, const char **key, char *err, size_t errlen)
 {
     struct haext_conf_keys keys;
-    size_t len = 0;
+    size_t len = 0, len0 = 0, *module_len = &len0;
     char *data = read_file(path, &len, err, errlen);
     if (data == NULL)
         return -1;
     haext_conf_parse(data, len, &keys);
     free(data);
     *module = NULL;
-    if (keys.vendor != NULL && keys.vendor[0] != '\0') {
+    if (keys.vendor != NULL && keys.vendor_len > 0) {
         *key = "Chrystoki2/LibHAExtVendor";
         *module = keys.vendor;
+        *module_len = keys.vendor_len;
         keys.vendor = NULL;
-    } else if (keys.unix64 != NULL && keys.unix64[0] != '\0') {
+    } else if (keys.unix64 != NULL && keys.unix64_len > 0) {
         *key = "Chrystoki2/LibUNIX64";
         *module = keys.unix64;
+        *module_len = keys.unix64_len;
         keys.unix64 = NULL;
-    } else if (keys.unix32 != NULL && keys.unix32[0] != '\0') {
+    } else if (keys.unix32 != NULL && keys.unix32_len > 0) {
         *key = "Chrystoki2/LibUNIX";
         *module = keys.unix32;
+        *module_len = keys.unix32_len;
         keys.unix32 = NULL;
     }
     haext_conf_keys_free(&keys);
+    if (*module != NULL && strlen(*module) != *module_len) {
+        snprintf(err, errlen, "%s: %s: the value holds a NUL byte", path, *key);
+        free(*module);
+        *module = NULL;
+        return -1;
+    }
     if (*module == NULL) {
         snprintf(err, errlen, "%s: Chrystoki2: none of LibHAExtVendor, LibUNIX64 and LibUNIX is set: no PKCS#11 "
                  "module to load", path);

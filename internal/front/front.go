@@ -162,14 +162,15 @@ func ParseConf(data []byte) ConfKeys {
 	defer C.free(p)
 	C.haext_conf_parse((*C.char)(p), C.size_t(len(data)), &k)
 	defer C.haext_conf_keys_free(&k)
-	str := func(c *C.char) *string {
+	str := func(c *C.char, n C.size_t) *string {
 		if c == nil {
 			return nil
 		}
-		s := C.GoString(c)
+		s := C.GoStringN(c, C.int(n))
 		return &s
 	}
-	return ConfKeys{Vendor: str(k.vendor), Unix64: str(k.unix64), Unix: str(k.unix32)}
+	return ConfKeys{Vendor: str(k.vendor, k.vendor_len), Unix64: str(k.unix64, k.unix64_len),
+		Unix: str(k.unix32, k.unix32_len)}
 }
 
 // Module is the module the front loads for these keys: LibHAExtVendor,

@@ -78,6 +78,7 @@ struct haext_conf_keys {
     char *vendor; /* Chrystoki2/LibHAExtVendor: libhaext's own key, first */
     char *unix64; /* Chrystoki2/LibUNIX64 */
     char *unix32; /* Chrystoki2/LibUNIX */
+    size_t vendor_len, unix64_len, unix32_len; /* a value may hold a NUL byte */
 };
 
 /* Finds the configuration file like pkg/conf.Locate: a regular file
