@@ -22,7 +22,7 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c test-install fuzz bench install uninstall clean
+.PHONY: all deps demo test test-go test-c test-front test-install fuzz bench install uninstall clean
 
 all: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 
@@ -69,7 +69,7 @@ $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.s
 demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
 	@bash test/lab/demo.sh
 
-test: deps test-go test-c test-install
+test: deps test-go test-c test-front test-install
 
 test-go:
 	@test -z "$$(gofmt -l cmd pkg internal)" || { gofmt -l cmd pkg internal; echo "gofmt needed" >&2; exit 1; }
@@ -78,6 +78,11 @@ test-go:
 
 test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults
 	bash test/c/run.sh
+
+# The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)
+# against SoftHSM2 and the p11-kit lab, side by side with the vendor alone.
+test-front: $(BUILD)/libhaext-pkcs11.so
+	bash test/consumers/run.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus
 	bash test/install/run.sh

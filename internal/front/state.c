@@ -23,8 +23,8 @@
  * with haext_front_next.
  *
  * Locks: tab_mu (the table), lend_mu (own sessions and loans), gate_mu,
- * ev_mu. None is held across a vendor call, none is taken inside another
- * except lend_mu -> ev_mu and tab_mu -> ev_mu (recording an event). In a
+ * ev_mu. None is held across a vendor call; the only nesting is tab_mu ->
+ * lend_mu (borrow records a loan of a host session). In a
  * fork child everything is reset: the child's host must call C_Initialize,
  * whose result is the vendor's.
  */
@@ -497,7 +497,10 @@ static CK_RV borrow(CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
     if (atomic_load_explicit(&haext_vendor, memory_order_acquire) == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
 
-    /* An idle session of the host's. */
+    /* An idle session of the host's. The loan is recorded under both
+     * locks, so a host C_CloseSession that marks the session closing
+     * (tab_mu) either comes first and the session is skipped, or finds the
+     * loan and waits for it. */
     pthread_mutex_lock(&tab_mu);
     s = slot_get(slot, 1);
     if (s == NULL) {
@@ -506,26 +509,26 @@ static CK_RV borrow(CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
     }
     for (e = s->list; e != NULL; e = e->snext) {
         if (atomic_load(&e->busy) <= 0 && !atomic_load(&e->lent) && !atomic_load(&e->closing)) {
-            atomic_store(&e->lent, 1);
-            chosen = e;
             h = atomic_load_explicit(&e->h, memory_order_relaxed);
+            pthread_mutex_lock(&lend_mu);
+            if (loan_add(h, e, s, 0) != NULL) {
+                atomic_store(&e->lent, 1);
+                chosen = e;
+            }
+            pthread_mutex_unlock(&lend_mu);
             break;
         }
     }
     pthread_mutex_unlock(&tab_mu);
-    pthread_mutex_lock(&lend_mu);
     if (chosen != NULL) {
-        if (loan_add(h, chosen, s, 0) == NULL) {
-            atomic_store(&chosen->lent, 0);
-            pthread_mutex_unlock(&lend_mu);
-            return CKR_HOST_MEMORY;
-        }
-        pthread_mutex_unlock(&lend_mu);
         atomic_fetch_add(&st_loans_host, 1);
         *out = h;
         return CKR_OK;
     }
+    if (e != NULL)
+        return CKR_HOST_MEMORY; /* MAX_LOANS loans out */
 
+    pthread_mutex_lock(&lend_mu);
     /* The front's own read-only session on the slot. */
     if (s->own_state == OWN_OPEN && !s->close_pending && s->so_pending == 0) {
         if (loan_add(s->own, NULL, s, s->own_tag) == NULL) {
@@ -682,15 +685,40 @@ void haext_slot_failed(CK_SLOT_ID slot, CK_RV rv)
     push_event(HAEXT_EV_HOST_ERROR, slot, rv);
 }
 
+/* The arguments the vendor gets: the host's, with CKF_OS_LOCKING_OK added
+ * when the host asked for no locking at all (NULL, or no mutex callbacks
+ * and no flag). A host that initializes with NULL promises not to call
+ * from two threads at once, and a vendor may then skip its own locks
+ * (SoftHSM2 does); but libhaext's prober threads call too. More locking
+ * changes nothing the host sees. */
+static CK_VOID_PTR locking_args(CK_VOID_PTR args, CK_C_INITIALIZE_ARGS *local)
+{
+    CK_C_INITIALIZE_ARGS *in = args;
+    if (in != NULL && (in->CreateMutex != NULL || in->DestroyMutex != NULL || in->LockMutex != NULL ||
+                       in->UnlockMutex != NULL || (in->flags & CKF_OS_LOCKING_OK)))
+        return args;
+    if (in != NULL)
+        *local = *in;
+    else
+        memset(local, 0, sizeof *local);
+    local->flags |= CKF_OS_LOCKING_OK;
+    return local;
+}
+
 CK_RV haext_host_initialize(CK_VOID_PTR args)
 {
     CK_FUNCTION_LIST_PTR v;
+    CK_C_INITIALIZE_ARGS local;
+    CK_VOID_PTR a;
     CK_RV rv;
     int was;
     if (haext_front_load() != 0)
         return CKR_GENERAL_ERROR;
     v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
-    rv = v->C_Initialize(args);
+    a = locking_args(args, &local);
+    rv = v->C_Initialize(a);
+    if (rv == CKR_CANT_LOCK && a != args)
+        rv = v->C_Initialize(args); /* the vendor cannot lock: the host's own arguments */
     if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         pthread_mutex_lock(&gate_mu);
         was = gate_open;
