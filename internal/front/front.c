@@ -2,8 +2,8 @@
  * front.c - the PKCS#11 2.40 functions of libhaext-pkcs11.so: plain C
  * trampolines through the vendor's CK_FUNCTION_LIST.
  *
- * A call that takes a session counts itself busy on the host's session for
- * its duration (state.h: one lock-free lookup and two atomic additions). A
+ * A call that takes a session marks its thread busy on the host's session
+ * for its duration (state.h: one lock-free lookup and two plain stores). A
  * call that fails with a connection-class CK_RV is recorded for the engine.
  * Everything else is a jump to the vendor. The calls with side effects on
  * the front's tables (C_Initialize, C_Finalize, C_OpenSession,
@@ -131,33 +131,31 @@
       (tokenPresent, pList, pulCount)) \
     X(C_WaitForSlotEvent, (CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved), (flags, pSlot, pReserved))
 
-/* The vendor's list, or NOT_INITIALIZED when the host calls before
+/* The vendor's function, or NOT_INITIALIZED when the host calls before
  * C_GetFunctionList/C_Initialize (as the vendor would answer), and
  * NOT_SUPPORTED for a NULL entry. */
-#define VENDOR_OR_RETURN(v, name) \
-    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire); \
-    if (UNLIKELY(v == NULL)) \
-        return CKR_CRYPTOKI_NOT_INITIALIZED; \
-    if (UNLIKELY(v->name == NULL)) \
-        return CKR_FUNCTION_NOT_SUPPORTED
+#define VENDOR_OR_RETURN(f, name) \
+    CK_##name f = __atomic_load_n(&haext_vcopy.name, __ATOMIC_ACQUIRE); \
+    if (UNLIKELY(f == NULL)) \
+        return haext_no_function()
 
 #define SESSION_TRAMPOLINE(name, params, args) \
     CK_RV name params \
     { \
-        VENDOR_OR_RETURN(v, name); \
-        struct haext_sess *e = haext_sess_enter(hSession); \
-        CK_RV rv = v->name args; \
-        haext_sess_leave(e); \
+        VENDOR_OR_RETURN(f, name); \
+        struct haext_sess *prev = haext_busy_begin(haext_sess_find(hSession)); \
+        CK_RV rv = f args; \
+        haext_busy_end(prev); \
         if (UNLIKELY(rv != CKR_OK)) \
-            haext_sess_failed(e, hSession, rv); \
+            haext_sess_failed(hSession, rv); \
         return rv; \
     }
 
 #define SLOT_TRAMPOLINE(name, params, args) \
     CK_RV name params \
     { \
-        VENDOR_OR_RETURN(v, name); \
-        CK_RV rv = v->name args; \
+        VENDOR_OR_RETURN(f, name); \
+        CK_RV rv = f args; \
         if (UNLIKELY(haext_rv_connection(rv))) \
             haext_slot_failed(slotID, rv); \
         return rv; \
@@ -166,8 +164,8 @@
 #define OTHER_TRAMPOLINE(name, params, args) \
     CK_RV name params \
     { \
-        VENDOR_OR_RETURN(v, name); \
-        CK_RV rv = v->name args; \
+        VENDOR_OR_RETURN(f, name); \
+        CK_RV rv = f args; \
         if (UNLIKELY(haext_rv_connection(rv))) \
             haext_slot_failed(HAEXT_SLOT_NONE, rv); \
         return rv; \

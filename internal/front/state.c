@@ -8,7 +8,8 @@
  * host's C_Initialize opens it after the vendor's CKR_OK or
  * CKR_CRYPTOKI_ALREADY_INITIALIZED.
  *
- * The host's sessions (state.h): handle -> slot, busy count, lent flag.
+ * The host's sessions (state.h): handle -> slot, the threads in a call on
+ * each, lent flag.
  * borrow() lends an idle session of the host's on the slot, else the
  * front's own read-only session there, opened on demand. The front closes
  * its own session on a slot before it forwards C_Login(CKU_SO) or
@@ -23,8 +24,8 @@
  * with haext_front_next.
  *
  * Locks: tab_mu (the table), lend_mu (own sessions and loans), gate_mu,
- * ev_mu. None is held across a vendor call; the only nesting is tab_mu ->
- * lend_mu (borrow records a loan of a host session). In a
+ * ev_mu, and reg_mu (the host's threads). None is held across a vendor
+ * call; the only nesting is tab_mu -> lend_mu and tab_mu -> reg_mu. In a
  * fork child everything is reset: the child's host must call C_Initialize,
  * whose result is the vendor's.
  */
@@ -68,7 +69,16 @@ struct loan {
     unsigned long tag;
 };
 
-_Atomic(struct haext_sess *) haext_buckets[HAEXT_BUCKETS];
+struct haext_bucket haext_buckets[HAEXT_BUCKETS];
+
+/* Makes e the first entry of bucket b (tab_mu held); see haext_sess_find. */
+static void bucket_set_head(struct haext_bucket *b, struct haext_sess *e)
+{
+    atomic_store_explicit(&b->key, CK_INVALID_HANDLE, memory_order_release);
+    atomic_store_explicit(&b->head, e, memory_order_release);
+    atomic_store_explicit(&b->key, e != NULL ? atomic_load_explicit(&e->h, memory_order_relaxed) : CK_INVALID_HANDLE,
+                          memory_order_release);
+}
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
@@ -93,6 +103,17 @@ static struct haext_front_event evq[EV_CAP];
 static int ev_head, ev_len, ev_overflow;
 
 static atomic_ulong st_own_opened, st_own_closed, st_loans_host, st_loans_own;
+
+__thread struct haext_tls haext_self __attribute__((tls_model("initial-exec")));
+
+/* The registry: where each registered thread's haext_self is. */
+struct reg_node {
+    struct haext_tls *tls; /* NULL: free for the next thread */
+    struct reg_node *next;
+};
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct reg_node *registry;
+static pthread_key_t reg_key;
 
 /* --- time, locks, signals ------------------------------------------------ */
 
@@ -123,13 +144,57 @@ static int wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, const struct time
 }
 
 static void atfork_child(void);
+static void thread_exit(void *t);
 
 static void init(void)
 {
     init_cond(&lend_cv);
     init_cond(&gate_cv);
     init_cond(&ev_cv);
+    pthread_key_create(&reg_key, thread_exit);
     pthread_atfork(NULL, NULL, atfork_child);
+}
+
+/* --- the host's threads ------------------------------------------------------ */
+
+void haext_thread_register(void)
+{
+    struct reg_node *n;
+    haext_state_init();
+    pthread_mutex_lock(&reg_mu);
+    for (n = registry; n != NULL && n->tls != NULL; n = n->next) {
+    }
+    if (n == NULL && (n = calloc(1, sizeof *n)) != NULL) {
+        n->next = registry;
+        registry = n;
+    }
+    if (n != NULL) {
+        n->tls = &haext_self;
+        pthread_setspecific(reg_key, n);
+    }
+    pthread_mutex_unlock(&reg_mu);
+    haext_self.registered = 1; /* unregistered when out of memory: never seen busy */
+}
+
+/* A registered thread ends: its node is free for the next one. */
+static void thread_exit(void *p)
+{
+    struct reg_node *n = p;
+    pthread_mutex_lock(&reg_mu);
+    n->tls = NULL;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+/* Whether a host thread is in a call on session e right now. */
+static int sess_busy(struct haext_sess *e)
+{
+    struct reg_node *n;
+    int busy = 0;
+    pthread_mutex_lock(&reg_mu);
+    for (n = registry; n != NULL && !busy; n = n->next)
+        busy = n->tls != NULL && atomic_load_explicit(&n->tls->cur, memory_order_acquire) == e;
+    pthread_mutex_unlock(&reg_mu);
+    return busy;
 }
 
 void haext_state_init(void)
@@ -287,7 +352,7 @@ static struct haext_sess *sess_alloc(void)
         /* Reuse a closed session that is no longer busy or lent. */
         for (pp = &zombies; *pp != NULL; pp = &(*pp)->fnext) {
             e = *pp;
-            if (atomic_load(&e->busy) <= 0 && !atomic_load(&e->lent)) {
+            if (!sess_busy(e) && !atomic_load(&e->lent)) {
                 *pp = e->fnext;
                 return e;
             }
@@ -311,7 +376,6 @@ static void sess_link(struct haext_sess *e, CK_SESSION_HANDLE h, struct haext_sl
 {
     unsigned b = haext_bucket(h);
     atomic_store_explicit(&e->h, h, memory_order_relaxed);
-    atomic_store_explicit(&e->busy, 0, memory_order_relaxed);
     atomic_store_explicit(&e->lent, 0, memory_order_relaxed);
     atomic_store_explicit(&e->closing, 0, memory_order_relaxed);
     e->slot = s;
@@ -324,9 +388,9 @@ static void sess_link(struct haext_sess *e, CK_SESSION_HANDLE h, struct haext_sl
     s->list = e;
     s->host_count++;
     host_sessions++;
-    atomic_store_explicit(&e->next, atomic_load_explicit(&haext_buckets[b], memory_order_relaxed),
+    atomic_store_explicit(&e->next, atomic_load_explicit(&haext_buckets[b].head, memory_order_relaxed),
                           memory_order_relaxed);
-    atomic_store_explicit(&haext_buckets[b], e, memory_order_release);
+    bucket_set_head(&haext_buckets[b], e);
 }
 
 /* Takes e out of the table. A reader that is on e keeps walking its chain:
@@ -334,10 +398,10 @@ static void sess_link(struct haext_sess *e, CK_SESSION_HANDLE h, struct haext_sl
 static void sess_unlink(struct haext_sess *e)
 {
     unsigned b = haext_bucket(atomic_load_explicit(&e->h, memory_order_relaxed));
-    struct haext_sess *p = atomic_load_explicit(&haext_buckets[b], memory_order_relaxed);
+    struct haext_sess *p = atomic_load_explicit(&haext_buckets[b].head, memory_order_relaxed);
     struct haext_sess *n = atomic_load_explicit(&e->next, memory_order_relaxed);
     if (p == e) {
-        atomic_store_explicit(&haext_buckets[b], n, memory_order_release);
+        bucket_set_head(&haext_buckets[b], n);
     } else {
         while (p != NULL && atomic_load_explicit(&p->next, memory_order_relaxed) != e)
             p = atomic_load_explicit(&p->next, memory_order_relaxed);
@@ -353,7 +417,7 @@ static void sess_unlink(struct haext_sess *e)
     e->slot->host_count--;
     host_sessions--;
     e->linked = 0;
-    if (atomic_load(&e->busy) <= 0 && !atomic_load(&e->lent)) {
+    if (!sess_busy(e) && !atomic_load(&e->lent)) {
         e->fnext = free_list;
         free_list = e;
     } else {
@@ -508,7 +572,7 @@ static CK_RV borrow(CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
         return CKR_HOST_MEMORY;
     }
     for (e = s->list; e != NULL; e = e->snext) {
-        if (atomic_load(&e->busy) <= 0 && !atomic_load(&e->lent) && !atomic_load(&e->closing)) {
+        if (!atomic_load(&e->lent) && !atomic_load(&e->closing) && !sess_busy(e)) {
             h = atomic_load_explicit(&e->h, memory_order_relaxed);
             pthread_mutex_lock(&lend_mu);
             if (loan_add(h, e, s, 0) != NULL) {
@@ -666,17 +730,22 @@ static void host_gone(struct haext_sess *e, CK_SESSION_HANDLE h, int record, CK_
         close_own(s, 0);
 }
 
-void haext_sess_failed(struct haext_sess *e, CK_SESSION_HANDLE h, CK_RV rv)
+void haext_sess_failed(CK_SESSION_HANDLE h, CK_RV rv)
 {
+    struct haext_sess *e;
     if (haext_rv_connection(rv)) {
         CK_SLOT_ID slot = HAEXT_SLOT_NONE;
         pthread_mutex_lock(&tab_mu);
-        if (e != NULL && e->linked && atomic_load_explicit(&e->h, memory_order_relaxed) == h)
+        if ((e = sess_linked(h)) != NULL)
             slot = e->slot->id;
         pthread_mutex_unlock(&tab_mu);
         push_event(HAEXT_EV_HOST_ERROR, slot, rv);
-    } else if (haext_rv_dropped(rv) && e != NULL && !atomic_load(&e->closing)) {
-        host_gone(e, h, 1, rv);
+    } else if (haext_rv_dropped(rv)) {
+        pthread_mutex_lock(&tab_mu);
+        e = sess_linked(h);
+        pthread_mutex_unlock(&tab_mu);
+        if (e != NULL && !atomic_load(&e->closing))
+            host_gone(e, h, 1, rv);
     }
 }
 
@@ -881,7 +950,7 @@ CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR p
 {
     CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
     struct haext_slot *s = NULL;
-    struct haext_sess *e;
+    struct haext_sess *e, *prev;
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -896,13 +965,13 @@ CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR p
         if (s != NULL)
             close_own(s, 1);
     }
-    e = haext_sess_enter(h);
+    prev = haext_busy_begin(haext_sess_find(h));
     rv = v->C_Login(h, user, pin, len);
-    haext_sess_leave(e);
+    haext_busy_end(prev);
     if (s != NULL)
         so_done(s);
     if (rv != CKR_OK)
-        haext_sess_failed(e, h, rv);
+        haext_sess_failed(h, rv);
     return rv;
 }
 
@@ -948,7 +1017,12 @@ void haext_front_stats(struct haext_front_stats *st)
  * behind, unreachable. */
 static void atfork_child(void)
 {
+    struct reg_node *n;
     int i;
+    pthread_mutex_init(&reg_mu, NULL);
+    for (n = registry; n != NULL; n = n->next)
+        if (n->tls != &haext_self)
+            n->tls = NULL; /* threads the child does not have */
     pthread_mutex_init(&tab_mu, NULL);
     pthread_mutex_init(&lend_mu, NULL);
     pthread_mutex_init(&gate_mu, NULL);
@@ -957,7 +1031,7 @@ static void atfork_child(void)
     init_cond(&gate_cv);
     init_cond(&ev_cv);
     for (i = 0; i < HAEXT_BUCKETS; i++)
-        atomic_store_explicit(&haext_buckets[i], NULL, memory_order_relaxed);
+        bucket_set_head(&haext_buckets[i], NULL);
     memset(slots, 0, sizeof slots);
     memset(loans, 0, sizeof loans);
     free_list = zombies = NULL;

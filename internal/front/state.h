@@ -3,14 +3,17 @@
  * trampolines (front.c) need inline on every call, and the slow paths in
  * state.c.
  *
- * The table of the host's sessions maps a handle to its slot and a busy
- * count. A host call that takes a session finds its entry without a lock
- * (a chain of atomic pointers under a fixed array of buckets) and adds one
- * to busy around the vendor call: two uncontended atomic additions on a
- * cache line of that session's own. Entries are never freed, only reused,
- * so a pointer found by a lookup stays valid memory whatever happens next.
- * Everything else (opening, closing, lending) takes a mutex, never held
- * across a vendor call.
+ * The table of the host's sessions maps a handle to its slot. A host call
+ * that takes a session finds its entry without a lock (a chain of atomic
+ * pointers under a fixed array of buckets) and marks itself busy on it for
+ * the duration of the vendor call: each host thread has a record of its
+ * own (thread-local, registered on its first call) holding the session it
+ * is in a call on, written with two plain stores, so the hot path has no
+ * atomic read-modify-write and no shared cache line. A session is busy
+ * while some thread's record names it; borrow reads the records. Entries
+ * are never freed, only reused, so a pointer found by a lookup stays valid
+ * memory whatever happens next. Everything else (opening, closing,
+ * lending) takes a mutex, never held across a vendor call.
  */
 #ifndef HAEXT_FRONT_STATE_H
 #define HAEXT_FRONT_STATE_H
@@ -24,11 +27,10 @@
 struct haext_slot;
 
 /* One session of the host's. h is the key; slot and the list links change
- * only under the table mutex; busy, lent and closing are atomics. */
+ * only under the table mutex; lent and closing are atomics. */
 struct haext_sess {
     _Atomic CK_SESSION_HANDLE h;
     _Atomic(struct haext_sess *) next; /* bucket chain */
-    atomic_long busy;                  /* host calls in flight on it */
     atomic_int lent;                   /* lent to libhaext right now */
     atomic_int closing;                /* the host is closing it: lend no more */
     struct haext_slot *slot;
@@ -37,10 +39,26 @@ struct haext_sess {
     int linked;                        /* in the table (table mutex) */
 } __attribute__((aligned(64)));
 
-extern _Atomic(struct haext_sess *) haext_buckets[HAEXT_BUCKETS];
+/* Hidden: the trampolines reach them without a GOT load. */
+#define HAEXT_HIDDEN __attribute__((visibility("hidden")))
+
+/* A bucket: its chain, and the handle of the chain's first entry, so that
+ * a lookup that hits the first entry reads this one cache line only. */
+struct haext_bucket {
+    _Atomic CK_SESSION_HANDLE key;
+    _Atomic(struct haext_sess *) head;
+};
+
+extern struct haext_bucket haext_buckets[HAEXT_BUCKETS] HAEXT_HIDDEN;
 
 /* The vendor's function list once loaded (vendor.c); NULL before. */
-extern CK_FUNCTION_LIST_PTR _Atomic haext_vendor;
+extern CK_FUNCTION_LIST_PTR _Atomic haext_vendor HAEXT_HIDDEN;
+/* A copy of it, written before haext_vendor is set: the trampolines read
+ * the function they forward to from here, one cache line of the front's. */
+extern CK_FUNCTION_LIST haext_vcopy HAEXT_HIDDEN;
+/* What a trampoline answers when its entry in haext_vcopy is NULL: not
+ * loaded yet (CKR_CRYPTOKI_NOT_INITIALIZED), or not supported. */
+CK_RV haext_no_function(void);
 
 static inline unsigned haext_bucket(CK_SESSION_HANDLE h)
 {
@@ -48,13 +66,23 @@ static inline unsigned haext_bucket(CK_SESSION_HANDLE h)
     return (unsigned)(x >> 52); /* 64 - log2(HAEXT_BUCKETS) */
 }
 
-/* The host's session h, or NULL when the front does not know it. */
+/* The host's session h, or NULL when the front does not know it. A writer
+ * changing a bucket's head zeroes its key, stores the head, then the new
+ * key; so a key read equal to h before and after the head means the head
+ * is h's entry. */
 static inline struct haext_sess *haext_sess_find(CK_SESSION_HANDLE h)
 {
+    struct haext_bucket *b;
     struct haext_sess *e;
     if (h == CK_INVALID_HANDLE)
         return NULL;
-    e = atomic_load_explicit(&haext_buckets[haext_bucket(h)], memory_order_acquire);
+    b = &haext_buckets[haext_bucket(h)];
+    if (atomic_load_explicit(&b->key, memory_order_acquire) == h) {
+        e = atomic_load_explicit(&b->head, memory_order_acquire);
+        if (atomic_load_explicit(&b->key, memory_order_acquire) == h)
+            return e;
+    }
+    e = atomic_load_explicit(&b->head, memory_order_acquire);
     while (e != NULL) {
         if (atomic_load_explicit(&e->h, memory_order_relaxed) == h)
             return e;
@@ -63,19 +91,35 @@ static inline struct haext_sess *haext_sess_find(CK_SESSION_HANDLE h)
     return NULL;
 }
 
-/* Around every forwarded call that takes a session. */
-static inline struct haext_sess *haext_sess_enter(CK_SESSION_HANDLE h)
+/* Each host thread's own: the session it is in a call on, or NULL, and
+ * whether borrow can see it (the registry holds its address). */
+struct haext_tls {
+    _Atomic(struct haext_sess *) cur;
+    int registered;
+};
+
+extern __thread struct haext_tls haext_self __attribute__((tls_model("initial-exec"))) HAEXT_HIDDEN;
+/* Registers the calling thread (its first call on a session). */
+void haext_thread_register(void);
+
+/* Around every forwarded call that takes a session: the calling thread
+ * marks itself in a call on e (the entry of its session, or NULL when the
+ * front does not know it) and returns what it was in before (NULL, or the
+ * session of a call made from inside a call, e.g. a notify callback), which
+ * haext_busy_end restores. */
+static inline struct haext_sess *haext_busy_begin(struct haext_sess *e)
 {
-    struct haext_sess *e = haext_sess_find(h);
-    if (e != NULL)
-        atomic_fetch_add_explicit(&e->busy, 1, memory_order_relaxed);
-    return e;
+    struct haext_sess *prev;
+    if (__builtin_expect(!haext_self.registered, 0))
+        haext_thread_register();
+    prev = atomic_load_explicit(&haext_self.cur, memory_order_relaxed);
+    atomic_store_explicit(&haext_self.cur, e, memory_order_relaxed);
+    return prev;
 }
 
-static inline void haext_sess_leave(struct haext_sess *e)
+static inline void haext_busy_end(struct haext_sess *prev)
 {
-    if (e != NULL)
-        atomic_fetch_sub_explicit(&e->busy, 1, memory_order_release);
+    atomic_store_explicit(&haext_self.cur, prev, memory_order_release);
 }
 
 /* Connection-class CK_RVs: the member behind the slot may be gone. */
@@ -89,9 +133,9 @@ static inline int haext_rv_dropped(CK_RV rv)
     return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
 }
 
-/* A host call on session h (its entry e, or NULL) failed with rv: record
- * the host error, and forget a session the module dropped. */
-void haext_sess_failed(struct haext_sess *e, CK_SESSION_HANDLE h, CK_RV rv);
+/* A host call on session h failed with rv: record the host error, and
+ * forget a session the module dropped. */
+void haext_sess_failed(CK_SESSION_HANDLE h, CK_RV rv);
 /* A host call on slot (or HAEXT_SLOT_NONE) failed with rv. */
 void haext_slot_failed(CK_SLOT_ID slot, CK_RV rv);
 

@@ -27,6 +27,13 @@
 #include "state.h"
 
 CK_FUNCTION_LIST_PTR _Atomic haext_vendor;
+CK_FUNCTION_LIST haext_vcopy;
+
+CK_RV haext_no_function(void)
+{
+    return atomic_load_explicit(&haext_vendor, memory_order_acquire) == NULL ? CKR_CRYPTOKI_NOT_INITIALIZED
+                                                                              : CKR_FUNCTION_NOT_SUPPORTED;
+}
 
 static pthread_mutex_t load_mu = PTHREAD_MUTEX_INITIALIZER;
 static char load_error[1024];
@@ -136,6 +143,8 @@ static int load_locked(void)
     }
     haext_front_list.version = list->version;
     host.list = list;
+    memcpy(&haext_vcopy, list, sizeof haext_vcopy);
+    atomic_thread_fence(memory_order_release);
     load_error[0] = '\0';
     atomic_store_explicit(&haext_vendor, list, memory_order_release);
     rc = 0;

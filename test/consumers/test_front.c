@@ -118,7 +118,7 @@ static void drain_events(void)
 static CK_SESSION_HANDLE open_own(CK_SLOT_ID slot, CK_SESSION_HANDLE busy)
 {
     CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
-    struct haext_sess *e = busy != CK_INVALID_HANDLE ? haext_sess_enter(busy) : NULL;
+    struct haext_sess *prev = haext_busy_begin(haext_sess_find(busy));
     CK_RV rv;
     if (!H->enter())
         return CK_INVALID_HANDLE;
@@ -126,7 +126,7 @@ static CK_SESSION_HANDLE open_own(CK_SLOT_ID slot, CK_SESSION_HANDLE busy)
     if (rv == CKR_OK)
         H->give_back(h, CKR_OK);
     H->leave();
-    haext_sess_leave(e);
+    haext_busy_end(prev);
     return rv == CKR_OK ? h : CK_INVALID_HANDLE;
 }
 
@@ -193,11 +193,11 @@ static void test_borrow(void)
     check(rv == CKR_OK && got == s1, "once given back, the host's session is lent again");
     H->give_back(got, CKR_OK);
     {
-        struct haext_sess *e = haext_sess_enter(s1); /* a host call in flight on s1 */
+        struct haext_sess *prev = haext_busy_begin(haext_sess_find(s1)); /* a host call in flight on s1 */
         rv = H->borrow(slot_a, &got);
         check(rv == CKR_OK && got == got2, "while the host is in a call on it, the own session is lent instead");
         H->give_back(got, CKR_OK);
-        haext_sess_leave(e);
+        haext_busy_end(prev);
     }
     H->leave();
     check(spy_count("C_OpenSession") == opens0 + 2,
