@@ -214,6 +214,11 @@ side pykcs11-vendor-key "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @
 bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 
 # --- 5. consumers on the p11-kit lab -----------------------------------------
+dir=$work/lab-events
+bash "$lab" up --dir "$dir" --mode net --members 2 --timeout 2 >/dev/null
+run_c net-events "$dir" env HALAB_LAB_SH="$lab" "$build/consumers/test_front" net-events
+bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+
 echo "== consumers, p11-kit lab (net)"
 dir=$work/lab-net
 bash "$lab" up --dir "$dir" --mode net --members 3 --timeout 2 >/dev/null
