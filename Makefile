@@ -14,6 +14,8 @@ BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PCDIR      ?= $(LIBDIR)/pkgconfig
+FRONTDIR   ?= $(LIBDIR)/pkcs11
+DOCDIR     ?= $(PREFIX)/share/doc/libhaext
 VERSION    := 1.0.0
 BUILD    := build
 P11FLAGS := $(shell pkg-config --cflags p11-kit-1 2>/dev/null)
@@ -22,7 +24,7 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c test-front test-install fuzz bench install uninstall clean
+.PHONY: all deps demo test test-go test-c test-front test-install fuzz bench install install-front uninstall clean
 
 all: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 
@@ -84,7 +86,7 @@ test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_
 test-front: $(BUILD)/libhaext-pkcs11.so
 	bash test/consumers/run.sh
 
-test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus
+test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 	bash test/install/run.sh
 
 $(BUILD)/haext.pc: haext.pc.in Makefile
@@ -94,7 +96,7 @@ $(BUILD)/haext.pc: haext.pc.in Makefile
 
 # The library as libhaext.so.$(VERSION) with SONAME libhaext.so.1 and the
 # usual symlinks, the header, hastatus and haext.pc.
-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/haext.pc
+install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/haext.pc install-front
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(PCDIR)
 	install -m 0755 $(BUILD)/libhaext.so $(DESTDIR)$(LIBDIR)/libhaext.so.$(VERSION)
 	ln -sf libhaext.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -104,14 +106,24 @@ install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/haext.pc
 	install -m 0644 $(BUILD)/haext.pc $(DESTDIR)$(PCDIR)/haext.pc
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
+# The front module where Debian keeps PKCS#11 modules, and an example p11-kit
+# module file naming it (written here, from the FRONTDIR of this install).
+install-front: $(BUILD)/libhaext-pkcs11.so cmd/libhaext-pkcs11/libhaext-pkcs11.module.in
+	install -d $(DESTDIR)$(FRONTDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BUILD)/libhaext-pkcs11.so $(DESTDIR)$(FRONTDIR)/libhaext-pkcs11.so
+	sed -e 's|@FRONTDIR@|$(FRONTDIR)|' cmd/libhaext-pkcs11/libhaext-pkcs11.module.in \
+	    > $(DESTDIR)$(DOCDIR)/libhaext-pkcs11.module
+	chmod 0644 $(DESTDIR)$(DOCDIR)/libhaext-pkcs11.module
+
 uninstall:
+	rm -f $(DESTDIR)$(FRONTDIR)/libhaext-pkcs11.so $(DESTDIR)$(DOCDIR)/libhaext-pkcs11.module
 	rm -f $(DESTDIR)$(LIBDIR)/libhaext.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libhaext.so \
 	    $(DESTDIR)$(INCLUDEDIR)/cryptoki_ha.h $(DESTDIR)$(BINDIR)/hastatus $(DESTDIR)$(PCDIR)/haext.pc
 
 # Benchmarks on the lab: legacy sequential check against CA_GetCurrentHAState,
 # 1 to 32 members, 0/1/5 ms injected latency, faults, concurrency, resources;
 # writes BENCHMARKS.md and BENCHMARKS.json.
-bench: deps $(BUILD)/libhaext.so
+bench: deps $(BUILD)/libhaext.so $(BUILD)/libhaext-pkcs11.so
 	bash test/bench/run.sh
 
 fuzz:

@@ -69,7 +69,7 @@ struct loan {
     unsigned long tag;
 };
 
-struct haext_bucket haext_buckets[HAEXT_BUCKETS];
+struct haext_bucket haext_buckets[HAEXT_BUCKETS] __attribute__((aligned(64)));
 
 /* Makes e the first entry of bucket b (tab_mu held); see haext_sess_find. */
 static void bucket_set_head(struct haext_bucket *b, struct haext_sess *e)
@@ -774,6 +774,11 @@ static CK_VOID_PTR locking_args(CK_VOID_PTR args, CK_C_INITIALIZE_ARGS *local)
     return local;
 }
 
+/* Set while this thread is inside the vendor's C_Initialize: a vendor that
+ * initializes the front in turn (p11-kit-proxy with the front among its
+ * modules) gets CKR_GENERAL_ERROR instead of a loop. */
+static __thread int initializing __attribute__((tls_model("initial-exec")));
+
 CK_RV haext_host_initialize(CK_VOID_PTR args)
 {
     CK_FUNCTION_LIST_PTR v;
@@ -781,13 +786,15 @@ CK_RV haext_host_initialize(CK_VOID_PTR args)
     CK_VOID_PTR a;
     CK_RV rv;
     int was;
-    if (haext_front_load() != 0)
+    if (initializing || haext_front_load() != 0)
         return CKR_GENERAL_ERROR;
     v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
     a = locking_args(args, &local);
+    initializing = 1;
     rv = v->C_Initialize(a);
     if (rv == CKR_CANT_LOCK && a != args)
         rv = v->C_Initialize(args); /* the vendor cannot lock: the host's own arguments */
+    initializing = 0;
     if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         pthread_mutex_lock(&gate_mu);
         was = gate_open;

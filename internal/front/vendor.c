@@ -27,7 +27,7 @@
 #include "state.h"
 
 CK_FUNCTION_LIST_PTR _Atomic haext_vendor;
-CK_FUNCTION_LIST haext_vcopy;
+CK_FUNCTION_LIST haext_vcopy __attribute__((aligned(64)));
 
 CK_RV haext_no_function(void)
 {
@@ -153,13 +153,23 @@ out:
     return rc;
 }
 
+/* Set while this thread loads the vendor: a vendor that loads the front
+ * again (p11-kit-proxy with the front among its modules) gets an error,
+ * not a deadlock. */
+static __thread int loading __attribute__((tls_model("initial-exec")));
+
 int haext_front_load(void)
 {
     int rc;
     if (atomic_load_explicit(&haext_vendor, memory_order_acquire) != NULL)
         return 0;
+    if (loading)
+        return fail("the vendor module loads libhaext-pkcs11 again while it is being loaded (%s%s%s)",
+                    "a p11-kit module file names libhaext-pkcs11 and Chrystoki.conf names p11-kit-proxy?", "", "");
     pthread_mutex_lock(&load_mu);
+    loading = 1;
     rc = atomic_load_explicit(&haext_vendor, memory_order_acquire) != NULL ? 0 : load_locked();
+    loading = 0;
     pthread_mutex_unlock(&load_mu);
     return rc;
 }
