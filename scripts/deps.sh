@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing libhaext needs, only when it is missing:
-# a C compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers) and
-# OpenSC's pkcs11-spy. Go itself (1.22 or newer) must be on PATH; Go modules
+# a C compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers),
+# OpenSC's pkcs11-spy, and the front module's consumers (PyKCS11, OpenSSL's
+# pkcs11 engine). Go itself (1.22 or newer) must be on PATH; Go modules
 # come through the module proxy on first build.
 set -euo pipefail
 
@@ -21,6 +22,11 @@ have_cmd pgrep || need+=(procps)           # the lab finds member processes
 have_cmd readelf || need+=(binutils)       # the install test and the export check (nm)
 have_cmd awk || need+=(mawk)
 have_cmd python3 || need+=(python3) # make bench writes BENCHMARKS.md with it
+# The front module's consumer tests (test/consumers): PyKCS11 for Debian's
+# python3, OpenSSL's pkcs11 engine and the headers to build a host on it.
+/usr/bin/python3 -c 'import PyKCS11' >/dev/null 2>&1 || need+=(python3-pykcs11)
+have_file '/usr/lib/*/engines-3/pkcs11.so' || need+=(libengine-pkcs11-openssl)
+have_file /usr/include/openssl/engine.h || need+=(libssl-dev)
 
 if ! have_cmd go; then
     echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.22 or newer" >&2
