@@ -1,6 +1,6 @@
 # libhaext: CA_GetCurrentHAState for PKCS#11 HA groups, as a C shared library.
 #
-#   make          build build/libhaext.so (and build/hastatus)
+#   make          build build/libhaext.so, build/libhaext-pkcs11.so (and build/hastatus)
 #   make demo     set up a SoftHSM2 group of 3 members and print its state
 #   make test     everything: Go checks and tests (race detector), C tests
 #   make bench    benchmarks, written to BENCHMARKS.md
@@ -14,6 +14,8 @@ BINDIR     ?= $(PREFIX)/bin
 LIBDIR     ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 PCDIR      ?= $(LIBDIR)/pkgconfig
+FRONTDIR   ?= $(LIBDIR)/pkcs11
+DOCDIR     ?= $(PREFIX)/share/doc/libhaext
 VERSION    := 1.0.0
 BUILD    := build
 P11FLAGS := $(shell pkg-config --cflags p11-kit-1 2>/dev/null)
@@ -22,9 +24,9 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c test-install fuzz bench install uninstall clean FORCE
+.PHONY: all deps demo test test-go test-c test-front test-install fuzz bench install install-front uninstall clean FORCE
 
-all: $(BUILD)/libhaext.so $(BUILD)/hastatus
+all: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 
 deps:
 	@bash scripts/deps.sh
@@ -36,6 +38,20 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 	@ln -sf libhaext.so $(BUILD)/$(SONAME)
 	@extra=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' || true); \
 	  if [ -n "$$extra" ]; then echo "libhaext.so exports more than CA_*: $$extra" >&2; rm -f $@; exit 1; fi
+
+# The front module: a PKCS#11 module loaded instead of the vendor's. It
+# exports exactly the 68 C_* functions of PKCS#11 2.40 listed in its
+# exports.map, and CA_*.
+FRONT_LDFLAGS := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext-pkcs11/exports.map -Wl,-soname,libhaext-pkcs11.so'
+$(BUILD)/libhaext-pkcs11.so: $(GOFILES) include/cryptoki_ha.h internal/hostapi/hostapi.h cmd/libhaext-pkcs11/exports.map
+	@mkdir -p $(BUILD)
+	$(GO) build -buildmode=c-shared -ldflags "$(FRONT_LDFLAGS)" -o $@ ./cmd/libhaext-pkcs11
+	@rm -f $(BUILD)/libhaext-pkcs11.h
+	@want=$$(sed -n 's/^ *\(C_[A-Za-z]*\);$$/\1/p' cmd/libhaext-pkcs11/exports.map | sort); \
+	  got=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' | sort); \
+	  if [ "$$want" != "$$got" ] || [ $$(echo "$$want" | wc -l) -ne 68 ]; then \
+	    echo "libhaext-pkcs11.so must export the 68 C_* of exports.map and CA_*, and nothing else:" >&2; \
+	    echo "$$want" > $@.want; echo "$$got" > $@.got; diff $@.want $@.got >&2; rm -f $@ $@.want $@.got; exit 1; fi
 
 $(BUILD)/hastatus: $(GOFILES)
 	@mkdir -p $(BUILD)
@@ -52,7 +68,7 @@ $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.s
 demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
 	@bash test/lab/demo.sh
 
-test: deps test-go test-c test-install
+test: deps test-go test-c test-front test-install
 
 test-go:
 	@test -z "$$(gofmt -l cmd pkg internal)" || { gofmt -l cmd pkg internal; echo "gofmt needed" >&2; exit 1; }
@@ -64,7 +80,12 @@ test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_
 	$(BUILD)/test_net
 	bash test/c/run.sh
 
-test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus
+# The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)
+# against SoftHSM2 and the p11-kit lab, side by side with the vendor alone.
+test-front: $(BUILD)/libhaext-pkcs11.so
+	bash test/consumers/run.sh
+
+test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 	bash test/install/run.sh
 
 # The values haext.pc is made from, rewritten only when they change, so that
@@ -82,7 +103,7 @@ $(BUILD)/haext.pc: haext.pc.in Makefile $(BUILD)/haext.pc.vars
 
 # The library as libhaext.so.$(VERSION) with SONAME libhaext.so.1 and the
 # usual symlinks, the header, hastatus and haext.pc.
-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/haext.pc
+install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/haext.pc install-front
 	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(PCDIR)
 	install -m 0755 $(BUILD)/libhaext.so $(DESTDIR)$(LIBDIR)/libhaext.so.$(VERSION)
 	ln -sf libhaext.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME)
@@ -92,14 +113,24 @@ install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/haext.pc
 	install -m 0644 $(BUILD)/haext.pc $(DESTDIR)$(PCDIR)/haext.pc
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi
 
+# The front module where Debian keeps PKCS#11 modules, and an example p11-kit
+# module file naming it (written here, from the FRONTDIR of this install).
+install-front: $(BUILD)/libhaext-pkcs11.so cmd/libhaext-pkcs11/libhaext-pkcs11.module.in
+	install -d $(DESTDIR)$(FRONTDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 $(BUILD)/libhaext-pkcs11.so $(DESTDIR)$(FRONTDIR)/libhaext-pkcs11.so
+	sed -e 's|@FRONTDIR@|$(FRONTDIR)|' cmd/libhaext-pkcs11/libhaext-pkcs11.module.in \
+	    > $(DESTDIR)$(DOCDIR)/libhaext-pkcs11.module
+	chmod 0644 $(DESTDIR)$(DOCDIR)/libhaext-pkcs11.module
+
 uninstall:
+	rm -f $(DESTDIR)$(FRONTDIR)/libhaext-pkcs11.so $(DESTDIR)$(DOCDIR)/libhaext-pkcs11.module
 	rm -f $(DESTDIR)$(LIBDIR)/libhaext.so.$(VERSION) $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libhaext.so \
 	    $(DESTDIR)$(INCLUDEDIR)/cryptoki_ha.h $(DESTDIR)$(BINDIR)/hastatus $(DESTDIR)$(PCDIR)/haext.pc
 
 # Benchmarks on the lab: legacy sequential check against CA_GetCurrentHAState,
 # 1 to 32 members, 0/1/5 ms injected latency, faults, concurrency, resources;
 # writes BENCHMARKS.md and BENCHMARKS.json.
-bench: deps $(BUILD)/libhaext.so
+bench: deps $(BUILD)/libhaext.so $(BUILD)/libhaext-pkcs11.so
 	bash test/bench/run.sh
 
 fuzz:

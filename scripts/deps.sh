@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what building and testing libhaext needs, only when it is missing:
 # a C and a C++ compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers),
-# OpenSC's pkcs11-spy, and for network members Caml Crush, iptables,
-# iproute2 and openssl. Go itself (1.22 or newer) must be on PATH; Go modules
+# OpenSC's pkcs11-spy, for network members Caml Crush, iptables, iproute2
+# and openssl, and the front module's consumers (PyKCS11, OpenSSL's pkcs11
+# engine). Go itself (1.22 or newer) must be on PATH; Go modules
 # come through the module proxy on first build.
 set -euo pipefail
 
@@ -32,6 +33,12 @@ have_cmd iptables || need+=(iptables)
 have_cmd ip || need+=(iproute2)
 have_cmd openssl || need+=(openssl)
 have_cmd nsenter || need+=(util-linux)
+
+# The front module's consumer tests (test/consumers): PyKCS11 for Debian's
+# python3, OpenSSL's pkcs11 engine and the headers to build a host on it.
+/usr/bin/python3 -c 'import PyKCS11' >/dev/null 2>&1 || need+=(python3-pykcs11)
+have_file '/usr/lib/*/engines-3/pkcs11.so' || need+=(libengine-pkcs11-openssl)
+have_file /usr/include/openssl/engine.h || need+=(libssl-dev)
 
 if ! have_cmd go; then
     echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.22 or newer" >&2

@@ -193,6 +193,27 @@ gobench=$out/go-bench.txt
 "$go_bin" test -run='^$' -bench=. -benchmem -count=5 ./pkg/probe 2>&1 | tee "$gobench" ||
     log "warning: go test -bench failed (its output is in the report)"
 
+# 5b. The front module: what forwarding through build/libhaext-pkcs11.so adds
+# to C_GetSessionInfo and C_Sign on SoftHSM2, in one process.
+[ -f "$build/libhaext-pkcs11.so" ] || die "$build/libhaext-pkcs11.so is missing: run \`make bench\`"
+"$cc" "${cflags[@]}" -o "$out/front_bench" test/bench/front_bench.c -ldl
+dir=$work/lab-front
+log "lab: front module forwarding (1 SoftHSM2 token, no p11-kit)"
+bash "$lab" up --dir "$dir" --mode direct --members 1 >>"$benchlog" 2>&1 || die "lab.sh up --mode direct failed"
+front_iters=400000
+[ "${BENCH_QUICK:-0}" = 1 ] && front_iters=40000
+bash "$lab" exec --dir "$dir" -- bash -c '"$0" "$HALAB_MODULE" "$1" --json "$2" --iterations "$3"' \
+    "$out/front_bench" "$build/libhaext-pkcs11.so" "$results" "$front_iters" 2>&1 | tee -a "$benchlog" ||
+    die "front_bench failed (see $benchlog)"
+down "$dir"
+# The same with a vendor that answers at once: the front's own work.
+"$cc" "${cflags[@]}" -fPIC -shared -o "$out/null_vendor.so" test/bench/null_vendor.c
+mkdir -p "$work/null-vendor"
+printf 'Chrystoki2 = {\n   LibUNIX64 = %s;\n}\n' "$out/null_vendor.so" >"$work/null-vendor/Chrystoki.conf"
+ChrystokiConfigurationPath=$work/null-vendor "$out/front_bench" "$out/null_vendor.so" "$build/libhaext-pkcs11.so" \
+    --name null --json "$results" --iterations "$front_iters" 2>&1 | tee -a "$benchlog" ||
+    die "front_bench with the null vendor failed (see $benchlog)"
+
 # 5. Report.
 finished=$(date +%s)
 "$python" "$here/report.py" --results "$results" --net-results "$netresults" --go-bench "$gobench" \

@@ -2,7 +2,9 @@
 # Tests `make install` into a DESTDIR: the files and symlinks, the SONAME,
 # a haext.pc free of DESTDIR, and examples/ha_state.c built with
 # `cc ha_state.c $(pkg-config --cflags --libs haext)` against the staged
-# tree, then run on a SoftHSM2 group with the installed hastatus beside it.
+# tree, then run on a SoftHSM2 group with the installed hastatus beside it;
+# the front module and its p11-kit module file, loaded by pkcs11-tool and
+# by p11-kit.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -70,6 +72,22 @@ slot=$(softhsm2-util --show-slots | awk -v s="$first" '/^Slot [0-9]+/ {slot=$2} 
 ok "the installed example reports all 3 members alive" bash -c \
     "LD_LIBRARY_PATH='$lib' '$work/ha_state' '$slot' | tee /dev/stderr | grep -c ' alive$' | grep -qx 3"
 ok "the installed hastatus exits 0 on the same group" "$stage$prefix/bin/hastatus" --group halab
+
+# The front module, in $(LIBDIR)/pkcs11 with its example p11-kit module file.
+front=$lib/pkcs11/libhaext-pkcs11.so
+modfile=$stage$prefix/share/doc/libhaext/libhaext-pkcs11.module
+ok "libhaext-pkcs11.so installed in \$(LIBDIR)/pkcs11" test -f "$front"
+ok "the example p11-kit module file names the installed front, not the DESTDIR" \
+    bash -c "grep -qx 'module: $prefix/lib/pkcs11/libhaext-pkcs11.so' '$modfile' && ! grep -q '$stage' '$modfile'"
+ok "pkcs11-tool through the installed front lists the tokens the vendor lists" \
+    bash -c "diff <(pkcs11-tool --module '$HALAB_MODULE' -L 2>&1) <(pkcs11-tool --module '$front' -L 2>&1)"
+# p11-kit loads the front from the module file (pointed at the staged
+# front), in a private mount namespace over the machine's module folder.
+mkdir -p "$work/modules"
+sed "s#^module: .*#module: $front#" "$modfile" >"$work/modules/libhaext-pkcs11.module"
+ok "p11-kit loads the front from the module file and sees the group's tokens through it" \
+    unshare -m bash -c "mount --make-rprivate / && mount --bind '$work/modules' /usr/share/p11-kit/modules &&
+        p11-kit list-modules | tee /dev/stderr | grep -A30 '^libhaext-pkcs11' | grep -q 'token: m00'"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

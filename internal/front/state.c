@@ -1,0 +1,1051 @@
+/*
+ * state.c - what the front knows about the host, and what it lends the
+ * engine (struct haext_host, internal/hostapi/hostapi.h).
+ *
+ * The gate. enter() succeeds while the module is initialized by the host
+ * and no C_Finalize has begun; the host's C_Finalize closes it, waits for
+ * the calls inside it (at most HAEXT_FRONT_WAIT_MS), then forwards. The
+ * host's C_Initialize opens it after the vendor's CKR_OK or
+ * CKR_CRYPTOKI_ALREADY_INITIALIZED.
+ *
+ * The host's sessions (state.h): handle -> slot, the threads in a call on
+ * each, lent flag.
+ * borrow() lends an idle session of the host's on the slot, else the
+ * front's own read-only session there, opened on demand. The front closes
+ * its own session on a slot before it forwards C_Login(CKU_SO) or
+ * C_InitToken there, and right after the host's last session there is
+ * closed, so that login state is what it would be without the front; the
+ * next borrow opens it again. A host call that would close a session lent
+ * at that moment waits for it to be given back (bounded), so the vendor
+ * never sees a session closed under a call.
+ *
+ * Events: initialized, finalized, host errors (connection-class CK_RVs, or
+ * a session the table knew that the module dropped), read by the engine
+ * with haext_front_next.
+ *
+ * Locks: tab_mu (the table), lend_mu (own sessions and loans), gate_mu,
+ * ev_mu, and reg_mu (the host's threads). None is held across a vendor
+ * call; the only nesting is tab_mu -> lend_mu and tab_mu -> reg_mu. In a
+ * fork child everything is reset: the child's host must call C_Initialize,
+ * whose result is the vendor's.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "state.h"
+
+#define MAX_SLOTS 256
+#define MAX_LOANS 256
+#define EV_CAP 128
+#define CHUNK 64
+
+enum { OWN_NONE, OWN_OPENING, OWN_OPEN, OWN_CLOSING };
+
+struct haext_slot {
+    CK_SLOT_ID id;
+    int used;
+    /* tab_mu */
+    long host_count;
+    struct haext_sess *list;
+    /* lend_mu */
+    int own_state;
+    CK_SESSION_HANDLE own;
+    unsigned long own_tag; /* changes whenever the own session is forgotten */
+    int own_lent;
+    int close_pending; /* close the own session as soon as nobody uses it */
+    int so_pending;    /* an SO login or C_InitToken is on its way: open none */
+};
+
+struct loan {
+    int used;
+    CK_SESSION_HANDLE h;
+    struct haext_sess *e; /* a host session, or NULL: the slot's own */
+    struct haext_slot *s;
+    unsigned long tag;
+};
+
+struct haext_bucket haext_buckets[HAEXT_BUCKETS] __attribute__((aligned(64)));
+
+/* Makes e the first entry of bucket b (tab_mu held); see haext_sess_find. */
+static void bucket_set_head(struct haext_bucket *b, struct haext_sess *e)
+{
+    atomic_store_explicit(&b->key, CK_INVALID_HANDLE, memory_order_release);
+    atomic_store_explicit(&b->head, e, memory_order_release);
+    atomic_store_explicit(&b->key, e != NULL ? atomic_load_explicit(&e->h, memory_order_relaxed) : CK_INVALID_HANDLE,
+                          memory_order_release);
+}
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+
+static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct haext_slot slots[MAX_SLOTS];
+static struct haext_sess *free_list, *zombies;
+static long host_sessions;
+
+static pthread_mutex_t lend_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t lend_cv;
+static struct loan loans[MAX_LOANS];
+static int nloans;
+static unsigned long tag_seq, epoch;
+
+static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cv;
+static int gate_open, gate_inside;
+
+static pthread_mutex_t ev_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ev_cv;
+static struct haext_front_event evq[EV_CAP];
+static int ev_head, ev_len, ev_overflow;
+
+static atomic_ulong st_own_opened, st_own_closed, st_loans_host, st_loans_own;
+
+__thread struct haext_tls haext_self __attribute__((tls_model("initial-exec")));
+
+/* The registry: where each registered thread's haext_self is. */
+struct reg_node {
+    struct haext_tls *tls; /* NULL: free for the next thread */
+    struct reg_node *next;
+};
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct reg_node *registry;
+static pthread_key_t reg_key;
+
+/* --- time, locks, signals ------------------------------------------------ */
+
+static void init_cond(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
+
+static void deadline_in(struct timespec *ts, long ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += ms / 1000;
+    ts->tv_nsec += (ms % 1000) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec++;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* Waits on cv until woken or the deadline passed: 0 when it passed. */
+static int wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, const struct timespec *ts)
+{
+    return pthread_cond_timedwait(cv, mu, ts) != ETIMEDOUT;
+}
+
+static void atfork_child(void);
+static void thread_exit(void *t);
+
+static void init(void)
+{
+    init_cond(&lend_cv);
+    init_cond(&gate_cv);
+    init_cond(&ev_cv);
+    pthread_key_create(&reg_key, thread_exit);
+    pthread_atfork(NULL, NULL, atfork_child);
+}
+
+/* --- the host's threads ------------------------------------------------------ */
+
+void haext_thread_register(void)
+{
+    struct reg_node *n;
+    haext_state_init();
+    pthread_mutex_lock(&reg_mu);
+    for (n = registry; n != NULL && n->tls != NULL; n = n->next) {
+    }
+    if (n == NULL && (n = calloc(1, sizeof *n)) != NULL) {
+        n->next = registry;
+        registry = n;
+    }
+    if (n != NULL) {
+        n->tls = &haext_self;
+        pthread_setspecific(reg_key, n);
+    }
+    pthread_mutex_unlock(&reg_mu);
+    haext_self.registered = 1; /* unregistered when out of memory: never seen busy */
+}
+
+/* A registered thread ends: its node is free for the next one. */
+static void thread_exit(void *p)
+{
+    struct reg_node *n = p;
+    pthread_mutex_lock(&reg_mu);
+    n->tls = NULL;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+/* Whether a host thread is in a call on session e right now. */
+static int sess_busy(struct haext_sess *e)
+{
+    struct reg_node *n;
+    int busy = 0;
+    pthread_mutex_lock(&reg_mu);
+    for (n = registry; n != NULL && !busy; n = n->next)
+        busy = n->tls != NULL && atomic_load_explicit(&n->tls->cur, memory_order_acquire) == e;
+    pthread_mutex_unlock(&reg_mu);
+    return busy;
+}
+
+void haext_state_init(void)
+{
+    pthread_once(&init_once, init);
+}
+
+/* The front's own vendor calls run on the host's or the engine's threads:
+ * a write to a dead member's socket must not raise SIGPIPE on them. Block
+ * it around the call and take a SIGPIPE the call raised. */
+struct pipe_guard {
+    sigset_t old;
+    int was_pending;
+};
+
+static void guard_begin(struct pipe_guard *g)
+{
+    sigset_t pipe, pend;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &g->old);
+    sigpending(&pend);
+    g->was_pending = sigismember(&pend, SIGPIPE);
+}
+
+static void guard_end(struct pipe_guard *g)
+{
+    sigset_t pipe, pend;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    sigpending(&pend);
+    if (!g->was_pending && sigismember(&pend, SIGPIPE)) {
+        struct timespec zero = {0, 0};
+        while (sigtimedwait(&pipe, NULL, &zero) < 0 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+static CK_RV own_open(CK_SLOT_ID slot, CK_SESSION_HANDLE *h)
+{
+    struct pipe_guard g;
+    CK_RV rv;
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    guard_begin(&g);
+    rv = v->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, h);
+    guard_end(&g);
+    if (rv == CKR_OK)
+        atomic_fetch_add(&st_own_opened, 1);
+    return rv;
+}
+
+static void own_close(CK_SESSION_HANDLE h)
+{
+    struct pipe_guard g;
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    guard_begin(&g);
+    v->C_CloseSession(h);
+    guard_end(&g);
+    atomic_fetch_add(&st_own_closed, 1);
+}
+
+/* --- events ---------------------------------------------------------------- */
+
+static void push_event(int kind, CK_SLOT_ID slot, CK_RV rv)
+{
+    int i;
+    haext_state_init();
+    pthread_mutex_lock(&ev_mu);
+    if (kind == HAEXT_EV_HOST_ERROR) {
+        for (i = 0; i < ev_len; i++) {
+            struct haext_front_event *q = &evq[(ev_head + i) % EV_CAP];
+            if (q->kind == HAEXT_EV_HOST_ERROR && q->slot == slot) {
+                q->rv = rv; /* unread: the newest wins */
+                pthread_mutex_unlock(&ev_mu);
+                return;
+            }
+        }
+    }
+    if (ev_len == EV_CAP) {
+        ev_overflow = 1;
+        ev_len = 0;
+    }
+    evq[(ev_head + ev_len) % EV_CAP] = (struct haext_front_event){kind, slot, rv};
+    ev_len++;
+    pthread_cond_signal(&ev_cv);
+    pthread_mutex_unlock(&ev_mu);
+}
+
+static int take_event(struct haext_front_event *ev)
+{
+    if (ev_overflow) {
+        ev_overflow = 0;
+        *ev = (struct haext_front_event){HAEXT_EV_OVERFLOW, HAEXT_SLOT_NONE, CKR_OK};
+        return 1;
+    }
+    if (ev_len == 0)
+        return 0;
+    *ev = evq[ev_head];
+    ev_head = (ev_head + 1) % EV_CAP;
+    ev_len--;
+    return 1;
+}
+
+void haext_front_next(struct haext_front_event *ev)
+{
+    haext_state_init();
+    pthread_mutex_lock(&ev_mu);
+    while (!take_event(ev))
+        pthread_cond_wait(&ev_cv, &ev_mu);
+    pthread_mutex_unlock(&ev_mu);
+}
+
+int haext_front_poll(struct haext_front_event *ev)
+{
+    int got;
+    haext_state_init();
+    pthread_mutex_lock(&ev_mu);
+    got = take_event(ev);
+    pthread_mutex_unlock(&ev_mu);
+    return got;
+}
+
+/* --- the table (tab_mu held) ----------------------------------------------- */
+
+static struct haext_slot *slot_get(CK_SLOT_ID id, int create)
+{
+    int i, free_i = -1;
+    for (i = 0; i < MAX_SLOTS; i++) {
+        if (slots[i].used && slots[i].id == id)
+            return &slots[i];
+        if (!slots[i].used && free_i < 0)
+            free_i = i;
+    }
+    if (!create || free_i < 0)
+        return NULL;
+    memset(&slots[free_i], 0, sizeof slots[free_i]);
+    slots[free_i].id = id;
+    slots[free_i].used = 1;
+    return &slots[free_i];
+}
+
+/* The linked entry of h, or NULL. */
+static struct haext_sess *sess_linked(CK_SESSION_HANDLE h)
+{
+    struct haext_sess *e = haext_sess_find(h);
+    return e != NULL && e->linked ? e : NULL;
+}
+
+static struct haext_sess *sess_alloc(void)
+{
+    struct haext_sess *e, **pp;
+    int i;
+    if (free_list == NULL) {
+        /* Reuse a closed session that is no longer busy or lent. */
+        for (pp = &zombies; *pp != NULL; pp = &(*pp)->fnext) {
+            e = *pp;
+            if (!sess_busy(e) && !atomic_load(&e->lent)) {
+                *pp = e->fnext;
+                return e;
+            }
+        }
+        e = aligned_alloc(64, CHUNK * sizeof *e);
+        if (e == NULL)
+            return NULL;
+        memset(e, 0, CHUNK * sizeof *e);
+        for (i = 1; i < CHUNK; i++) {
+            e[i].fnext = free_list;
+            free_list = &e[i];
+        }
+        return &e[0];
+    }
+    e = free_list;
+    free_list = e->fnext;
+    return e;
+}
+
+static void sess_link(struct haext_sess *e, CK_SESSION_HANDLE h, struct haext_slot *s)
+{
+    unsigned b = haext_bucket(h);
+    atomic_store_explicit(&e->h, h, memory_order_relaxed);
+    atomic_store_explicit(&e->lent, 0, memory_order_relaxed);
+    atomic_store_explicit(&e->closing, 0, memory_order_relaxed);
+    e->slot = s;
+    e->linked = 1;
+    e->fnext = NULL;
+    e->sprev = NULL;
+    e->snext = s->list;
+    if (s->list != NULL)
+        s->list->sprev = e;
+    s->list = e;
+    s->host_count++;
+    host_sessions++;
+    atomic_store_explicit(&e->next, atomic_load_explicit(&haext_buckets[b].head, memory_order_relaxed),
+                          memory_order_relaxed);
+    bucket_set_head(&haext_buckets[b], e);
+}
+
+/* Takes e out of the table. A reader that is on e keeps walking its chain:
+ * e->next is left as it was. */
+static void sess_unlink(struct haext_sess *e)
+{
+    unsigned b = haext_bucket(atomic_load_explicit(&e->h, memory_order_relaxed));
+    struct haext_sess *p = atomic_load_explicit(&haext_buckets[b].head, memory_order_relaxed);
+    struct haext_sess *n = atomic_load_explicit(&e->next, memory_order_relaxed);
+    if (p == e) {
+        bucket_set_head(&haext_buckets[b], n);
+    } else {
+        while (p != NULL && atomic_load_explicit(&p->next, memory_order_relaxed) != e)
+            p = atomic_load_explicit(&p->next, memory_order_relaxed);
+        if (p != NULL)
+            atomic_store_explicit(&p->next, n, memory_order_release);
+    }
+    if (e->sprev != NULL)
+        e->sprev->snext = e->snext;
+    else
+        e->slot->list = e->snext;
+    if (e->snext != NULL)
+        e->snext->sprev = e->sprev;
+    e->slot->host_count--;
+    host_sessions--;
+    e->linked = 0;
+    if (!sess_busy(e) && !atomic_load(&e->lent)) {
+        e->fnext = free_list;
+        free_list = e;
+    } else {
+        e->fnext = zombies;
+        zombies = e;
+    }
+}
+
+/* Forgets every session of the host's (C_Finalize, fork child). */
+static void forget_all_locked(void)
+{
+    int i;
+    for (i = 0; i < MAX_SLOTS; i++) {
+        while (slots[i].used && slots[i].list != NULL)
+            sess_unlink(slots[i].list);
+        slots[i].host_count = 0;
+    }
+}
+
+/* --- own sessions and loans (lend_mu held) --------------------------------- */
+
+static struct loan *loan_add(CK_SESSION_HANDLE h, struct haext_sess *e, struct haext_slot *s, unsigned long tag)
+{
+    int i;
+    for (i = 0; i < MAX_LOANS; i++) {
+        if (!loans[i].used) {
+            loans[i] = (struct loan){1, h, e, s, tag};
+            nloans++;
+            return &loans[i];
+        }
+    }
+    return NULL;
+}
+
+/* Whether a loan of session e (or, e NULL, any on slot s) is out. */
+static int lent_out(struct haext_sess *e, struct haext_slot *s)
+{
+    int i, seen = 0;
+    for (i = 0; i < MAX_LOANS && seen < nloans; i++) {
+        if (!loans[i].used)
+            continue;
+        seen++;
+        if (e != NULL ? loans[i].e == e : loans[i].s == s)
+            return 1;
+    }
+    return 0;
+}
+
+static void forget_own(struct haext_slot *s)
+{
+    s->own_state = OWN_NONE;
+    s->own = CK_INVALID_HANDLE;
+    s->own_tag = ++tag_seq;
+    s->own_lent = 0;
+    s->close_pending = 0;
+}
+
+/* Closes slot s's own session now if nobody uses it, else as soon as the
+ * last user gives it back. so: an SO login or C_InitToken follows, so open
+ * none until so_done. Waits at most HAEXT_FRONT_WAIT_MS. */
+static void close_own(struct haext_slot *s, int so)
+{
+    struct timespec dl;
+    deadline_in(&dl, HAEXT_FRONT_WAIT_MS);
+    pthread_mutex_lock(&lend_mu);
+    if (so)
+        s->so_pending++;
+    while (s->own_state == OWN_OPENING || s->own_state == OWN_CLOSING ||
+           (s->own_state == OWN_OPEN && s->own_lent > 0)) {
+        if (!wait_until(&lend_cv, &lend_mu, &dl))
+            break;
+    }
+    if (s->own_state == OWN_OPEN && s->own_lent == 0) {
+        CK_SESSION_HANDLE h = s->own;
+        s->own_state = OWN_CLOSING;
+        pthread_mutex_unlock(&lend_mu);
+        own_close(h);
+        pthread_mutex_lock(&lend_mu);
+        forget_own(s);
+        pthread_cond_broadcast(&lend_cv);
+    } else if (s->own_state == OWN_OPEN || s->own_state == OWN_OPENING) {
+        s->close_pending = 1; /* still in use after the wait: the last user closes it */
+    }
+    pthread_mutex_unlock(&lend_mu);
+}
+
+static void so_done(struct haext_slot *s)
+{
+    pthread_mutex_lock(&lend_mu);
+    s->so_pending--;
+    pthread_cond_broadcast(&lend_cv);
+    pthread_mutex_unlock(&lend_mu);
+}
+
+/* Waits (bounded) until no loan of e, or of any session on s, is out. */
+static void wait_returned(struct haext_sess *e, struct haext_slot *s)
+{
+    struct timespec dl;
+    deadline_in(&dl, HAEXT_FRONT_WAIT_MS);
+    pthread_mutex_lock(&lend_mu);
+    while (lent_out(e, s) || (e == NULL && s->own_state == OWN_OPENING)) {
+        if (!wait_until(&lend_cv, &lend_mu, &dl))
+            break;
+    }
+    pthread_mutex_unlock(&lend_mu);
+}
+
+/* --- the hooks ------------------------------------------------------------- */
+
+static int gate_enter(void)
+{
+    int ok;
+    pthread_mutex_lock(&gate_mu);
+    ok = gate_open;
+    if (ok)
+        gate_inside++;
+    pthread_mutex_unlock(&gate_mu);
+    return ok;
+}
+
+static void gate_leave(void)
+{
+    pthread_mutex_lock(&gate_mu);
+    if (gate_inside > 0)
+        gate_inside--;
+    if (gate_inside == 0)
+        pthread_cond_broadcast(&gate_cv);
+    pthread_mutex_unlock(&gate_mu);
+}
+
+static CK_RV borrow(CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
+{
+    struct haext_slot *s;
+    struct haext_sess *e, *chosen = NULL;
+    CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
+    unsigned long ep;
+    CK_RV rv;
+
+    if (out == NULL)
+        return CKR_ARGUMENTS_BAD;
+    if (atomic_load_explicit(&haext_vendor, memory_order_acquire) == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+
+    /* An idle session of the host's. The loan is recorded under both
+     * locks, so a host C_CloseSession that marks the session closing
+     * (tab_mu) either comes first and the session is skipped, or finds the
+     * loan and waits for it. */
+    pthread_mutex_lock(&tab_mu);
+    s = slot_get(slot, 1);
+    if (s == NULL) {
+        pthread_mutex_unlock(&tab_mu);
+        return CKR_HOST_MEMORY;
+    }
+    for (e = s->list; e != NULL; e = e->snext) {
+        if (!atomic_load(&e->lent) && !atomic_load(&e->closing) && !sess_busy(e)) {
+            h = atomic_load_explicit(&e->h, memory_order_relaxed);
+            pthread_mutex_lock(&lend_mu);
+            if (loan_add(h, e, s, 0) != NULL) {
+                atomic_store(&e->lent, 1);
+                chosen = e;
+            }
+            pthread_mutex_unlock(&lend_mu);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&tab_mu);
+    if (chosen != NULL) {
+        atomic_fetch_add(&st_loans_host, 1);
+        *out = h;
+        return CKR_OK;
+    }
+    if (e != NULL)
+        return CKR_HOST_MEMORY; /* MAX_LOANS loans out */
+
+    pthread_mutex_lock(&lend_mu);
+    /* The front's own read-only session on the slot. */
+    if (s->own_state == OWN_OPEN && !s->close_pending && s->so_pending == 0) {
+        if (loan_add(s->own, NULL, s, s->own_tag) == NULL) {
+            pthread_mutex_unlock(&lend_mu);
+            return CKR_HOST_MEMORY;
+        }
+        s->own_lent++;
+        *out = s->own;
+        pthread_mutex_unlock(&lend_mu);
+        atomic_fetch_add(&st_loans_own, 1);
+        return CKR_OK;
+    }
+    if (s->own_state != OWN_NONE || s->so_pending > 0) {
+        /* Being opened or closed by another thread, or an SO login is on
+         * its way: no session to lend right now. */
+        pthread_mutex_unlock(&lend_mu);
+        return CKR_FUNCTION_REJECTED;
+    }
+    s->own_state = OWN_OPENING;
+    ep = epoch;
+    pthread_mutex_unlock(&lend_mu);
+
+    rv = own_open(slot, &h);
+
+    pthread_mutex_lock(&lend_mu);
+    if (rv != CKR_OK) {
+        if (epoch == ep)
+            s->own_state = OWN_NONE;
+        pthread_cond_broadcast(&lend_cv);
+        pthread_mutex_unlock(&lend_mu);
+        return rv;
+    }
+    if (epoch != ep || s->close_pending || s->so_pending > 0) {
+        /* Finalized meanwhile, or the host wants it closed: do not keep it. */
+        int mine = epoch == ep;
+        if (mine)
+            s->own_state = OWN_CLOSING;
+        pthread_mutex_unlock(&lend_mu);
+        own_close(h);
+        pthread_mutex_lock(&lend_mu);
+        if (mine)
+            forget_own(s);
+        pthread_cond_broadcast(&lend_cv);
+        pthread_mutex_unlock(&lend_mu);
+        return CKR_FUNCTION_REJECTED;
+    }
+    s->own = h;
+    s->own_state = OWN_OPEN;
+    s->own_tag = ++tag_seq;
+    s->own_lent = 0;
+    if (loan_add(h, NULL, s, s->own_tag) == NULL) {
+        pthread_cond_broadcast(&lend_cv);
+        pthread_mutex_unlock(&lend_mu);
+        return CKR_HOST_MEMORY;
+    }
+    s->own_lent = 1;
+    pthread_cond_broadcast(&lend_cv);
+    pthread_mutex_unlock(&lend_mu);
+    atomic_fetch_add(&st_loans_own, 1);
+    *out = h;
+    return CKR_OK;
+}
+
+static void host_gone(struct haext_sess *e, CK_SESSION_HANDLE h, int record, CK_RV rv);
+
+static void give_back(CK_SESSION_HANDLE h, CK_RV rv)
+{
+    struct loan l;
+    int i;
+    pthread_mutex_lock(&lend_mu);
+    for (i = 0; i < MAX_LOANS; i++)
+        if (loans[i].used && loans[i].h == h)
+            break;
+    if (i == MAX_LOANS) {
+        pthread_mutex_unlock(&lend_mu);
+        return;
+    }
+    l = loans[i];
+    loans[i].used = 0;
+    nloans--;
+    if (l.e != NULL) {
+        atomic_store(&l.e->lent, 0);
+        pthread_cond_broadcast(&lend_cv);
+        pthread_mutex_unlock(&lend_mu);
+        if (haext_rv_dropped(rv))
+            host_gone(l.e, h, 0, rv); /* the module dropped the host's session: forget it */
+        return;
+    }
+    if (l.tag == l.s->own_tag && l.s->own_state == OWN_OPEN) {
+        l.s->own_lent--;
+        if (haext_rv_dropped(rv)) {
+            forget_own(l.s); /* the module dropped it: open a new one next time */
+        } else if (l.s->own_lent == 0 && l.s->close_pending) {
+            CK_SESSION_HANDLE own = l.s->own;
+            l.s->own_state = OWN_CLOSING;
+            pthread_mutex_unlock(&lend_mu);
+            own_close(own);
+            pthread_mutex_lock(&lend_mu);
+            forget_own(l.s);
+        }
+    }
+    pthread_cond_broadcast(&lend_cv);
+    pthread_mutex_unlock(&lend_mu);
+}
+
+void haext_state_hooks(struct haext_host *h)
+{
+    h->enter = gate_enter;
+    h->leave = gate_leave;
+    h->borrow = borrow;
+    h->give_back = give_back;
+}
+
+/* --- the host's calls ------------------------------------------------------ */
+
+/* Host session e (handle h) is gone: take it out of the table, record it
+ * (record: as a host error with rv) and, when it was the host's last
+ * session on its slot, close the front's own session there. */
+static void host_gone(struct haext_sess *e, CK_SESSION_HANDLE h, int record, CK_RV rv)
+{
+    struct haext_slot *s = NULL;
+    int last = 0;
+    pthread_mutex_lock(&tab_mu);
+    if (e->linked && atomic_load_explicit(&e->h, memory_order_relaxed) == h) {
+        s = e->slot;
+        sess_unlink(e);
+        last = s->host_count == 0;
+    }
+    pthread_mutex_unlock(&tab_mu);
+    if (s == NULL)
+        return;
+    if (record)
+        push_event(HAEXT_EV_HOST_ERROR, s->id, rv);
+    if (last)
+        close_own(s, 0);
+}
+
+void haext_sess_failed(CK_SESSION_HANDLE h, CK_RV rv)
+{
+    struct haext_sess *e;
+    if (haext_rv_connection(rv)) {
+        CK_SLOT_ID slot = HAEXT_SLOT_NONE;
+        pthread_mutex_lock(&tab_mu);
+        if ((e = sess_linked(h)) != NULL)
+            slot = e->slot->id;
+        pthread_mutex_unlock(&tab_mu);
+        push_event(HAEXT_EV_HOST_ERROR, slot, rv);
+    } else if (haext_rv_dropped(rv)) {
+        pthread_mutex_lock(&tab_mu);
+        e = sess_linked(h);
+        pthread_mutex_unlock(&tab_mu);
+        if (e != NULL && !atomic_load(&e->closing))
+            host_gone(e, h, 1, rv);
+    }
+}
+
+void haext_slot_failed(CK_SLOT_ID slot, CK_RV rv)
+{
+    push_event(HAEXT_EV_HOST_ERROR, slot, rv);
+}
+
+/* The arguments the vendor gets: the host's, with CKF_OS_LOCKING_OK added
+ * when the host asked for no locking at all (NULL, or no mutex callbacks
+ * and no flag). A host that initializes with NULL promises not to call
+ * from two threads at once, and a vendor may then skip its own locks
+ * (SoftHSM2 does); but libhaext's prober threads call too. More locking
+ * changes nothing the host sees. */
+static CK_VOID_PTR locking_args(CK_VOID_PTR args, CK_C_INITIALIZE_ARGS *local)
+{
+    CK_C_INITIALIZE_ARGS *in = args;
+    if (in != NULL && (in->CreateMutex != NULL || in->DestroyMutex != NULL || in->LockMutex != NULL ||
+                       in->UnlockMutex != NULL || (in->flags & CKF_OS_LOCKING_OK)))
+        return args;
+    if (in != NULL)
+        *local = *in;
+    else
+        memset(local, 0, sizeof *local);
+    local->flags |= CKF_OS_LOCKING_OK;
+    return local;
+}
+
+/* Set while this thread is inside the vendor's C_Initialize: a vendor that
+ * initializes the front in turn (p11-kit-proxy with the front among its
+ * modules) gets CKR_GENERAL_ERROR instead of a loop. */
+static __thread int initializing __attribute__((tls_model("initial-exec")));
+
+CK_RV haext_host_initialize(CK_VOID_PTR args)
+{
+    CK_FUNCTION_LIST_PTR v;
+    CK_C_INITIALIZE_ARGS local;
+    CK_VOID_PTR a;
+    CK_RV rv;
+    int was;
+    if (initializing || haext_front_load() != 0)
+        return CKR_GENERAL_ERROR;
+    v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    a = locking_args(args, &local);
+    initializing = 1;
+    rv = v->C_Initialize(a);
+    if (rv == CKR_CANT_LOCK && a != args)
+        rv = v->C_Initialize(args); /* the vendor cannot lock: the host's own arguments */
+    initializing = 0;
+    if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        pthread_mutex_lock(&gate_mu);
+        was = gate_open;
+        gate_open = 1;
+        pthread_mutex_unlock(&gate_mu);
+        if (!was)
+            push_event(HAEXT_EV_INITIALIZED, HAEXT_SLOT_NONE, rv);
+    } else if (haext_rv_connection(rv)) {
+        push_event(HAEXT_EV_HOST_ERROR, HAEXT_SLOT_NONE, rv);
+    }
+    return rv;
+}
+
+CK_RV haext_host_finalize(CK_VOID_PTR reserved)
+{
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    struct timespec dl;
+    CK_RV rv;
+    int was, i;
+    if (v == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    /* Close the gate and let libhaext's calls inside it finish. */
+    deadline_in(&dl, HAEXT_FRONT_WAIT_MS);
+    pthread_mutex_lock(&gate_mu);
+    was = gate_open;
+    gate_open = 0;
+    while (gate_inside > 0)
+        if (!wait_until(&gate_cv, &gate_mu, &dl))
+            break;
+    pthread_mutex_unlock(&gate_mu);
+
+    rv = v->C_Finalize(reserved);
+
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_NOT_INITIALIZED) {
+        pthread_mutex_lock(&gate_mu); /* still initialized */
+        gate_open = was;
+        pthread_mutex_unlock(&gate_mu);
+        return rv;
+    }
+    /* Every session is gone with the module's state. */
+    pthread_mutex_lock(&tab_mu);
+    forget_all_locked();
+    pthread_mutex_unlock(&tab_mu);
+    pthread_mutex_lock(&lend_mu);
+    epoch++;
+    for (i = 0; i < MAX_SLOTS; i++)
+        if (slots[i].used)
+            forget_own(&slots[i]);
+    pthread_cond_broadcast(&lend_cv);
+    pthread_mutex_unlock(&lend_mu);
+    if (rv == CKR_OK)
+        push_event(HAEXT_EV_FINALIZED, HAEXT_SLOT_NONE, rv);
+    return rv;
+}
+
+CK_RV haext_host_open(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify, CK_SESSION_HANDLE_PTR ph)
+{
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    CK_RV rv;
+    if (v == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    rv = v->C_OpenSession(slot, flags, app, notify, ph);
+    if (rv == CKR_OK && ph != NULL) {
+        struct haext_slot *s;
+        struct haext_sess *e;
+        pthread_mutex_lock(&tab_mu);
+        s = slot_get(slot, 1);
+        if (s != NULL) {
+            if ((e = sess_linked(*ph)) != NULL)
+                sess_unlink(e); /* a handle the module reused: the old session is gone */
+            if ((e = sess_alloc()) != NULL)
+                sess_link(e, *ph, s);
+        }
+        pthread_mutex_unlock(&tab_mu);
+    } else if (haext_rv_connection(rv)) {
+        push_event(HAEXT_EV_HOST_ERROR, slot, rv);
+    }
+    return rv;
+}
+
+CK_RV haext_host_close(CK_SESSION_HANDLE h)
+{
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    struct haext_sess *e;
+    CK_SLOT_ID slot = HAEXT_SLOT_NONE;
+    CK_RV rv;
+    if (v == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    pthread_mutex_lock(&tab_mu);
+    e = sess_linked(h);
+    if (e != NULL) {
+        atomic_store(&e->closing, 1); /* lend it no more */
+        slot = e->slot->id;
+    }
+    pthread_mutex_unlock(&tab_mu);
+    if (e != NULL)
+        wait_returned(e, NULL); /* never close a session under libhaext's call */
+
+    rv = v->C_CloseSession(h);
+
+    if (e != NULL) {
+        if (rv == CKR_OK || haext_rv_dropped(rv))
+            host_gone(e, h, haext_rv_dropped(rv), rv);
+        else
+            atomic_store(&e->closing, 0);
+    }
+    if (haext_rv_connection(rv))
+        push_event(HAEXT_EV_HOST_ERROR, slot, rv);
+    return rv;
+}
+
+CK_RV haext_host_close_all(CK_SLOT_ID slot)
+{
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    struct haext_slot *s;
+    struct haext_sess *e;
+    CK_RV rv;
+    if (v == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    pthread_mutex_lock(&tab_mu);
+    s = slot_get(slot, 0);
+    if (s != NULL)
+        for (e = s->list; e != NULL; e = e->snext)
+            atomic_store(&e->closing, 1);
+    pthread_mutex_unlock(&tab_mu);
+    if (s != NULL) {
+        /* The module closes the front's own session too: let every
+         * session on the slot come back first, open no new one. */
+        pthread_mutex_lock(&lend_mu);
+        s->so_pending++;
+        pthread_mutex_unlock(&lend_mu);
+        wait_returned(NULL, s);
+    }
+
+    rv = v->C_CloseAllSessions(slot);
+
+    if (s != NULL) {
+        pthread_mutex_lock(&tab_mu);
+        if (rv == CKR_OK) {
+            while (s->list != NULL)
+                sess_unlink(s->list);
+        } else {
+            for (e = s->list; e != NULL; e = e->snext)
+                atomic_store(&e->closing, 0);
+        }
+        pthread_mutex_unlock(&tab_mu);
+        pthread_mutex_lock(&lend_mu);
+        if (rv == CKR_OK)
+            forget_own(s);
+        s->so_pending--;
+        pthread_cond_broadcast(&lend_cv);
+        pthread_mutex_unlock(&lend_mu);
+    }
+    if (haext_rv_connection(rv))
+        push_event(HAEXT_EV_HOST_ERROR, slot, rv);
+    return rv;
+}
+
+CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    struct haext_slot *s = NULL;
+    struct haext_sess *e, *prev;
+    CK_RV rv;
+    if (v == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (user == CKU_SO) {
+        /* A read-only session of the front's would make it fail with
+         * CKR_SESSION_READ_ONLY_EXISTS: close it first. */
+        pthread_mutex_lock(&tab_mu);
+        e = sess_linked(h);
+        if (e != NULL)
+            s = e->slot;
+        pthread_mutex_unlock(&tab_mu);
+        if (s != NULL)
+            close_own(s, 1);
+    }
+    prev = haext_busy_begin(haext_sess_find(h));
+    rv = v->C_Login(h, user, pin, len);
+    haext_busy_end(prev);
+    if (s != NULL)
+        so_done(s);
+    if (rv != CKR_OK)
+        haext_sess_failed(h, rv);
+    return rv;
+}
+
+CK_RV haext_host_init_token(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG len, CK_UTF8CHAR_PTR label)
+{
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    struct haext_slot *s;
+    CK_RV rv;
+    if (v == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    /* C_InitToken fails with CKR_SESSION_EXISTS while any session is open,
+     * the front's own included. */
+    pthread_mutex_lock(&tab_mu);
+    s = slot_get(slot, 0);
+    pthread_mutex_unlock(&tab_mu);
+    if (s != NULL)
+        close_own(s, 1);
+    rv = v->C_InitToken(slot, pin, len, label);
+    if (s != NULL)
+        so_done(s);
+    if (haext_rv_connection(rv))
+        push_event(HAEXT_EV_HOST_ERROR, slot, rv);
+    return rv;
+}
+
+/* --- stats and fork ---------------------------------------------------------- */
+
+void haext_front_stats(struct haext_front_stats *st)
+{
+    st->own_opened = atomic_load(&st_own_opened);
+    st->own_closed = atomic_load(&st_own_closed);
+    st->loans_host = atomic_load(&st_loans_host);
+    st->loans_own = atomic_load(&st_loans_own);
+    pthread_mutex_lock(&tab_mu);
+    st->host_sessions = host_sessions;
+    pthread_mutex_unlock(&tab_mu);
+}
+
+/* The fork child has one thread, the one that called fork; the others may
+ * have held any of the locks. Start over: no sessions (the child's host
+ * must call C_Initialize, and its result is the vendor's), no loans, the
+ * gate closed, no events. The entries of the parent's table are left
+ * behind, unreachable. */
+static void atfork_child(void)
+{
+    struct reg_node *n;
+    int i;
+    pthread_mutex_init(&reg_mu, NULL);
+    for (n = registry; n != NULL; n = n->next)
+        if (n->tls != &haext_self)
+            n->tls = NULL; /* threads the child does not have */
+    pthread_mutex_init(&tab_mu, NULL);
+    pthread_mutex_init(&lend_mu, NULL);
+    pthread_mutex_init(&gate_mu, NULL);
+    pthread_mutex_init(&ev_mu, NULL);
+    init_cond(&lend_cv);
+    init_cond(&gate_cv);
+    init_cond(&ev_cv);
+    for (i = 0; i < HAEXT_BUCKETS; i++)
+        bucket_set_head(&haext_buckets[i], NULL);
+    memset(slots, 0, sizeof slots);
+    memset(loans, 0, sizeof loans);
+    free_list = zombies = NULL;
+    host_sessions = 0;
+    nloans = 0;
+    epoch++;
+    gate_open = gate_inside = 0;
+    ev_head = ev_len = ev_overflow = 0;
+    haext_vendor_atfork_child();
+}
