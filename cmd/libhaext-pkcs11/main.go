@@ -4,11 +4,51 @@
 // trampolines to the vendor module) and the CA_* calls of libhaext
 // (internal/capi), so the process has one Go runtime. exports.map keeps
 // every other symbol out of the host's namespace.
+//
+// Here the two meet: the library uses the host's own instance of the
+// vendor, as the front lends it (never an instance of its own), and follows
+// what the front sees of the host: its C_Initialize (every member resolved
+// at once), its C_Finalize (every member CKR_HA_NO_INSTANCE; the front's
+// gate already holds libhaext's calls out), and the failures of its calls
+// on a member's slot (the member's next verdict, and its recovery).
 package main
 
 import (
-	_ "github.com/libhaext/libhaext/internal/capi"  // the CA_* exports
-	_ "github.com/libhaext/libhaext/internal/front" // the C_* exports
+	"github.com/libhaext/libhaext/internal/capi"
+	"github.com/libhaext/libhaext/internal/front"
+	"github.com/libhaext/libhaext/internal/service"
+	"github.com/libhaext/libhaext/pkg/probe"
 )
+
+func init() {
+	lib := capi.UseFront(front.Host)
+	go follow(lib)
+}
+
+// follow hands the front's events to the library, for the life of the
+// process. Its goroutine waits in C (front.Next) and wakes only when the
+// host did something the engine must know.
+func follow(lib *service.Service) {
+	for {
+		ev := front.Next()
+		if ev.Kind == front.Initialized {
+			lib.Preload()
+		}
+		eng := lib.Engine()
+		if eng == nil {
+			continue // the engine starts with the host's instance as it is
+		}
+		switch ev.Kind {
+		case front.Initialized, front.Overflow:
+			eng.HostInitialized()
+		case front.Finalized:
+			eng.HostFinalized()
+		case front.HostError:
+			if ev.Slot != front.NoSlot {
+				eng.HostError(ev.Slot, probe.Status(ev.RV))
+			}
+		}
+	}
+}
 
 func main() {}

@@ -97,11 +97,12 @@ type HALog struct {
 type Config struct {
 	// File is the path (or name) the configuration was read from.
 	File string
-	// ModulePath is the PKCS#11 module: Chrystoki2/LibUNIX64, else
-	// Chrystoki2/LibUNIX.
+	// ModulePath is the vendor PKCS#11 module: Chrystoki2/LibHAExtVendor
+	// (libhaext's own key), else Chrystoki2/LibUNIX64, else LibUNIX.
 	ModulePath string
 	// ModuleKey names the key that supplied ModulePath, as section/key for
-	// messages: "Chrystoki2/LibUNIX64" or "Chrystoki2/LibUNIX".
+	// messages: "Chrystoki2/LibHAExtVendor", "Chrystoki2/LibUNIX64" or
+	// "Chrystoki2/LibUNIX".
 	ModuleKey string
 	// Groups are the HA groups, in ascending order of their index NN.
 	Groups []Group
@@ -318,7 +319,9 @@ func (p *parser) parse() error {
 
 func (p *parser) parseModule() error {
 	s := p.section(secChrystoki2)
-	for _, k := range []string{"LibUNIX64", "LibUNIX"} {
+	// LibHAExtVendor first: a host that reads LibUNIX64 itself to find its
+	// cryptoki points it at the front module, whose vendor this is.
+	for _, k := range []string{"LibHAExtVendor", "LibUNIX64", "LibUNIX"} {
 		if v, _ := value(s, k); v != "" {
 			p.cfg.ModulePath, p.cfg.ModuleKey = v, secChrystoki2+"/"+k
 			return nil

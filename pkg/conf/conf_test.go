@@ -137,6 +137,13 @@ func TestMinimalBraceAndINI(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "/lib/32.so", c.ModulePath)
 	assert.Equal(t, "Chrystoki2/LibUNIX", c.ModuleKey, "the key that gave the path, in its canonical spelling")
+
+	front := "Chrystoki2 = {\n LibUNIX64 = /lib/libhaext-pkcs11.so;\n LibHAExtVendor = /lib/vendor.so;\n}\n" +
+		"VirtualToken = {\n VirtualToken00SN = 1;\n VirtualToken00Members = 2;\n}\n"
+	fc, err := Parse("f.conf", []byte(front))
+	require.NoError(t, err)
+	assert.Equal(t, "/lib/vendor.so", fc.ModulePath, "LibHAExtVendor before LibUNIX64 (which names the front)")
+	assert.Equal(t, "Chrystoki2/LibHAExtVendor", fc.ModuleKey)
 	require.Len(t, c.Groups, 1)
 	assert.Equal(t, 7, c.Groups[0].Index)
 	assert.Equal(t, uint64(0xab), c.Groups[0].Serial)

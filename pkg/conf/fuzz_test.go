@@ -184,7 +184,7 @@ func FuzzParse(f *testing.F) {
 		if c.ModulePath == "" {
 			t.Fatal("empty ModulePath")
 		}
-		if c.ModuleKey != "Chrystoki2/LibUNIX64" && c.ModuleKey != "Chrystoki2/LibUNIX" {
+		if c.ModuleKey != "Chrystoki2/LibHAExtVendor" && c.ModuleKey != "Chrystoki2/LibUNIX64" && c.ModuleKey != "Chrystoki2/LibUNIX" {
 			t.Fatalf("ModuleKey = %q", c.ModuleKey)
 		}
 		if len(c.Groups) == 0 {
