@@ -217,6 +217,18 @@ def scenario_reinit(h, args):
             out("%d sign %s %s %s" % ((step, label) + h.sign_once(toks[label])))
 
 
+def scenario_reinit_loop(h, args):
+    """The host finalizes and initializes its module again and again for
+    --seconds; only the verdict is printed (the count of cycles differs
+    from run to run)."""
+    end = time.time() + args.seconds
+    cycles = bad = 0
+    while time.time() < end:
+        cycles += 1
+        bad += h.reinit() != "C_Finalize CKR_OK, C_Initialize CKR_OK"
+    out("reinit-loop %s" % ("every cycle CKR_OK" if bad == 0 and cycles > 10 else "%d of %d failed" % (bad, cycles)))
+
+
 def scenario_fork(h, args):
     toks = h.tokens()
     out("parent sign %s %s" % h.sign_once(toks["m00"]))
@@ -288,6 +300,7 @@ SCENARIOS = {
     "reinit": scenario_reinit,
     "fork": scenario_fork,
     "killed": scenario_killed,
+    "reinit-loop": scenario_reinit_loop,
 }
 
 
@@ -295,19 +308,22 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True)
     ap.add_argument("--ca", help="call CA_GetCurrentHAState from this library meanwhile")
+    ap.add_argument("--ca-threads", type=int, default=1, help="how many threads call CA_GetCurrentHAState")
     ap.add_argument("--loops", type=int, default=20)
+    ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--lab-sh", default=os.environ.get("HALAB_LAB_SH", ""))
     ap.add_argument("--lab-dir", default=os.environ.get("HALAB_DIR", ""))
     ap.add_argument("scenario", choices=sorted(SCENARIOS))
     args = ap.parse_args()
     h = Host(args.module)
-    ca = None
+    cas = []
     if args.ca:
-        ca = CAThread(args.ca, h.tokens()["m00"])
-        ca.start()
+        cas = [CAThread(args.ca, h.tokens()["m00"]) for _ in range(args.ca_threads)]
+        for ca in cas:
+            ca.start()
         time.sleep(0.05)
     SCENARIOS[args.scenario](h, args)
-    if ca:
+    for ca in cas:
         ca.finish()
     out("done")
 

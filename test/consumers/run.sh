@@ -165,6 +165,11 @@ side pykcs11-sign "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @CA_FLA
 side pykcs11-so-login "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @CA_FLAG@ --loops 5 so-login
 side pykcs11-last-close "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @CA_FLAG@ --loops 5 last-close
 side pykcs11-reinit "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @CA_FLAG@ --loops 10 reinit
+# The host finalizes and initializes SoftHSM2 for 10 s while 4 threads call
+# CA_GetCurrentHAState: the front's gate keeps libhaext's calls out of the
+# vendor's C_Finalize (SoftHSM2 crashes on a call during it).
+side pykcs11-reinit-loop "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @CA_FLAG@ --ca-threads 4 \
+    --seconds "$stress_s" reinit-loop
 side pykcs11-fork "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @CA_FLAG@ fork
 side engine-sign "$dir" "$vendor" ca "$build/consumers/engine_host" @MODULE@ sign 30 @CA@
 side engine-fork "$dir" "$vendor" ca "$build/consumers/engine_host" @MODULE@ fork 10 @CA@
