@@ -547,6 +547,7 @@ func TestCheckAfterCloseTouchesNoVendor(t *testing.T) {
 // A front module tells the engine what the host's own calls found.
 func TestHostEvidence(t *testing.T) {
 	f := fakep11.New(3)
+	f.HostInitialize() // the host's module, as behind a front
 	e := start(t, f, 3, Options{RecoveryInterval: 100 * time.Millisecond})
 	check(e)
 	infos := f.Token(11).Infos.Load()
@@ -561,10 +562,15 @@ func TestHostEvidence(t *testing.T) {
 	}, "recovery resolves the member again (it is healthy)")
 	assert.Equal(t, map[uint]int{10: 1, 11: 1, 12: 1}, f.OpenSessions(), "the old session closed, one new")
 
+	f.Finalize() // the host's C_Finalize, as the front reports it
 	e.HostFinalized()
 	v, _ = check(e)
 	assert.Equal(t, repeat(StatusNoInstance, 3), statuses(v))
+	time.Sleep(300 * time.Millisecond) // recovery tries meanwhile, and must not end the window
+	v, _ = check(e)
+	assert.Equal(t, repeat(StatusNoInstance, 3), statuses(v))
 	f.Move(12, 32) // slots may move when the host initializes again
+	f.HostInitialize()
 	e.HostInitialized()
 	eventually(t, 2*time.Second, func() bool {
 		v, _ := check(e)

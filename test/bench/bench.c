@@ -12,7 +12,7 @@
  *   resources    RSS and threads before and after 100k calls
  *   faults       a dead member (kill 1), a hung member (stop 2), resume
  *   fanout       libhaext against the C fan-out, alternating, hot and cold
- *   idle         context switches and CPU of an idle host, library loaded
+ *   idle[=NAME]  context switches and CPU of an idle host, library loaded
  *   libonly=NAME libhaext latency alone, reported as scenario NAME
  *   libthread=NAME the same, called from a second thread, not main
  *
@@ -558,7 +558,7 @@ static void scenario_fanout(void)
 /* A host with the library loaded and every member healthy, doing nothing:
  * the process's context switches and CPU time over BENCH_IDLE_SECONDS
  * (default 20), after one status call and one second to settle. */
-static void scenario_idle(void)
+static void scenario_idle(const char *name)
 {
     const char *env = getenv("BENCH_IDLE_SECONDS");
     double seconds = env ? atof(env) : (quick ? 5 : 20), x0, c0, t0, el;
@@ -572,7 +572,7 @@ static void scenario_idle(void)
     t0 = now_ms();
     sleep_ms((long)(seconds * 1000));
     el = (now_ms() - t0) / 1000.0;
-    emit("idle", 0, NULL, ",\"seconds\":%.1f,\"ctxsw_per_s\":%.2f,\"cpu_ms_per_s\":%.3f,\"threads\":%d",
+    emit(name, 0, NULL, ",\"seconds\":%.1f,\"ctxsw_per_s\":%.2f,\"cpu_ms_per_s\":%.3f,\"threads\":%d",
          el, (ctx_switches() - x0 - 1) / el, (cpu_ms() - c0) / el, thread_count());
 }
 
@@ -890,7 +890,9 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "fanout") == 0) {
             scenario_fanout();
         } else if (strcmp(argv[i], "idle") == 0) {
-            scenario_idle();
+            scenario_idle("idle");
+        } else if (strncmp(argv[i], "idle=", 5) == 0) {
+            scenario_idle(argv[i] + 5);
         } else {
             fprintf(stderr, "bench: unknown scenario %s\n", argv[i]);
             return 2;

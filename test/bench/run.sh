@@ -142,6 +142,14 @@ dir=$work/lab-res
 log "lab: idle and resources (8 members, 0 us)"
 up "$dir" 8 0
 bench "$dir" 0 -- idle
+# The same host with the front module as its module (one Go runtime, the
+# engine on the host's own instance).
+frontconf=$work/conf-front
+mkdir -p "$frontconf"
+sed "s#^\( *\)LibUNIX64 = \(.*\);#\1LibUNIX64 = $build/libhaext-pkcs11.so;\n\1LibHAExtVendor = \2;#" \
+    "$dir/Chrystoki.conf" >"$frontconf/Chrystoki.conf"
+bench "$dir" 0 ChrystokiConfigurationPath="$frontconf" HALAB_MODULE="$build/libhaext-pkcs11.so" \
+    LIBHAEXT="$build/libhaext-pkcs11.so" -- idle=idle_front
 bench "$dir" 0 -- resources
 down "$dir"
 
