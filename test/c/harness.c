@@ -284,3 +284,22 @@ void lab_slots(struct host *h, char text[][32], int n, CK_SLOT_ID *slots)
         }
     }
 }
+
+void lab_do(const char *action, int idx)
+{
+    if (lab_run(action, idx) != 0) {
+        note("lab.sh %s %d failed", action, idx);
+    }
+}
+
+CK_RV timed_state(struct host *h, CK_SLOT_ID slot, CK_HA_STATUS *st, double *ms)
+{
+    double t0 = now_ms();
+    CK_RV rv;
+    memset(st, 0xA5, sizeof *st);
+    rv = h->get_state(slot, st);
+    if (ms) {
+        *ms = now_ms() - t0;
+    }
+    return rv;
+}

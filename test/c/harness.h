@@ -58,6 +58,15 @@ int lab_members(char text[][32], CK_ULONG *serials, int max);
  * one is missing. */
 void lab_slots(struct host *h, char text[][32], int n, CK_SLOT_ID *slots);
 
+/* lab_run, noting a failure (a fault test goes on and its checks say what
+ * the fault did). */
+void lab_do(const char *action, int idx);
+
+/* One CA_GetCurrentHAState on slot, *st poisoned first (0xA5) so that a
+ * field the library did not write shows; returns its CK_RV and, when ms is
+ * not NULL, its duration. */
+CK_RV timed_state(struct host *h, CK_SLOT_ID slot, CK_HA_STATUS *st, double *ms);
+
 /* Required environment variable; exits when missing. */
 const char *need_env(const char *name);
 

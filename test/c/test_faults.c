@@ -62,24 +62,12 @@ static void host_guard_sigpipe(int on)
 
 /* lab applies a fault to a member; a failure is noted, not fatal (a killed
  * member has no process left to stop, say). */
-static void lab(const char *action, int idx)
-{
-    if (lab_run(action, idx) != 0) {
-        note("lab.sh %s %d failed", action, idx);
-    }
-}
 
-/* call makes one status call; it returns its CK_RV and its duration. */
+/* call makes one status call on the group; it returns its CK_RV and its
+ * duration. */
 static CK_RV call(CK_HA_STATUS *st, double *ms)
 {
-    double t0 = now_ms();
-    CK_RV rv;
-    memset(st, 0xA5, sizeof *st);
-    rv = host.get_state(slots[0], st);
-    if (ms) {
-        *ms = now_ms() - t0;
-    }
-    return rv;
+    return timed_state(&host, slots[0], st, ms);
 }
 
 /* well_formed: the report lists every member, in order, with a documented
@@ -154,7 +142,7 @@ static void scenario_killed(void)
     double ms, worst = 0;
     int i, all = 1;
     start_healthy();
-    lab("kill", 1);
+    lab_do("kill", 1);
     sleep_ms(100);
     for (i = 0; i < 10; i++) {
         CK_RV rv = call(&st, &ms);
@@ -185,8 +173,8 @@ static void scenario_killed_noep(void)
     start_healthy();
     check(host.p11->C_OpenSession(slots[2], CKF_SERIAL_SESSION, NULL, NULL, &hs) == CKR_OK,
           "host opens its own session on member 2");
-    lab("kill", 1);
-    lab("kill", 2);
+    lab_do("kill", 1);
+    lab_do("kill", 2);
     sleep_ms(100);
 
     /* Control: the first call to a dead member raises SIGPIPE, which at the
@@ -252,7 +240,7 @@ static void scenario_hung(void)
 
     start_healthy();
     threads_before = thread_count();
-    lab("stop", 1);
+    lab_do("stop", 1);
     rv = call(&st, &ms);
     show("member 1 stopped", &st, ms);
     check(rv == CKR_OK && st.memberList[1].memberStatus == CKR_HA_TIMEOUT && others_ok(&st, 1),
@@ -286,7 +274,7 @@ static void scenario_hung(void)
           "thread count bounded: %d before the hang, %d peak (callers excluded), %d after", threads_before,
           threads_peak, thread_count());
 
-    lab("cont", 1);
+    lab_do("cont", 1);
     back = wait_all_ok(3000);
     check(back >= 0 && back < 1000, "after SIGCONT the member is CKR_OK again within a second (%.0f ms)", back);
 }
@@ -370,7 +358,7 @@ static void scenario_reinit(void)
     start_healthy();
     check(host.p11->C_OpenSession(slots[0], CKF_SERIAL_SESSION, NULL, NULL, &hs) == CKR_OK,
           "host opens its own session on member 0");
-    lab("kill", 1);
+    lab_do("kill", 1);
     t0 = now_ms();
     while (now_ms() - t0 < timeout_ms + 2500) {
         rv = call(&st, &ms);
@@ -421,7 +409,7 @@ static void kill_member_1(void)
     double ms = 0, t0 = now_ms();
     CK_RV rv;
     int down = 0;
-    lab("kill", 1);
+    lab_do("kill", 1);
     while (!down && now_ms() - t0 < timeout_ms + 2500) {
         rv = call(&st, &ms);
         down = rv == CKR_OK && st.memberList[1].memberStatus != CKR_OK && others_ok(&st, 1);
@@ -536,9 +524,9 @@ static void scenario_spy(void)
 
     /* Faults and recovery. */
     host.p11->C_CloseAllSessions(slots[1]);
-    lab("stop", 2);
+    lab_do("stop", 2);
     call(&st, NULL);
-    lab("cont", 2);
+    lab_do("cont", 2);
     check(wait_all_ok(5000) >= 0, "all members recovered after C_CloseAllSessions and a hang");
     for (i = 0; i < nmembers; i++) {
         n = sessions_on_slot(&host, slots[i], 64);
@@ -609,17 +597,17 @@ static void scenario_stress(void)
     while (now_ms() - t0 < seconds * 1000) {
         int m = rand_r(&seed) % nmembers, action = rand_r(&seed) % 10;
         if (action < 6) {
-            lab(stopped[m] ? "cont" : "stop", m);
+            lab_do(stopped[m] ? "cont" : "stop", m);
             stopped[m] = !stopped[m];
         } else if (action == 6 && killed < 2 && !stopped[m]) {
-            lab("kill", m);
+            lab_do("kill", m);
             killed++;
         }
         sleep_ms(200 + rand_r(&seed) % 600);
     }
     for (i = 0; i < nmembers; i++) {
         if (stopped[i]) {
-            lab("cont", i);
+            lab_do("cont", i);
         }
     }
     sleep_ms((long)timeout_ms + 1000);

@@ -49,23 +49,12 @@ static int missing = -1;  /* index of the configured member no token has */
 static double timeout_ms;
 static int port;
 
-static void lab(const char *action, int idx)
-{
-    if (lab_run(action, idx) != 0) {
-        note("lab.sh %s %d failed", action, idx);
-    }
-}
 
+/* call makes one status call on the group; it returns its CK_RV and its
+ * duration. */
 static CK_RV call(CK_HA_STATUS *st, double *ms)
 {
-    double t0 = now_ms();
-    CK_RV rv;
-    memset(st, 0xA5, sizeof *st);
-    rv = host.get_state(slots[0], st);
-    if (ms) {
-        *ms = now_ms() - t0;
-    }
-    return rv;
+    return timed_state(&host, slots[0], st, ms);
 }
 
 static void show(const char *what, const CK_HA_STATUS *st, double ms)
@@ -327,7 +316,7 @@ static void scenario_killed(void)
     /* Caml Crush's client connects once, when the module is loaded: a
      * restarted server is not reconnected to, and libhaext never reports a
      * member without a connection as alive. */
-    lab("restart-proxy", first_tcp());
+    lab_do("restart-proxy", first_tcp());
     sleep_ms(500);
     rv = call(&st, NULL);
     check(is(rv, &st, CKR_HA_SOCKET_DOWN, CKR_HA_SOCKET_DOWN),
@@ -340,11 +329,11 @@ static void scenario_partition(void)
 {
     double back;
     start_healthy();
-    lab("partition", first_tcp());
+    lab_do("partition", first_tcp());
     cut_now("partition", CKR_HA_TIMEOUT);
     check(conn_state() == TCP_ESTABLISHED_, "the connection stays ESTABLISHED during the partition (%s)",
           state_name(conn_state()));
-    lab("heal", first_tcp());
+    lab_do("heal", first_tcp());
     back = wait_for(CKR_OK, CKR_OK, 30000);
     check(back >= 0, "healed: every member CKR_OK again (%.0f ms after the heal; TCP retransmits with backoff)",
           back);
@@ -383,15 +372,15 @@ static void scenario_halfopen(void)
 {
     double gone;
     start_healthy();
-    lab("partition", first_tcp());
-    lab("kill-proxy", first_tcp());
+    lab_do("partition", first_tcp());
+    lab_do("kill-proxy", first_tcp());
     cut_now("half-open (partition, then the server killed)", CKR_HA_TIMEOUT);
     check(conn_state() == TCP_ESTABLISHED_,
           "half-open: this side still holds an ESTABLISHED connection to the dead server (%s)",
           state_name(conn_state()));
     check(halog_has(serial_text[first_tcp()], "CKR_HA_TIMEOUT", "timeout"),
           "the HA log gives the reason: %s new=CKR_HA_TIMEOUT reason=\"timeout\"", serial_text[first_tcp()]);
-    lab("heal", first_tcp());
+    lab_do("heal", first_tcp());
     gone = wait_for(CKR_HA_SOCKET_DOWN, CKR_HA_SOCKET_DOWN, 30000);
     check(gone >= 0, "link back: the retransmission meets the RST, every member CKR_HA_SOCKET_DOWN (%.0f ms after "
                      "the heal)", gone);
@@ -410,9 +399,9 @@ static void scenario_missing(void)
     CK_RV rv = call(&st, &ms);
     show("first call", &st, ms);
     check(is(rv, &st, CKR_OK, CKR_HA_NO_INSTANCE), "members over TCP CKR_OK, the missing one CKR_HA_NO_INSTANCE");
-    lab("partition", first_tcp());
+    lab_do("partition", first_tcp());
     cut_now("partition, a member missing", CKR_HA_NO_INSTANCE);
-    lab("heal", first_tcp());
+    lab_do("heal", first_tcp());
     back = wait_for(CKR_OK, CKR_HA_NO_INSTANCE, 30000);
     check(back >= 0, "healed: the members over TCP CKR_OK again (%.0f ms)", back);
 }
@@ -423,12 +412,12 @@ static void scenario_tls(void)
     double back;
     start_healthy();
     check(conn_state() == TCP_ESTABLISHED_, "the TLS session runs over an ESTABLISHED TCP connection");
-    lab("partition", first_tcp());
+    lab_do("partition", first_tcp());
     cut_now("TLS, partition", CKR_HA_TIMEOUT);
-    lab("heal", first_tcp());
+    lab_do("heal", first_tcp());
     back = wait_for(CKR_OK, CKR_OK, 30000);
     check(back >= 0, "TLS, healed: CKR_OK again (%.0f ms after the heal)", back);
-    lab("kill-proxy", first_tcp());
+    lab_do("kill-proxy", first_tcp());
     killed_now("TLS, server killed", CKR_HA_SOCKET_DOWN);
 }
 
@@ -477,13 +466,13 @@ static void scenario_mixed(void)
     start_healthy();
     check(conn_state() == TCP_ESTABLISHED_, "the process holds unix connections and one TCP connection (%s)",
           state_name(conn_state()));
-    lab("partition", tcp);
+    lab_do("partition", tcp);
     cut_now("TCP member cut off", CKR_OK);
-    lab("heal", tcp);
+    lab_do("heal", tcp);
     back = wait_for(CKR_OK, CKR_OK, 30000);
     check(back >= 0, "healed: all CKR_OK again (%.0f ms)", back);
 
-    lab("kill", 0); /* member 0's p11-kit-remote */
+    lab_do("kill", 0); /* member 0's p11-kit-remote */
     {
         CK_HA_STATUS st;
         double ms;
@@ -495,7 +484,7 @@ static void scenario_mixed(void)
                   st.memberList[tcp].memberStatus == CKR_OK,
               "unix member 0 CKR_HA_SOCKET_DOWN, the TCP member CKR_OK (%.1f ms)", ms);
     }
-    lab("kill-proxy", tcp);
+    lab_do("kill-proxy", tcp);
     {
         CK_HA_STATUS st;
         double ms;
@@ -519,12 +508,7 @@ int main(int argc, char **argv)
     int i;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
-    list = strdup(need_env("HALAB_SERIALS"));
-    for (tok = strtok_r(list, " ", &save); tok && nmembers < MAX; tok = strtok_r(NULL, " ", &save)) {
-        snprintf(serial_text[nmembers], sizeof serial_text[0], "%s", tok);
-        serials[nmembers++] = parse_serial(tok);
-    }
-    free(list);
+    nmembers = lab_members(serial_text, serials, MAX);
     list = strdup(need_env("HALAB_TCP_MEMBERS"));
     for (tok = strtok_r(list, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
         i = atoi(tok);
@@ -547,16 +531,7 @@ int main(int argc, char **argv)
     }
     host_load(&host, need_env("HALAB_MODULE"), need_env("LIBHAEXT"));
     signal(SIGPIPE, SIG_DFL); /* after loading: replaces the Go runtime's handler */
-    for (i = 0; i < nmembers; i++) {
-        if (i == missing) {
-            continue;
-        }
-        slots[i] = slot_of_serial(&host, serial_text[i]);
-        if (slots[i] == (CK_SLOT_ID)-1) {
-            fprintf(stderr, "member %s not found in the module\n", serial_text[i]);
-            return 2;
-        }
-    }
+    lab_slots(&host, serial_text, missing >= 0 ? missing : nmembers, slots); /* the missing one is last */
     if (strcmp(scenario, "killed") == 0) {
         scenario_killed();
     } else if (strcmp(scenario, "partition") == 0) {
