@@ -102,14 +102,14 @@ func openModule(path string) (*cryptoki.Module, error) {
 func state(slot uint, out []probe.Verdict) (service.Report, C.CK_RV, string) {
 	r, err := lib.State(slot, out)
 	if err != nil {
-		return r, rv(err), err.Error()
+		return r, returnValue(err), err.Error()
 	}
 	return r, C.CKR_OK, lib.TakeNotice()
 }
 
-// rv maps a failure to its CK_RV: the only place where the library's
+// returnValue maps a failure to the CK_RV the call returns: the only place where the library's
 // errors become CK_RV values.
-func rv(err error) C.CK_RV {
+func returnValue(err error) C.CK_RV {
 	switch {
 	case errors.Is(err, probe.ErrUnknownSlot):
 		return C.CKR_SLOT_ID_INVALID
@@ -207,7 +207,7 @@ func haextSetFunctionList(list C.CK_FUNCTION_LIST_PTR, reason **C.char) (out C.C
 	}
 	host := C.struct_haext_host{list: list}
 	if err := lib.Lend(cryptoki.Lend(unsafe.Pointer(&host))); err != nil {
-		out, msg = rv(err), err.Error()
+		out, msg = returnValue(err), err.Error()
 		return out
 	}
 	return C.CKR_OK
