@@ -378,12 +378,12 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 	k := 0
 	for _, i := range idx {
 		m := grp.members[i]
-		v := m.inst.view()
+		v, ev, hasEv := m.inst.read()
 		out[i] = Verdict{Serial: m.serial, SerialText: m.text, Slot: v.slot, HasSlot: v.hasSlot, Label: v.label}
 		if v.serialText != "" {
 			out[i].SerialText = v.serialText
 		}
-		if ev, ok := m.inst.takeEvidence(); ok {
+		if hasEv {
 			out[i].Status, out[i].Took = ev, time.Since(start) // the host's own call said so
 			continue
 		}

@@ -114,14 +114,14 @@ func (in *instance) forgetSession() bool {
 	return had
 }
 
-// takeEvidence returns, once, what a host call on the member's slot
-// answered (HostError).
-func (in *instance) takeEvidence() (Status, bool) {
+// read returns what a status call needs of the instance: its view, and,
+// once, what a host call on the member's slot answered (HostError).
+func (in *instance) read() (v instanceView, evidence Status, hasEvidence bool) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	ev, ok := in.evidence, in.hasEvidence
+	evidence, hasEvidence = in.evidence, in.hasEvidence
 	in.hasEvidence = false
-	return ev, ok
+	return in.instanceView, evidence, hasEvidence
 }
 
 // witness records a host call's failure on slot: the next verdict reports
