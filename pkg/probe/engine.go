@@ -404,12 +404,10 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 	}
 	if k == 0 {
 		// Every member failed stage 1 or 2: a host that finalized the
-		// module closed every connection too. Ask the module, once.
+		// module closed every connection too. Ask the module, once; Check
+		// then reports every member as no instance.
 		if len(idx) > 0 && !e.finalized.Load() && e.moduleSaysFinalized(deadline) {
 			e.moduleFinalized()
-			for _, i := range idx {
-				out[i].Status = StatusNoInstance
-			}
 		}
 		return
 	}

@@ -73,16 +73,7 @@ cc_ensure_deps() {
 	command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
 	command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
 	command -v nsenter >/dev/null 2>&1 || pkgs+=(util-linux)
-	[ ${#pkgs[@]} -eq 0 ] && return 0
-	mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
-	if ! is_root; then
-		log "SKIP: missing packages (${pkgs[*]}) and not root; install them with:"
-		log "      apt-get update && apt-get install -y ${pkgs[*]}"
-		exit 77
-	fi
-	log "installing missing packages: ${pkgs[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update && apt-get install -y "${pkgs[@]}"
+	install_packages "${pkgs[@]}"
 }
 
 # cc_select MODE MEMBERS: chooses the modules and the Caml Crush members.

@@ -94,6 +94,13 @@ ensure_deps() {
 	command -v unshare >/dev/null 2>&1 || pkgs+=(util-linux)
 	command -v setsid >/dev/null 2>&1 || pkgs+=(util-linux)
 	command -v pgrep >/dev/null 2>&1 || pkgs+=(procps)
+	install_packages "${pkgs[@]}"
+}
+
+# install_packages PKG...: installs the packages named (duplicates allowed)
+# when there are any; without root, says what to install and exits 77.
+install_packages() {
+	local pkgs=("$@")
 	[ ${#pkgs[@]} -eq 0 ] && return 0
 	mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | sort -u)
 	if ! is_root; then
