@@ -211,6 +211,29 @@ func TestCallerJoinsYoungStuckCallUntilItsOwnDeadline(t *testing.T) {
 	assert.Equal(t, asked+1, f.Token(10).Infos.Load(), "both callers shared one call")
 }
 
+// A caller that joins a call which turns stuck before the caller's own
+// deadline stops waiting when it does: the member is then reported
+// StatusTimeout, as it would be to a caller arriving a moment later. (The
+// first caller's lane call starts after stages 1 and 2, so the next caller
+// can arrive just before the call is statusTimeout old.)
+func TestCallerStopsWaitingWhenTheSharedCallTurnsStuck(t *testing.T) {
+	const timeout = time.Second
+	f := fakep11.New(1)
+	e := start(t, f, 1, Options{Timeout: timeout})
+	check(e)
+	release := make(chan struct{})
+	defer close(release)
+	f.Update(10, func(s *fakep11.Script) { s.Hang = release })
+	go check(e)
+	time.Sleep(800 * time.Millisecond)
+	// The call is 800 ms old: it is stuck 200 ms from now, long before
+	// this caller's own deadline.
+	v, took := check(e)
+	assert.Equal(t, StatusTimeout, v[0].Status)
+	assert.GreaterOrEqual(t, took, 150*time.Millisecond, "shares the young call while it is young")
+	assert.Less(t, took, 500*time.Millisecond, "and stops waiting once it is statusTimeout old")
+}
+
 func TestManyCallersDuringAHangDoNotPileUp(t *testing.T) {
 	f := fakep11.New(4)
 	e := start(t, f, 4, Options{Timeout: time.Second})

@@ -57,6 +57,9 @@ static int64_t now_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+static int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
 static void cond_init_monotonic(pthread_cond_t *cv)
 {
     pthread_condattr_t a;
@@ -214,7 +217,7 @@ void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t
 {
     struct hx_waiter *w = &tw;
     uint64_t gen[HX_MAX_LANES_PER_CALL];
-    int64_t start = now_ns(), deadline = start + wait_ns;
+    int64_t start = now_ns(), deadline = start + wait_ns, until = start;
     int i, kick = 0;
 
     if (!tw_ready) {
@@ -237,6 +240,9 @@ void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t
                 res[i].took_ns = 0;
                 continue;
             }
+            /* A younger call in flight: share it, but only until it is
+             * stuck, or until this caller's own deadline, if sooner. */
+            until = max64(until, min64(deadline, l->started_ns + p->stuck_ns));
         } else {
             l->active = 1;
             l->gen++;
@@ -245,6 +251,7 @@ void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t
             l->slot = req[i].slot;
             l->session = req[i].session;
             kick = 1;
+            until = deadline;
         }
         gen[i] = l->gen;
         nd->w = w;
@@ -258,7 +265,7 @@ void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t
         pthread_cond_broadcast(&p->go);
     }
     if (w->pending > 0) {
-        struct timespec ts = {deadline / 1000000000, deadline % 1000000000};
+        struct timespec ts = {until / 1000000000, until % 1000000000};
         while (w->pending > 0) {
             if (pthread_cond_timedwait(&w->cv, &p->mu, &ts) == ETIMEDOUT) {
                 break;
@@ -281,7 +288,7 @@ void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t
             res[i].took_ns = l->done_ns > start ? l->done_ns - start : 0;
         } else {
             res[i].rv = HX_RV_TIMEOUT;
-            res[i].took_ns = wait_ns;
+            res[i].took_ns = until - start;
         }
     }
     pthread_mutex_unlock(&p->mu);

@@ -49,7 +49,9 @@ struct hx_lanes;
  * created. */
 struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int64_t stuck_ns);
 /* Runs one round on each requested lane (starting it, or joining the one
- * running) and waits at most wait_ns for all of them. */
+ * running) and waits at most wait_ns for all of them. A joined round is
+ * waited for only until it is stuck_ns old: from then on it is stuck, and
+ * reported as such at once, so no caller waits on it longer than that. */
 void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res);
 /* Stops the lanes: idle ones exit now, one inside a vendor call when the
  * call returns. */
