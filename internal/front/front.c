@@ -143,7 +143,7 @@
     CK_RV name params \
     { \
         VENDOR_OR_RETURN(f, name); \
-        struct haext_sess *prev = haext_busy_begin(haext_sess_find(hSession)); \
+        CK_SESSION_HANDLE prev = haext_busy_begin(hSession); \
         CK_RV rv = f args; \
         haext_busy_end(prev); \
         if (UNLIKELY(rv != CKR_OK)) \

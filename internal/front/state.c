@@ -8,8 +8,8 @@
  * host's C_Initialize opens it after the vendor's CKR_OK or
  * CKR_CRYPTOKI_ALREADY_INITIALIZED.
  *
- * The host's sessions (state.h): handle -> slot, the threads in a call on
- * each, lent flag.
+ * The host's sessions: handle -> slot and lent flag, under tab_mu; which
+ * session each host thread is in a call on (state.h).
  * borrow() lends an idle session of the host's on the slot, else the
  * front's own read-only session there, opened on demand. The front closes
  * its own session on a slot before it forwards C_Login(CKU_SO) or
@@ -69,21 +69,33 @@ struct loan {
     unsigned long tag;
 };
 
-struct haext_bucket haext_buckets[HAEXT_BUCKETS] __attribute__((aligned(64)));
+#define BUCKETS 4096 /* power of two */
 
-/* Makes e the first entry of bucket b (tab_mu held); see haext_sess_find. */
-static void bucket_set_head(struct haext_bucket *b, struct haext_sess *e)
+/* One session of the host's: the key h, the slot and the list links change
+ * only under tab_mu; lent and closing are atomics (lend_mu's side reads
+ * them too). */
+struct haext_sess {
+    CK_SESSION_HANDLE h;
+    struct haext_sess *next; /* bucket chain */
+    atomic_int lent;         /* lent to libhaext right now */
+    atomic_int closing;      /* the host is closing it: lend no more */
+    struct haext_slot *slot;
+    struct haext_sess *snext, *sprev; /* the slot's list */
+    struct haext_sess *fnext;         /* free or zombie list */
+    int linked;                       /* in the table */
+};
+
+static unsigned bucket_of(CK_SESSION_HANDLE h)
 {
-    atomic_store_explicit(&b->key, CK_INVALID_HANDLE, memory_order_release);
-    atomic_store_explicit(&b->head, e, memory_order_release);
-    atomic_store_explicit(&b->key, e != NULL ? atomic_load_explicit(&e->h, memory_order_relaxed) : CK_INVALID_HANDLE,
-                          memory_order_release);
+    unsigned long long x = (unsigned long long)h * 0x9E3779B97F4A7C15ULL;
+    return (unsigned)(x >> 52); /* 64 - log2(BUCKETS) */
 }
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct haext_slot slots[MAX_SLOTS];
+static struct haext_sess *buckets[BUCKETS];
 static struct haext_sess *free_list, *zombies;
 static long host_sessions;
 
@@ -185,14 +197,14 @@ static void thread_exit(void *p)
     pthread_mutex_unlock(&reg_mu);
 }
 
-/* Whether a host thread is in a call on session e right now. */
-static int sess_busy(struct haext_sess *e)
+/* Whether a host thread is in a call on session h right now. */
+static int sess_busy(CK_SESSION_HANDLE h)
 {
     struct reg_node *n;
     int busy = 0;
     pthread_mutex_lock(&reg_mu);
     for (n = registry; n != NULL && !busy; n = n->next)
-        busy = n->tls != NULL && atomic_load_explicit(&n->tls->cur, memory_order_acquire) == e;
+        busy = n->tls != NULL && atomic_load_explicit(&n->tls->cur, memory_order_acquire) == h;
     pthread_mutex_unlock(&reg_mu);
     return busy;
 }
@@ -337,11 +349,13 @@ static struct haext_slot *slot_get(CK_SLOT_ID id, int create)
     return &slots[free_i];
 }
 
-/* The linked entry of h, or NULL. */
+/* The entry of h in the table (tab_mu held), or NULL. */
 static struct haext_sess *sess_linked(CK_SESSION_HANDLE h)
 {
-    struct haext_sess *e = haext_sess_find(h);
-    return e != NULL && e->linked ? e : NULL;
+    struct haext_sess *e = buckets[bucket_of(h)];
+    while (e != NULL && e->h != h)
+        e = e->next;
+    return e;
 }
 
 static struct haext_sess *sess_alloc(void)
@@ -349,18 +363,17 @@ static struct haext_sess *sess_alloc(void)
     struct haext_sess *e, **pp;
     int i;
     if (free_list == NULL) {
-        /* Reuse a closed session that is no longer busy or lent. */
+        /* Reuse a closed session that is no longer lent. */
         for (pp = &zombies; *pp != NULL; pp = &(*pp)->fnext) {
             e = *pp;
-            if (!sess_busy(e) && !atomic_load(&e->lent)) {
+            if (!atomic_load(&e->lent)) {
                 *pp = e->fnext;
                 return e;
             }
         }
-        e = aligned_alloc(64, CHUNK * sizeof *e);
+        e = calloc(CHUNK, sizeof *e);
         if (e == NULL)
             return NULL;
-        memset(e, 0, CHUNK * sizeof *e);
         for (i = 1; i < CHUNK; i++) {
             e[i].fnext = free_list;
             free_list = &e[i];
@@ -374,10 +387,10 @@ static struct haext_sess *sess_alloc(void)
 
 static void sess_link(struct haext_sess *e, CK_SESSION_HANDLE h, struct haext_slot *s)
 {
-    unsigned b = haext_bucket(h);
-    atomic_store_explicit(&e->h, h, memory_order_relaxed);
-    atomic_store_explicit(&e->lent, 0, memory_order_relaxed);
-    atomic_store_explicit(&e->closing, 0, memory_order_relaxed);
+    struct haext_sess **head = &buckets[bucket_of(h)];
+    e->h = h;
+    atomic_store(&e->lent, 0);
+    atomic_store(&e->closing, 0);
     e->slot = s;
     e->linked = 1;
     e->fnext = NULL;
@@ -388,26 +401,20 @@ static void sess_link(struct haext_sess *e, CK_SESSION_HANDLE h, struct haext_sl
     s->list = e;
     s->host_count++;
     host_sessions++;
-    atomic_store_explicit(&e->next, atomic_load_explicit(&haext_buckets[b].head, memory_order_relaxed),
-                          memory_order_relaxed);
-    bucket_set_head(&haext_buckets[b], e);
+    e->next = *head;
+    *head = e;
 }
 
-/* Takes e out of the table. A reader that is on e keeps walking its chain:
- * e->next is left as it was. */
+/* Takes e out of the table. An entry still lent is kept apart until it is
+ * given back (give_back writes to it). */
 static void sess_unlink(struct haext_sess *e)
 {
-    unsigned b = haext_bucket(atomic_load_explicit(&e->h, memory_order_relaxed));
-    struct haext_sess *p = atomic_load_explicit(&haext_buckets[b].head, memory_order_relaxed);
-    struct haext_sess *n = atomic_load_explicit(&e->next, memory_order_relaxed);
-    if (p == e) {
-        bucket_set_head(&haext_buckets[b], n);
-    } else {
-        while (p != NULL && atomic_load_explicit(&p->next, memory_order_relaxed) != e)
-            p = atomic_load_explicit(&p->next, memory_order_relaxed);
-        if (p != NULL)
-            atomic_store_explicit(&p->next, n, memory_order_release);
-    }
+    struct haext_sess **pp = &buckets[bucket_of(e->h)];
+    while (*pp != NULL && *pp != e)
+        pp = &(*pp)->next;
+    if (*pp != NULL)
+        *pp = e->next;
+    e->next = NULL;
     if (e->sprev != NULL)
         e->sprev->snext = e->snext;
     else
@@ -417,7 +424,7 @@ static void sess_unlink(struct haext_sess *e)
     e->slot->host_count--;
     host_sessions--;
     e->linked = 0;
-    if (!sess_busy(e) && !atomic_load(&e->lent)) {
+    if (!atomic_load(&e->lent)) {
         e->fnext = free_list;
         free_list = e;
     } else {
@@ -572,8 +579,8 @@ static CK_RV borrow(CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
         return CKR_HOST_MEMORY;
     }
     for (e = s->list; e != NULL; e = e->snext) {
-        if (!atomic_load(&e->lent) && !atomic_load(&e->closing) && !sess_busy(e)) {
-            h = atomic_load_explicit(&e->h, memory_order_relaxed);
+        if (!atomic_load(&e->lent) && !atomic_load(&e->closing) && !sess_busy(e->h)) {
+            h = e->h;
             pthread_mutex_lock(&lend_mu);
             if (loan_add(h, e, s, 0) != NULL) {
                 atomic_store(&e->lent, 1);
@@ -716,7 +723,7 @@ static void host_gone(struct haext_sess *e, CK_SESSION_HANDLE h, int record, CK_
     struct haext_slot *s = NULL;
     int last = 0;
     pthread_mutex_lock(&tab_mu);
-    if (e->linked && atomic_load_explicit(&e->h, memory_order_relaxed) == h) {
+    if (e->linked && e->h == h) {
         s = e->slot;
         sess_unlink(e);
         last = s->host_count == 0;
@@ -957,7 +964,8 @@ CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR p
 {
     CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
     struct haext_slot *s = NULL;
-    struct haext_sess *e, *prev;
+    struct haext_sess *e;
+    CK_SESSION_HANDLE prev;
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -972,7 +980,7 @@ CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR p
         if (s != NULL)
             close_own(s, 1);
     }
-    prev = haext_busy_begin(haext_sess_find(h));
+    prev = haext_busy_begin(h);
     rv = v->C_Login(h, user, pin, len);
     haext_busy_end(prev);
     if (s != NULL)
@@ -1025,7 +1033,6 @@ void haext_front_stats(struct haext_front_stats *st)
 static void atfork_child(void)
 {
     struct reg_node *n;
-    int i;
     pthread_mutex_init(&reg_mu, NULL);
     for (n = registry; n != NULL; n = n->next)
         if (n->tls != &haext_self)
@@ -1037,8 +1044,7 @@ static void atfork_child(void)
     init_cond(&lend_cv);
     init_cond(&gate_cv);
     init_cond(&ev_cv);
-    for (i = 0; i < HAEXT_BUCKETS; i++)
-        bucket_set_head(&haext_buckets[i], NULL);
+    memset(buckets, 0, sizeof buckets);
     memset(slots, 0, sizeof slots);
     memset(loans, 0, sizeof loans);
     free_list = zombies = NULL;

@@ -3,17 +3,16 @@
  * trampolines (front.c) need inline on every call, and the slow paths in
  * state.c.
  *
- * The table of the host's sessions maps a handle to its slot. A host call
- * that takes a session finds its entry without a lock (a chain of atomic
- * pointers under a fixed array of buckets) and marks itself busy on it for
+ * The table of the host's sessions maps a handle to its slot; it is
+ * read and written under a mutex, and never on the path of an ordinary
+ * call. That path only marks the calling thread busy on its session for
  * the duration of the vendor call: each host thread has a record of its
- * own (thread-local, registered on its first call) holding the session it
- * is in a call on, written with two plain stores, so the hot path has no
- * atomic read-modify-write and no shared cache line. A session is busy
- * while some thread's record names it; borrow reads the records. Entries
- * are never freed, only reused, so a pointer found by a lookup stays valid
- * memory whatever happens next. Everything else (opening, closing,
- * lending) takes a mutex, never held across a vendor call.
+ * own (thread-local, registered on its first call) holding the handle of
+ * the session it is in a call on, written with two plain stores, so the
+ * hot path has no lookup, no atomic read-modify-write and no shared cache
+ * line. A session is busy while some thread's record names it; borrow
+ * reads the records. Everything else (opening, closing, lending) takes a
+ * mutex, never held across a vendor call.
  */
 #ifndef HAEXT_FRONT_STATE_H
 #define HAEXT_FRONT_STATE_H
@@ -22,34 +21,8 @@
 
 #include "front.h"
 
-#define HAEXT_BUCKETS 4096 /* power of two */
-
-struct haext_slot;
-
-/* One session of the host's. h is the key; slot and the list links change
- * only under the table mutex; lent and closing are atomics. */
-struct haext_sess {
-    _Atomic CK_SESSION_HANDLE h;
-    _Atomic(struct haext_sess *) next; /* bucket chain */
-    atomic_int lent;                   /* lent to libhaext right now */
-    atomic_int closing;                /* the host is closing it: lend no more */
-    struct haext_slot *slot;
-    struct haext_sess *snext, *sprev;  /* the slot's list (table mutex) */
-    struct haext_sess *fnext;          /* free or zombie list (table mutex) */
-    int linked;                        /* in the table (table mutex) */
-} __attribute__((aligned(64)));
-
 /* Hidden: the trampolines reach them without a GOT load. */
 #define HAEXT_HIDDEN __attribute__((visibility("hidden")))
-
-/* A bucket: its chain, and the handle of the chain's first entry, so that
- * a lookup that hits the first entry reads this one cache line only. */
-struct haext_bucket {
-    _Atomic CK_SESSION_HANDLE key;
-    _Atomic(struct haext_sess *) head;
-};
-
-extern struct haext_bucket haext_buckets[HAEXT_BUCKETS] HAEXT_HIDDEN;
 
 /* The vendor's function list once loaded (vendor.c); NULL before. */
 extern CK_FUNCTION_LIST_PTR _Atomic haext_vendor HAEXT_HIDDEN;
@@ -60,41 +33,12 @@ extern CK_FUNCTION_LIST haext_vcopy HAEXT_HIDDEN;
  * loaded yet (CKR_CRYPTOKI_NOT_INITIALIZED), or not supported. */
 CK_RV haext_no_function(void);
 
-static inline unsigned haext_bucket(CK_SESSION_HANDLE h)
-{
-    unsigned long long x = (unsigned long long)h * 0x9E3779B97F4A7C15ULL;
-    return (unsigned)(x >> 52); /* 64 - log2(HAEXT_BUCKETS) */
-}
-
-/* The host's session h, or NULL when the front does not know it. A writer
- * changing a bucket's head zeroes its key, stores the head, then the new
- * key; so a key read equal to h before and after the head means the head
- * is h's entry. */
-static inline struct haext_sess *haext_sess_find(CK_SESSION_HANDLE h)
-{
-    struct haext_bucket *b;
-    struct haext_sess *e;
-    if (h == CK_INVALID_HANDLE)
-        return NULL;
-    b = &haext_buckets[haext_bucket(h)];
-    if (atomic_load_explicit(&b->key, memory_order_acquire) == h) {
-        e = atomic_load_explicit(&b->head, memory_order_acquire);
-        if (atomic_load_explicit(&b->key, memory_order_acquire) == h)
-            return e;
-    }
-    e = atomic_load_explicit(&b->head, memory_order_acquire);
-    while (e != NULL) {
-        if (atomic_load_explicit(&e->h, memory_order_relaxed) == h)
-            return e;
-        e = atomic_load_explicit(&e->next, memory_order_acquire);
-    }
-    return NULL;
-}
-
-/* Each host thread's own: the session it is in a call on, or NULL, and
- * whether borrow can see it (the registry holds its address). */
+/* Each host thread's own: the session it is in a call on right now
+ * (CK_INVALID_HANDLE when none), and whether borrow can see it (the
+ * registry holds its address). A handle, not the front's table entry, so
+ * that the path of an ordinary call looks nothing up. */
 struct haext_tls {
-    _Atomic(struct haext_sess *) cur;
+    _Atomic CK_SESSION_HANDLE cur;
     int registered;
 };
 
@@ -103,21 +47,21 @@ extern __thread struct haext_tls haext_self __attribute__((tls_model("initial-ex
 void haext_thread_register(void);
 
 /* Around every forwarded call that takes a session: the calling thread
- * marks itself in a call on e (the entry of its session, or NULL when the
- * front does not know it) and returns what it was in before (NULL, or the
- * session of a call made from inside a call, e.g. a notify callback), which
- * haext_busy_end restores. */
-static inline struct haext_sess *haext_busy_begin(struct haext_sess *e)
+ * marks itself in a call on session h and returns what it was in before
+ * (CK_INVALID_HANDLE, or the session of a call made from inside a call,
+ * e.g. a notify callback), which haext_busy_end restores. borrow() passes
+ * over a session a host thread is marked in. */
+static inline CK_SESSION_HANDLE haext_busy_begin(CK_SESSION_HANDLE h)
 {
-    struct haext_sess *prev;
+    CK_SESSION_HANDLE prev;
     if (__builtin_expect(!haext_self.registered, 0))
         haext_thread_register();
     prev = atomic_load_explicit(&haext_self.cur, memory_order_relaxed);
-    atomic_store_explicit(&haext_self.cur, e, memory_order_relaxed);
+    atomic_store_explicit(&haext_self.cur, h, memory_order_relaxed);
     return prev;
 }
 
-static inline void haext_busy_end(struct haext_sess *prev)
+static inline void haext_busy_end(CK_SESSION_HANDLE prev)
 {
     atomic_store_explicit(&haext_self.cur, prev, memory_order_release);
 }

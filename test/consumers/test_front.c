@@ -119,7 +119,7 @@ static void drain_events(void)
 static CK_SESSION_HANDLE open_own(CK_SLOT_ID slot, CK_SESSION_HANDLE busy)
 {
     CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
-    struct haext_sess *prev = haext_busy_begin(haext_sess_find(busy));
+    CK_SESSION_HANDLE prev = haext_busy_begin(busy);
     CK_RV rv;
     if (!H->enter())
         return CK_INVALID_HANDLE;
@@ -196,7 +196,7 @@ static void test_borrow(void)
     check(rv == CKR_OK && got == s1, "once given back, the host's session is lent again");
     H->give_back(got, CKR_OK);
     {
-        struct haext_sess *prev = haext_busy_begin(haext_sess_find(s1)); /* a host call in flight on s1 */
+        CK_SESSION_HANDLE prev = haext_busy_begin(s1); /* a host call in flight on s1 */
         rv = H->borrow(slot_a, &got);
         check(rv == CKR_OK && got == got2, "while the host is in a call on it, the own session is lent instead");
         H->give_back(got, CKR_OK);
