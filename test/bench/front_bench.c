@@ -1,7 +1,7 @@
 /*
  * front_bench.c - what the front module adds to a forwarded call.
  *
- *   front_bench VENDOR FRONT [--json FILE] [--iterations N] [--rounds R] [--name NAME]
+ *   front_bench VENDOR FRONT [--json FILE] [--iterations N] [--rounds R] [--name NAME] [--module MODULE]
  *
  * One process loads SoftHSM2 (VENDOR) directly and build/libhaext-pkcs11.so
  * (FRONT, whose configuration names the same SoftHSM2: the same instance)
@@ -16,7 +16,9 @@
  * rounds of the per-round p50 differences (front - direct, front -
  * trampoline). --name names the vendor in the output (default SoftHSM2);
  * with "null" (test/bench/null_vendor.c, which answers at once) the check
- * that both paths share one initialized instance is skipped.
+ * that both paths share one initialized instance is skipped. --module names
+ * FRONT (default libhaext-pkcs11): run.sh also passes the reference
+ * modules of test/bench/bare_module.c as FRONT.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -138,6 +140,7 @@ static int run(struct path *p, int kind, long n, long long *out)
 static const char *path_name[PATHS] = {"direct", "trampoline", "front"};
 
 static const char *vendor_name = "SoftHSM2";
+static const char *module_name = "libhaext-pkcs11";
 
 static void measure(const char *name, int kind, struct path *paths, long iters, int rounds, FILE *json)
 {
@@ -176,15 +179,18 @@ static void measure(const char *name, int kind, struct path *paths, long iters, 
     qsort(dtramp, (size_t)rounds, sizeof(long long), cmp_ll);
     added = pct(dfront, rounds, 50);
     over_tramp = pct(dtramp, rounds, 50);
-    printf("%s %-16s p50/p99 ns: direct %lld/%lld, trampoline %lld/%lld, front %lld/%lld; added by the front %+lld "
+    printf("%s %-16s p50/p99 ns: direct %lld/%lld, trampoline %lld/%lld, %s %lld/%lld; added by %s %+lld "
            "ns (%+lld ns over the bare trampoline); %ld calls per path in %d rounds\n",
-           vendor_name, name, p50[0], p99[0], p50[1], p99[1], p50[2], p99[2], added, over_tramp, total, rounds);
+           vendor_name, name, p50[0], p99[0], p50[1], p99[1], module_name, p50[2], p99[2], module_name, added,
+           over_tramp, total, rounds);
     if (json != NULL)
         fprintf(json,
-                "{\"scenario\":\"front_forwarding\",\"vendor\":\"%s\",\"call\":\"%s\",\"samples\":%ld,\"rounds\":%d,"
+                "{\"scenario\":\"front_forwarding\",\"module\":\"%s\",\"vendor\":\"%s\",\"call\":\"%s\","
+                "\"samples\":%ld,\"rounds\":%d,"
                 "\"direct_p50_ns\":%lld,\"direct_p99_ns\":%lld,\"trampoline_p50_ns\":%lld,\"trampoline_p99_ns\":%lld,"
                 "\"front_p50_ns\":%lld,\"front_p99_ns\":%lld,\"added_p50_ns\":%lld,\"over_trampoline_p50_ns\":%lld}\n",
-                vendor_name, name, total, rounds, p50[0], p99[0], p50[1], p99[1], p50[2], p99[2], added, over_tramp);
+                module_name, vendor_name, name, total, rounds, p50[0], p99[0], p50[1], p99[1], p50[2], p99[2], added,
+                over_tramp);
     for (k = 0; k < PATHS; k++)
         free(v[k]);
     free(dfront);
@@ -206,7 +212,8 @@ int main(int argc, char **argv)
     CK_RV rv;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: front_bench VENDOR FRONT [--json FILE] [--iterations N] [--rounds R] [--name NAME]\n");
+        fprintf(stderr, "usage: front_bench VENDOR FRONT [--json FILE] [--iterations N] [--rounds R] [--name NAME] "
+                        "[--module MODULE]\n");
         return 2;
     }
     for (i = 3; i + 1 < argc; i += 2) {
@@ -218,6 +225,8 @@ int main(int argc, char **argv)
             rounds = atoi(argv[i + 1]);
         else if (strcmp(argv[i], "--name") == 0)
             vendor_name = argv[i + 1];
+        else if (strcmp(argv[i], "--module") == 0)
+            module_name = argv[i + 1];
     }
     if (rounds < 1 || iters < rounds) {
         fprintf(stderr, "front_bench: bad --iterations/--rounds\n");

@@ -202,17 +202,24 @@ gobench=$out/go-bench.txt
     log "warning: go test -bench failed (its output is in the report)"
 
 # 5b. The front module: what forwarding through build/libhaext-pkcs11.so adds
-# to C_GetSessionInfo and C_Sign on SoftHSM2, in one process.
+# to C_GetSessionInfo and C_Sign on SoftHSM2, in one process; then the same
+# through the reference modules of bare_module.c (the least a forwarding
+# module does), small and padded to the front's code-to-data distance.
 [ -f "$build/libhaext-pkcs11.so" ] || die "$build/libhaext-pkcs11.so is missing: run \`make bench\`"
 "$cc" "${cflags[@]}" -o "$out/front_bench" test/bench/front_bench.c -ldl
+"$cc" "${cflags[@]}" -fPIC -shared -o "$out/bare_module.so" test/bench/bare_module.c -ldl
+"$cc" "${cflags[@]}" -fPIC -shared -DBARE_PAD_MB=2 -o "$out/bare_module_padded.so" test/bench/bare_module.c -ldl
 dir=$work/lab-front
 log "lab: front module forwarding (1 SoftHSM2 token, no p11-kit)"
 bash "$lab" up --dir "$dir" --mode direct --members 1 >>"$benchlog" 2>&1 || die "lab.sh up --mode direct failed"
 front_iters=400000
 [ "${BENCH_QUICK:-0}" = 1 ] && front_iters=40000
-bash "$lab" exec --dir "$dir" -- bash -c '"$0" "$HALAB_MODULE" "$1" --json "$2" --iterations "$3"' \
-    "$out/front_bench" "$build/libhaext-pkcs11.so" "$results" "$front_iters" 2>&1 | tee -a "$benchlog" ||
-    die "front_bench failed (see $benchlog)"
+for module in "libhaext-pkcs11:$build/libhaext-pkcs11.so" "bare C module:$out/bare_module.so" \
+    "bare C module, 2 MB padded:$out/bare_module_padded.so"; do
+    bash "$lab" exec --dir "$dir" -- bash -c 'BARE_VENDOR=$HALAB_MODULE "$0" "$HALAB_MODULE" "$1" --json "$2" \
+        --iterations "$3" --module "$4"' "$out/front_bench" "${module#*:}" "$results" "$front_iters" "${module%%:*}" \
+        2>&1 | tee -a "$benchlog" || die "front_bench through ${module%%:*} failed (see $benchlog)"
+done
 down "$dir"
 # The same with a vendor that answers at once: the front's own work.
 "$cc" "${cflags[@]}" -fPIC -shared -o "$out/null_vendor.so" test/bench/null_vendor.c
