@@ -3,7 +3,7 @@
  * trampolines through the vendor's CK_FUNCTION_LIST.
  *
  * A call that takes a session marks its thread busy on the host's session
- * for its duration (state.h: one lock-free lookup and two plain stores). A
+ * for its duration (state.h: two plain stores, no lookup). A
  * call that fails with a connection-class CK_RV is recorded for the engine.
  * Everything else is a jump to the vendor. The calls with side effects on
  * the front's tables (C_Initialize, C_Finalize, C_OpenSession,
