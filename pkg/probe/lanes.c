@@ -114,7 +114,10 @@ static void *lane_main(void *arg)
 
     /* Every signal stays blocked on a lane (set before it was created):
      * it never runs a host's handler, never takes a signal a sigwait-style
-     * host collects, and a SIGPIPE a vendor call raises is drained here. */
+     * host collects, and a SIGPIPE a vendor call raises stays pending on
+     * this thread, blocked, never delivered (a thread's own SIGPIPE is
+     * directed at it; no other thread can take it, and it goes with the
+     * thread): no system call to drain it on every round. */
     pthread_mutex_lock(&p->mu);
     for (;;) {
         while (!p->stop && !(l->active && !l->running)) {
@@ -131,7 +134,6 @@ static void *lane_main(void *arg)
         pthread_mutex_unlock(&p->mu);
 
         CK_RV rv = call(p->host, mode, slot, session);
-        hx_sigpipe_drain();
 
         pthread_mutex_lock(&p->mu);
         if (--p->running == 0) {
