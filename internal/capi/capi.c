@@ -34,6 +34,12 @@
  *    freed on success (unless Go has a notice for the caller), so
  *    CA_GetHAExtLastError needs no Go.
  *
+ *  - The head start. Before it enters Go, the wrapper starts the rounds of
+ *    the members that answered last time for the same slot (hx_head_start,
+ *    pkg/probe/lanes.h): a lock, one poll and one broadcast on this
+ *    thread, no vendor call, so the lanes work while Go runs stages 1
+ *    and 2.
+ *
  * Nothing here assumes which shared library it is linked into.
  */
 #define _GNU_SOURCE
@@ -43,6 +49,7 @@
 #include <string.h>
 
 #include "_cgo_export.h"
+#include "lanes.h" /* the head start: pkg/probe/lanes.c, linked into the same library */
 
 /* Set in a child of fork() (pthread_atfork). */
 static volatile int haext_forked;
@@ -146,7 +153,11 @@ static CK_RV haext_status(CK_SLOT_ID slotId, void *pState, int layout)
     if (!haext_enter(&saved)) {
         return CKR_FUNCTION_FAILED;
     }
+    /* The lanes of the members that answered last time start now, while
+     * Go runs stages 1 and 2 (lanes.h). */
+    hx_head_start(slotId);
     rv = haextState(slotId, pState, layout, &reason); /* before reason is read */
+    hx_head_end();
     return haext_leave(&saved, rv, reason);
 }
 

@@ -11,7 +11,7 @@
 package capi
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../../include -I${SRCDIR}/../hostapi -Wall -Werror
+#cgo CFLAGS: -I${SRCDIR}/../../include -I${SRCDIR}/../hostapi -I${SRCDIR}/../../pkg/probe -Wall -Werror
 #cgo pkg-config: p11-kit-1
 #include <stddef.h>
 #include <stdlib.h>

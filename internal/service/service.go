@@ -89,7 +89,7 @@ func (s *Service) State(slot uint, out []probe.Verdict) (Report, error) {
 	case err != nil:
 		return Report{}, fmt.Errorf("slot %d: %w: %w", slot, ErrTransient, err)
 	}
-	return Report{GroupSerial: eng.Groups()[g].Serial, Verdicts: eng.Check(g, deadline, out)}, nil
+	return Report{GroupSerial: eng.Groups()[g].Serial, Verdicts: eng.CheckSlot(slot, g, deadline, out)}, nil
 }
 
 // engine returns the running engine, loading it on first use. A failed load

@@ -70,10 +70,11 @@ type target struct {
 }
 
 // scan is one pass over the descriptors: the health of every prepared
-// endpoint.
+// endpoint, and the descriptor that proved it (-1 for none).
 type scan struct {
 	done    chan struct{}
 	healthy []bool
+	fds     []int
 }
 
 // NewChecker prepares a Checker for the endpoints, resolving TCP host names
@@ -171,34 +172,39 @@ func (t *target) relookupLater(every, timeout time.Duration) {
 }
 
 // Check sets healthy[i] when this process holds at least one healthy
-// connection to eps[i]. An endpoint the Checker was not prepared for is
-// reported down.
-func (c *Checker) Check(eps []conf.Endpoint, healthy []bool) {
-	shared := c.shared()
+// connection to eps[i], and fds[i] to the descriptor of one such
+// connection (-1 when none). An endpoint the Checker was not prepared for
+// is reported down.
+func (c *Checker) Check(eps []conf.Endpoint, healthy []bool, fds []int) {
+	s := c.shared()
 	for i, ep := range eps {
 		j, ok := c.index[ep]
-		healthy[i] = ok && shared[j]
+		healthy[i], fds[i] = ok && s.healthy[j], -1
+		if healthy[i] {
+			fds[i] = s.fds[j]
+		}
 	}
 }
 
-// shared returns the result of the scan in flight, waiting for it, or of a
-// new scan when none is.
-func (c *Checker) shared() []bool {
+// shared returns the scan in flight, once it has ended, or a new scan when
+// none is.
+func (c *Checker) shared() *scan {
 	c.mu.Lock()
 	if s := c.current; s != nil {
 		c.mu.Unlock()
 		<-s.done
-		return s.healthy
+		return s
 	}
 	s := &scan{done: make(chan struct{})}
 	c.current = s
 	c.mu.Unlock()
 	s.healthy = c.scan()
+	s.fds = append([]int(nil), c.known...)
 	c.mu.Lock()
 	c.current = nil
 	c.mu.Unlock()
 	close(s.done)
-	return s.healthy
+	return s
 }
 
 // scan first asks again the descriptors that last proved each endpoint
@@ -207,18 +213,7 @@ func (c *Checker) shared() []bool {
 // endpoint unconfirmed.
 func (c *Checker) scan() []bool {
 	healthy := make([]bool, len(c.eps))
-	confirmed := 0
-	for j, ep := range c.eps {
-		if fd := c.known[j]; fd >= 0 {
-			if peer, err := unix.Getpeername(fd); err == nil && c.matches(peer, ep) && isHealthy(fd, ep.Network == "tcp") {
-				healthy[j] = true
-				confirmed++
-				continue
-			}
-			c.known[j] = -1
-		}
-	}
-	if confirmed < len(c.eps) {
+	if c.confirm(healthy) < len(c.eps) {
 		c.walk(healthy)
 		for j, ep := range c.eps {
 			if !healthy[j] && ep.Network == "tcp" {
@@ -227,6 +222,37 @@ func (c *Checker) scan() []bool {
 		}
 	}
 	return healthy
+}
+
+// confirm asks again the descriptors that last proved each endpoint
+// healthy: each one's peer, so that a reused descriptor does not count,
+// then one poll for all of them. It returns how many it confirmed.
+func (c *Checker) confirm(healthy []bool) int {
+	pfds := make([]unix.PollFd, 0, len(c.eps))
+	at := make([]int, 0, len(c.eps))
+	for j, ep := range c.eps {
+		fd := c.known[j]
+		if fd < 0 {
+			continue
+		}
+		if peer, err := unix.Getpeername(fd); err != nil || !c.matches(peer, ep) {
+			c.known[j] = -1
+			continue
+		}
+		pfds = append(pfds, unix.PollFd{Fd: int32(fd), Events: unix.POLLRDHUP})
+		at = append(at, j)
+	}
+	ok := pollNow(pfds)
+	confirmed := 0
+	for k, j := range at {
+		if !ok || hungUp(pfds[k].Revents) || (c.eps[j].Network == "tcp" && !established(c.known[j])) {
+			c.known[j] = -1
+			continue
+		}
+		healthy[j] = true
+		confirmed++
+	}
+	return confirmed
 }
 
 // walk looks at every descriptor of the process for the endpoints not yet
@@ -291,21 +317,30 @@ func (c *Checker) tcpMatches(peer netip.AddrPort, address string) bool {
 // getsockopt(SO_ERROR) would do, hiding the error from the vendor module.
 func isHealthy(fd int, tcp bool) bool {
 	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-	n, err := unix.Poll(pfd, 0)
-	for err == unix.EINTR { // the Go runtime preempts with SIGURG
-		n, err = unix.Poll(pfd, 0)
+	return pollNow(pfd) && !hungUp(pfd[0].Revents) && (!tcp || established(fd))
+}
+
+// pollNow polls pfds with a zero timeout, retried on EINTR (the Go runtime
+// preempts with SIGURG); it reports whether the revents are valid.
+func pollNow(pfds []unix.PollFd) bool {
+	if len(pfds) == 0 {
+		return true
 	}
-	if err != nil {
-		return false
+	_, err := unix.Poll(pfds, 0)
+	for err == unix.EINTR {
+		_, err = unix.Poll(pfds, 0)
 	}
-	if n > 0 && pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
-		return false
-	}
-	if tcp {
-		info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
-		if err != nil || info.State != tcpEstablished {
-			return false
-		}
-	}
-	return true
+	return err == nil
+}
+
+// hungUp reports whether poll's revents show a hang-up, an error or a
+// descriptor that is not open.
+func hungUp(revents int16) bool {
+	return revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+}
+
+// established reports whether a TCP socket is in ESTABLISHED.
+func established(fd int) bool {
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	return err == nil && info.State == tcpEstablished
 }

@@ -53,9 +53,57 @@ func serve(t *testing.T, network, address string) *server {
 }
 
 func check(c *Checker, eps ...conf.Endpoint) []bool {
-	healthy := make([]bool, len(eps))
-	c.Check(eps, healthy)
+	healthy, _ := checkFds(c, eps...)
 	return healthy
+}
+
+func checkFds(c *Checker, eps ...conf.Endpoint) ([]bool, []int) {
+	healthy, fds := make([]bool, len(eps)), make([]int, len(eps))
+	for i := range fds {
+		fds[i] = -2 // Check must set every entry
+	}
+	c.Check(eps, healthy, fds)
+	return healthy, fds
+}
+
+// rawFd returns the descriptor under conn.
+func rawFd(t *testing.T, conn net.Conn) int {
+	t.Helper()
+	sc, err := conn.(syscall.Conn).SyscallConn()
+	require.NoError(t, err)
+	fd := -1
+	require.NoError(t, sc.Control(func(f uintptr) { fd = int(f) }))
+	return fd
+}
+
+func TestCheckNamesTheDescriptorOfTheHealthyConnection(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.sock")
+	srv := serve(t, "unix", path)
+	ep := conf.Endpoint{Network: "unix", Address: path}
+	other := conf.Endpoint{Network: "unix", Address: path + ".other"}
+	c := NewChecker([]conf.Endpoint{ep, other}, time.Second)
+
+	healthy, fds := checkFds(c, ep, other)
+	assert.Equal(t, []bool{false, false}, healthy)
+	assert.Equal(t, []int{-1, -1}, fds, "no connection: no descriptor")
+
+	client, err := net.Dial("unix", path)
+	require.NoError(t, err)
+	defer client.Close()
+	peer := <-srv.conns
+	healthy, fds = checkFds(c, ep, other)
+	assert.Equal(t, []bool{true, false}, healthy)
+	assert.Equal(t, []int{rawFd(t, client), -1}, fds, "the client's descriptor, found by the walk")
+	healthy, fds = checkFds(c, ep, other)
+	assert.Equal(t, []bool{true, false}, healthy)
+	assert.Equal(t, []int{rawFd(t, client), -1}, fds, "the same descriptor, confirmed again")
+
+	require.NoError(t, peer.Close())
+	require.Eventually(t, func() bool {
+		healthy, fds = checkFds(c, ep, other)
+		return !healthy[0]
+	}, 2*time.Second, 10*time.Millisecond)
+	assert.Equal(t, []int{-1, -1}, fds, "a hung-up connection names no descriptor")
 }
 
 func TestUnixConnectionHealthAndHangUp(t *testing.T) {

@@ -70,9 +70,11 @@ type Options struct {
 }
 
 // SocketChecker is stage 2: it reports, for each endpoint, whether this
-// process holds a healthy connection to it. It must only use read-only
-// system calls and must not block.
-type SocketChecker func(endpoints []conf.Endpoint, healthy []bool)
+// process holds a healthy connection to it, and in fds the descriptor of
+// that connection (-1 when unknown), which the next status call about the
+// same slot polls for a hang-up before it starts the member's round ahead.
+// It must only use read-only system calls and must not block.
+type SocketChecker func(endpoints []conf.Endpoint, healthy []bool, fds []int)
 
 // Transition is a change of one member's verdict.
 type Transition struct {
@@ -190,6 +192,9 @@ func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, erro
 	if e.lanes, ok = newLanes(mod.Host(), len(e.members), e.timeout); !ok {
 		return nil, fmt.Errorf("probe: cannot start %d member threads", len(e.members))
 	}
+	for _, m := range e.members {
+		m.inst.changed = func(epoch uint64) { e.lanes.disarm(m.lane, epoch) }
+	}
 	return e, nil
 }
 
@@ -198,6 +203,7 @@ func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, erro
 // it up to their deadline. Start is idempotent.
 func (e *Engine) Start() {
 	e.startOnce.Do(func() {
+		e.lanes.lead()
 		e.slots.refresh()
 		for _, m := range e.members {
 			e.workers.Add(1)
@@ -214,6 +220,7 @@ func (e *Engine) Start() {
 func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
 		close(e.stop)
+		e.lanes.unlead()
 		e.checks.Lock() // no check in flight uses the lanes any more
 		e.lanes.stop()
 		e.checks.Unlock()
@@ -305,6 +312,17 @@ func (e *Engine) GroupForSlot(slot uint, deadline time.Time) (int, error) {
 // member has a verdict; a member without one at the deadline is
 // StatusTimeout. The verdicts are written to out, grown when too small.
 func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
+	return e.check(g, deadline, slotKey{}, out)
+}
+
+// CheckSlot is Check for a status call about slot, which group g serves:
+// it takes the rounds the call's C entry point started ahead (lanes.h),
+// and leaves the members that answer armed for the next call about slot.
+func (e *Engine) CheckSlot(slot uint, g int, deadline time.Time, out []Verdict) []Verdict {
+	return e.check(g, deadline, slotKey{slot: slot, ok: true}, out)
+}
+
+func (e *Engine) check(g int, deadline time.Time, key slotKey, out []Verdict) []Verdict {
 	grp := &e.groups[g]
 	n := len(grp.members)
 	if cap(out) < n {
@@ -323,8 +341,8 @@ func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
 	default:
 	}
 
-	var healthy [conf.MaxMembers]bool
-	grp.checkSockets(e.sockets, healthy[:n])
+	var st stage2
+	grp.checkSockets(e.sockets, &st)
 	var ready, unready []int
 	var readyBuf, unreadyBuf [conf.MaxMembers]int
 	ready, unready = readyBuf[:0], unreadyBuf[:0]
@@ -344,10 +362,10 @@ func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
 		go func(i int) {
 			defer wg.Done()
 			e.awaitReady(grp.members[i], deadline)
-			e.round(grp, []int{i}, healthy[:n], start, deadline, out)
+			e.round(grp, []int{i}, &st, start, deadline, slotKey{}, out)
 		}(i)
 	}
-	e.round(grp, ready, healthy[:n], start, deadline, out)
+	e.round(grp, ready, &st, start, deadline, key, out)
 	wg.Wait()
 	if e.finalized.Load() {
 		for i := range out {
@@ -371,10 +389,9 @@ func (e *Engine) awaitReady(m *member, deadline time.Time) {
 
 // round runs stages 1 to 3 for the members of grp at idx and writes their
 // verdicts into out: one wait on the lanes for all of them.
-func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline time.Time, out []Verdict) {
+func (e *Engine) round(grp *group, idx []int, st *stage2, start, deadline time.Time, key slotKey, out []Verdict) {
 	var reqs [conf.MaxMembers]request
 	var at [conf.MaxMembers]int
-	var views [conf.MaxMembers]instanceView
 	k := 0
 	for _, i := range idx {
 		m := grp.members[i]
@@ -392,11 +409,11 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 			out[i].Status = StatusTimeout
 		case e.finalized.Load() || !v.usable(e.mode):
 			out[i].Status = StatusNoInstance
-		case !healthy[i]:
+		case !st.healthy[i]:
 			out[i].Status = StatusSocketDown
 		default:
-			reqs[k] = request{lane: m.lane, mode: e.mode, slot: v.slot, session: v.session}
-			at[k], views[k] = i, v
+			reqs[k] = request{lane: m.lane, mode: e.mode, slot: v.slot, session: v.session, epoch: v.epoch, fd: st.fd[i]}
+			at[k] = i
 			k++
 			continue
 		}
@@ -413,16 +430,17 @@ func (e *Engine) round(grp *group, idx []int, healthy []bool, start, deadline ti
 	}
 	var res [conf.MaxMembers]result
 	before := time.Since(start)
-	e.lanes.check(reqs[:k], time.Until(deadline), res[:k])
+	e.lanes.check(reqs[:k], time.Until(deadline), key, res[:k])
 	for j := 0; j < k; j++ {
 		i, m := at[j], grp.members[at[j]]
-		out[i].Status, out[i].Took = e.verdict(m, views[j], res[j]), before+res[j].took
+		out[i].Status, out[i].Took = e.verdict(m, res[j]), before+res[j].took
 	}
 }
 
 // verdict turns a lane's result into a member status, and starts recovery
-// when the answer says the instance is gone.
-func (e *Engine) verdict(m *member, v instanceView, r result) Status {
+// when the answer says the instance is gone: the session the answering
+// round used, which may be older than the request's.
+func (e *Engine) verdict(m *member, r result) Status {
 	switch r.rv {
 	case rvLate, rvStuck:
 		return StatusTimeout
@@ -433,7 +451,7 @@ func (e *Engine) verdict(m *member, v instanceView, r result) Status {
 		e.moduleFinalized()
 		return StatusNoInstance
 	}
-	if dropsSession(r.rv) && m.inst.lose(e.mode, v.session, r.rv) {
+	if dropsSession(r.rv) && m.inst.lose(e.mode, r.session, r.rv) {
 		m.kick()
 	}
 	return r.rv
@@ -516,15 +534,26 @@ func (e *Engine) moduleFinalized() {
 	}
 }
 
+// stage2 is what stage 2 found for each member of a group: whether its
+// connection is healthy, and which descriptor it is (-1: none or unknown).
+type stage2 struct {
+	healthy [conf.MaxMembers]bool
+	fd      [conf.MaxMembers]int
+}
+
 // checkSockets runs stage 2 for the members that have an endpoint; members
 // without one pass.
-func (g *group) checkSockets(check SocketChecker, healthy []bool) {
+func (g *group) checkSockets(check SocketChecker, st *stage2) {
 	var ok [conf.MaxMembers]bool
+	var fds [conf.MaxMembers]int
 	if len(g.endpoints) > 0 {
-		check(g.endpoints, ok[:len(g.endpoints)])
+		check(g.endpoints, ok[:len(g.endpoints)], fds[:len(g.endpoints)])
 	}
 	for i, j := range g.epIndex {
-		healthy[i] = j < 0 || ok[j]
+		st.healthy[i], st.fd[i] = j < 0 || ok[j], -1
+		if j >= 0 {
+			st.fd[i] = fds[j]
+		}
 	}
 }
 

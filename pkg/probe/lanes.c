@@ -1,5 +1,7 @@
 /* lanes.c - see lanes.h. */
+#define _GNU_SOURCE /* POLLRDHUP */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +36,27 @@ struct hx_lane {
     CK_SLOT_ID slot;
     CK_SESSION_HANDLE session;
     CK_RV rv;
+    CK_SESSION_HANDLE done_session; /* the session of the round that set rv */
+    CK_SLOT_ID done_slot;
     struct hx_node waiters; /* list head */
+    /* The head start: armed after a round answered CKR_OK for a request
+     * made at a current epoch; a_* is that request. */
+    int armed;
+    uint64_t epoch_min;
+    int a_mode;
+    CK_SLOT_ID a_slot;
+    CK_SESSION_HANDLE a_session;
+    int a_fd;
+};
+
+/* The members a status call about slot key starts ahead: those that
+ * answered CKR_OK the last time. */
+#define HX_PLANS 8
+struct hx_plan {
+    int used;
+    CK_SLOT_ID key;
+    int n;
+    int lane[HX_MAX_LANES_PER_CALL];
 };
 
 struct hx_lanes {
@@ -46,6 +68,8 @@ struct hx_lanes {
     int alive;   /* lane threads not yet exited, plus the owner's hold */
     int running; /* lanes inside a vendor call */
     pthread_cond_t idle; /* signalled when running drops to 0 */
+    struct hx_plan plan[HX_PLANS];
+    int plan_next;
     int n;
     struct hx_lane lane[];
 };
@@ -140,6 +164,8 @@ static void *lane_main(void *arg)
             pthread_cond_broadcast(&p->idle);
         }
         l->rv = rv;
+        l->done_session = session;
+        l->done_slot = slot;
         l->done = l->gen;
         l->done_ns = now_ns();
         l->active = l->running = 0;
@@ -215,9 +241,101 @@ struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int64_t stuck_ns)
 static __thread struct hx_waiter tw;
 static __thread int tw_ready;
 
-void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res)
+/* The rounds this thread's hx_head_start started, for its status call. */
+struct hx_ticket {
+    const struct hx_lanes *p; /* compared, never dereferenced */
+    CK_SLOT_ID key;
+    int n;
+    int lane[HX_MAX_LANES_PER_CALL];
+    uint64_t gen[HX_MAX_LANES_PER_CALL];
+};
+static __thread struct hx_ticket ticket;
+
+/* The pool hx_head_start uses, held (alive) while it is set. */
+static pthread_mutex_t head_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct hx_lanes *head;
+
+static void start_round(struct hx_lane *l, int64_t now, int mode, CK_SLOT_ID slot, CK_SESSION_HANDLE session)
+{
+    l->active = 1;
+    l->gen++;
+    l->started_ns = now;
+    l->mode = mode;
+    l->slot = slot;
+    l->session = session;
+}
+
+/* The round t started on lane (the i-th request, usually its i-th entry),
+ * or 0. */
+static uint64_t ticket_gen(const struct hx_ticket *t, int i, int lane)
+{
+    int k;
+    if (t == NULL) {
+        return 0;
+    }
+    if (i < t->n && t->lane[i] == lane) {
+        return t->gen[i];
+    }
+    for (k = 0; k < t->n; k++) {
+        if (t->lane[k] == lane) {
+            return t->gen[k];
+        }
+    }
+    return 0;
+}
+
+static struct hx_plan *plan_find(struct hx_lanes *p, CK_SLOT_ID key)
+{
+    int k;
+    for (k = 0; k < HX_PLANS; k++) {
+        if (p->plan[k].used && p->plan[k].key == key) {
+            return &p->plan[k];
+        }
+    }
+    return NULL;
+}
+
+/* Arms the members that answered CKR_OK to a request made at a current
+ * epoch, for this very session and slot; disarms the others. A keyed call
+ * makes the armed ones the plan of key. */
+static void arm(struct hx_lanes *p, const struct hx_req *req, int n, const struct hx_res *res, int keyed,
+                CK_SLOT_ID key)
+{
+    struct hx_plan *pl = NULL;
+    int i;
+    if (keyed) {
+        pl = plan_find(p, key);
+        if (pl == NULL) {
+            pl = &p->plan[p->plan_next];
+            p->plan_next = (p->plan_next + 1) % HX_PLANS;
+            pl->used = 1;
+            pl->key = key;
+        }
+        pl->n = 0;
+    }
+    for (i = 0; i < n; i++) {
+        struct hx_lane *l = &p->lane[req[i].lane];
+        if (res[i].rv != CKR_OK || req[i].epoch < l->epoch_min || res[i].session != req[i].session ||
+            l->done_slot != req[i].slot) {
+            l->armed = 0;
+            continue;
+        }
+        l->armed = 1;
+        l->a_mode = req[i].mode;
+        l->a_slot = req[i].slot;
+        l->a_session = req[i].session;
+        l->a_fd = req[i].fd;
+        if (pl != NULL) {
+            pl->lane[pl->n++] = req[i].lane;
+        }
+    }
+}
+
+static void check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res,
+                  int keyed, CK_SLOT_ID key)
 {
     struct hx_waiter *w = &tw;
+    const struct hx_ticket *t = keyed && ticket.p == p && ticket.key == key ? &ticket : NULL;
     uint64_t gen[HX_MAX_LANES_PER_CALL];
     int64_t start = now_ns(), deadline = start + wait_ns, until = start;
     int i, kick = 0;
@@ -234,24 +352,28 @@ void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t
     for (i = 0; i < n; i++) {
         struct hx_lane *l = &p->lane[req[i].lane];
         struct hx_node *nd = &w->nodes[i];
+        uint64_t ahead = ticket_gen(t, i, req[i].lane);
         nd->next = nd->prev = NULL;
         gen[i] = 0;
+        if (ahead != 0 && ahead == l->gen && l->done == ahead) {
+            /* The round this call started ahead has answered already. */
+            res[i].rv = l->rv;
+            res[i].took_ns = 0;
+            res[i].session = l->done_session;
+            continue;
+        }
         if (l->active) {
             if (start - l->started_ns >= p->stuck_ns) {
                 res[i].rv = HX_RV_STUCK; /* do not ask again */
                 res[i].took_ns = 0;
+                res[i].session = req[i].session;
                 continue;
             }
             /* A younger call in flight: share it, but only until it is
              * stuck, or until this caller's own deadline, if sooner. */
             until = max64(until, min64(deadline, l->started_ns + p->stuck_ns));
         } else {
-            l->active = 1;
-            l->gen++;
-            l->started_ns = start;
-            l->mode = req[i].mode;
-            l->slot = req[i].slot;
-            l->session = req[i].session;
+            start_round(l, start, req[i].mode, req[i].slot, req[i].session);
             kick = 1;
             until = deadline;
         }
@@ -288,12 +410,165 @@ void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t
         if (l->done >= gen[i]) {
             res[i].rv = l->rv;
             res[i].took_ns = l->done_ns > start ? l->done_ns - start : 0;
+            res[i].session = l->done_session;
         } else {
             res[i].rv = HX_RV_TIMEOUT;
             res[i].took_ns = until - start;
+            res[i].session = req[i].session;
+        }
+    }
+    arm(p, req, n, res, keyed, key);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res)
+{
+    check(p, req, n, wait_ns, res, 0, 0);
+}
+
+void hx_lanes_check_slot(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res,
+                         CK_SLOT_ID key)
+{
+    check(p, req, n, wait_ns, res, 1, key);
+}
+
+void hx_lanes_disarm(struct hx_lanes *p, int lane, uint64_t epoch)
+{
+    pthread_mutex_lock(&p->mu);
+    if (lane >= 0 && lane < p->n) {
+        p->lane[lane].armed = 0;
+        if (epoch > p->lane[lane].epoch_min) {
+            p->lane[lane].epoch_min = epoch;
         }
     }
     pthread_mutex_unlock(&p->mu);
+}
+
+void hx_lanes_disarm_all(struct hx_lanes *p)
+{
+    int i;
+    pthread_mutex_lock(&p->mu);
+    for (i = 0; i < p->n; i++) {
+        p->lane[i].armed = 0;
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+void hx_head_set(struct hx_lanes *p)
+{
+    struct hx_lanes *old;
+    pthread_mutex_lock(&head_mu);
+    old = head;
+    head = p;
+    if (p != NULL) {
+        pthread_mutex_lock(&p->mu);
+        p->alive++;
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_unlock(&head_mu);
+    if (old != NULL) {
+        hx_lanes_release(old);
+    }
+}
+
+void hx_head_unset(struct hx_lanes *p)
+{
+    pthread_mutex_lock(&head_mu);
+    if (head != p) {
+        pthread_mutex_unlock(&head_mu);
+        return;
+    }
+    head = NULL;
+    pthread_mutex_unlock(&head_mu);
+    hx_lanes_release(p);
+}
+
+/* The armed members of key's plan that are idle, with the connection each
+ * was last found healthy on; the caller holds p->mu. */
+static int head_candidates(struct hx_lanes *p, CK_SLOT_ID key, int *lane, struct pollfd *pfd, int *at, int *np)
+{
+    struct hx_plan *pl = p->stop ? NULL : plan_find(p, key);
+    int i, n = 0;
+    *np = 0;
+    for (i = 0; pl != NULL && i < pl->n; i++) {
+        struct hx_lane *l = &p->lane[pl->lane[i]];
+        if (!l->armed || l->active) {
+            continue;
+        }
+        lane[n] = pl->lane[i];
+        at[n] = -1;
+        if (l->a_fd >= 0) {
+            at[n] = *np;
+            pfd[*np].fd = l->a_fd;
+            pfd[*np].events = POLLRDHUP;
+            pfd[*np].revents = 0;
+            (*np)++;
+        }
+        n++;
+    }
+    return n;
+}
+
+void hx_head_start(CK_SLOT_ID key)
+{
+    struct hx_lanes *p;
+    struct pollfd pfd[HX_MAX_LANES_PER_CALL];
+    int lane[HX_MAX_LANES_PER_CALL], at[HX_MAX_LANES_PER_CALL];
+    int i, n, np, kick = 0, last;
+    int64_t now;
+
+    ticket.p = NULL;
+    ticket.n = 0;
+    pthread_mutex_lock(&head_mu);
+    p = head;
+    if (p == NULL) {
+        pthread_mutex_unlock(&head_mu);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->alive++; /* this call's hold */
+    pthread_mutex_unlock(&head_mu);
+    n = head_candidates(p, key, lane, pfd, at, &np);
+    pthread_mutex_unlock(&p->mu);
+
+    /* Stage 2's quick half: a connection that shows a hang-up or an error
+     * is not asked (read-only, zero timeout; interrupted: no head start). */
+    if (np > 0 && poll(pfd, (nfds_t)np, 0) < 0) {
+        n = 0;
+    }
+    pthread_mutex_lock(&p->mu);
+    now = now_ns();
+    for (i = 0; i < n; i++) {
+        struct hx_lane *l = &p->lane[lane[i]];
+        if (at[i] >= 0 && (pfd[at[i]].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))) {
+            l->armed = 0;
+            continue;
+        }
+        if (!l->armed || l->active || p->stop) {
+            continue;
+        }
+        start_round(l, now, l->a_mode, l->a_slot, l->a_session);
+        ticket.lane[ticket.n] = lane[i];
+        ticket.gen[ticket.n] = l->gen;
+        ticket.n++;
+        kick = 1;
+    }
+    if (kick) {
+        pthread_cond_broadcast(&p->go);
+        ticket.p = p;
+        ticket.key = key;
+    }
+    last = --p->alive == 0;
+    pthread_mutex_unlock(&p->mu);
+    if (last) {
+        destroy(p);
+    }
+}
+
+void hx_head_end(void)
+{
+    ticket.p = NULL;
+    ticket.n = 0;
 }
 
 void hx_lanes_stop(struct hx_lanes *p)

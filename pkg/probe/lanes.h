@@ -7,6 +7,12 @@
  * most one call per member is in flight: a caller that finds a round
  * running joins it, and one that finds a round older than the stuck limit
  * reports CKR_HA_TIMEOUT at once, so a hung member pins exactly its lane.
+ *
+ * The head start (hx_head_start): a status call's C entry point starts the
+ * rounds of the members that answered CKR_OK the last time the host asked
+ * about the same slot, before it enters Go, so that the lanes work while Go
+ * runs stages 1 and 2. The engine disarms a member whenever its instance
+ * changes, and a member whose connection shows a hang-up is not started.
  */
 #ifndef HAEXT_LANES_H
 #define HAEXT_LANES_H
@@ -35,11 +41,14 @@ struct hx_req {
     int mode;
     CK_SLOT_ID slot;
     CK_SESSION_HANDLE session;
+    uint64_t epoch; /* of the member's instance the request was made from */
+    int fd;         /* the connection stage 2 found healthy, or -1 */
 };
 
 struct hx_res {
     CK_RV rv;
-    int64_t took_ns; /* from the start of hx_lanes_check to the result */
+    int64_t took_ns;           /* from the start of hx_lanes_check to the result */
+    CK_SESSION_HANDLE session; /* the session of the round that answered */
 };
 
 struct hx_lanes;
@@ -53,6 +62,29 @@ struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int64_t stuck_ns);
  * waited for only until it is stuck_ns old: from then on it is stuck, and
  * reported as such at once, so no caller waits on it longer than that. */
 void hx_lanes_check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res);
+/* hx_lanes_check for a status call about slot key: it takes the results of
+ * the rounds this thread's hx_head_start started, and afterwards arms the
+ * members that answered CKR_OK (from a request whose epoch is current) for
+ * the next head start about key. */
+void hx_lanes_check_slot(struct hx_lanes *p, const struct hx_req *req, int n, int64_t wait_ns, struct hx_res *res,
+                         CK_SLOT_ID key);
+/* The member on lane changed its instance (its epoch is now epoch): it is
+ * not started ahead again until a request made at that epoch or later
+ * answers CKR_OK. */
+void hx_lanes_disarm(struct hx_lanes *p, int lane, uint64_t epoch);
+/* Disarms every member (the module was finalized). */
+void hx_lanes_disarm_all(struct hx_lanes *p);
+/* Makes p the pool hx_head_start uses, holding it; NULL clears. */
+void hx_head_set(struct hx_lanes *p);
+/* Clears the pool hx_head_start uses if it is p. */
+void hx_head_unset(struct hx_lanes *p);
+/* A status call about slot key begins: starts the armed members of the
+ * last check of key whose connection shows no hang-up (one poll for all),
+ * and remembers the rounds for this thread's hx_lanes_check_slot. No Go, no
+ * vendor call: only the pool's lock, poll and one broadcast. */
+void hx_head_start(CK_SLOT_ID key);
+/* The status call ended: forgets this thread's head start. */
+void hx_head_end(void);
 /* Stops the lanes: idle ones exit now, one inside a vendor call when the
  * call returns. */
 void hx_lanes_stop(struct hx_lanes *p);

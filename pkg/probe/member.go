@@ -50,6 +50,9 @@ type instance struct {
 	stale       uint // a dropped session still to be closed by recovery
 	hasStale    bool
 	lastAttempt time.Time
+	// changed, when set, is told every new epoch, outside mu: the engine
+	// disarms the member's head start (lanes.h).
+	changed func(epoch uint64)
 }
 
 // instanceView is what a status call reads of an instance.
@@ -60,6 +63,7 @@ type instanceView struct {
 	serialText string // as the token reports it
 	session    uint
 	hasSession bool
+	epoch      uint64 // counts the changes of the instance
 }
 
 // usable reports whether stage 1 passes: in modeSession the member needs
@@ -79,8 +83,26 @@ func (in *instance) view() instanceView {
 
 func (in *instance) set(v instanceView) {
 	in.mu.Lock()
-	defer in.mu.Unlock()
+	v.epoch = in.epoch
 	in.instanceView = v
+	in.unlockChanged()
+}
+
+// unlockChanged starts a new epoch, unlocks mu and tells changed.
+func (in *instance) unlockChanged() {
+	in.epoch++
+	epoch := in.epoch
+	in.mu.Unlock()
+	if in.changed != nil {
+		in.changed(epoch)
+	}
+}
+
+// invalidate starts a new epoch without changing the view (the module was
+// finalized: no lightweight call made before is evidence any more).
+func (in *instance) invalidate() {
+	in.mu.Lock()
+	in.unlockChanged()
 }
 
 // lose drops what a lightweight call's answer rv says is gone: the
@@ -89,28 +111,29 @@ func (in *instance) set(v instanceView) {
 // the instance changed.
 func (in *instance) lose(md mode, session uint, rv Status) bool {
 	in.mu.Lock()
-	defer in.mu.Unlock()
 	switch {
 	case md == modeSession && in.hasSession && in.session == session:
 		in.hasSession = false
 		if rv != ckrSessionHandleInvalid && rv != ckrSessionClosed && rv != ckrCryptokiNotInitialized {
 			in.stale, in.hasStale = session, true
 		}
-		return true
 	case md != modeSession && in.hasSlot && (rv == ckrSlotIDInvalid || rv == ckrTokenNotPresent || rv == ckrDeviceRemoved):
 		in.hasSlot = false
-		return true
+	default:
+		in.mu.Unlock()
+		return false
 	}
-	return false
+	in.unlockChanged()
+	return true
 }
 
 // forgetSession drops the monitor session without closing it (the module
 // already forgot it); it reports whether there was one.
 func (in *instance) forgetSession() bool {
 	in.mu.Lock()
-	defer in.mu.Unlock()
 	had := in.hasSession
 	in.hasSession = false
+	in.unlockChanged()
 	return had
 }
 
@@ -129,8 +152,8 @@ func (in *instance) read() (v instanceView, evidence Status, hasEvidence bool) {
 // again. It reports whether the member is on that slot.
 func (in *instance) witness(slot uint, rv Status) bool {
 	in.mu.Lock()
-	defer in.mu.Unlock()
 	if !in.hasSlot || in.slot != slot {
+		in.mu.Unlock()
 		return false
 	}
 	in.evidence, in.hasEvidence = rv, true
@@ -139,6 +162,7 @@ func (in *instance) witness(slot uint, rv Status) bool {
 		in.hasSession = false
 	}
 	in.hasSlot = false
+	in.unlockChanged()
 	return true
 }
 
@@ -146,8 +170,8 @@ func (in *instance) witness(slot uint, rv Status) bool {
 // slots may have moved).
 func (in *instance) forget() {
 	in.mu.Lock()
-	defer in.mu.Unlock()
-	in.instanceView = instanceView{}
+	in.instanceView = instanceView{epoch: in.epoch}
+	in.unlockChanged()
 }
 
 // beginAttempt records a recovery attempt and hands over a stale session.
