@@ -528,6 +528,7 @@ func (e *Engine) moduleFinalized() {
 		return
 	}
 	for _, m := range e.members {
+		m.inst.invalidate() // no call made before is evidence now
 		if m.inst.forgetSession() {
 			m.kick()
 		}

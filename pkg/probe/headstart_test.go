@@ -103,7 +103,7 @@ func TestHeadStartSkipsAMemberWhoseInstanceChangedOrThatFailed(t *testing.T) {
 	check(e)
 	statusCall(e)
 
-	e.members[1].inst.invalidate() // as recovery, a host error or a finalization do
+	e.members[1].inst.invalidate() // as the host's C_Finalize does to every member
 	runtime.LockOSThread()
 	headStarted(t, f, 3, []int32{1, 0, 1})
 	before := calls(f, 3)

@@ -444,16 +444,6 @@ void hx_lanes_disarm(struct hx_lanes *p, int lane, uint64_t epoch)
     pthread_mutex_unlock(&p->mu);
 }
 
-void hx_lanes_disarm_all(struct hx_lanes *p)
-{
-    int i;
-    pthread_mutex_lock(&p->mu);
-    for (i = 0; i < p->n; i++) {
-        p->lane[i].armed = 0;
-    }
-    pthread_mutex_unlock(&p->mu);
-}
-
 void hx_head_set(struct hx_lanes *p)
 {
     struct hx_lanes *old;

@@ -106,9 +106,6 @@ func (l lanes) check(reqs []request, wait time.Duration, key slotKey, out []resu
 // made at epoch or later answers.
 func (l lanes) disarm(lane int, epoch uint64) { C.hx_lanes_disarm(l.p, C.int(lane), C.uint64_t(epoch)) }
 
-// disarmAll keeps every member from being started ahead.
-func (l lanes) disarmAll() { C.hx_lanes_disarm_all(l.p) }
-
 // lead makes this pool the one a status call's C entry point starts ahead
 // (hx_head_start); unlead undoes it if it still is.
 func (l lanes) lead()   { C.hx_head_set(l.p) }

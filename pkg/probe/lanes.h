@@ -72,8 +72,6 @@ void hx_lanes_check_slot(struct hx_lanes *p, const struct hx_req *req, int n, in
  * not started ahead again until a request made at that epoch or later
  * answers CKR_OK. */
 void hx_lanes_disarm(struct hx_lanes *p, int lane, uint64_t epoch);
-/* Disarms every member (the module was finalized). */
-void hx_lanes_disarm_all(struct hx_lanes *p);
 /* Makes p the pool hx_head_start uses, holding it; NULL clears. */
 void hx_head_set(struct hx_lanes *p);
 /* Clears the pool hx_head_start uses if it is p. */

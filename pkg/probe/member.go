@@ -132,9 +132,13 @@ func (in *instance) lose(md mode, session uint, rv Status) bool {
 func (in *instance) forgetSession() bool {
 	in.mu.Lock()
 	had := in.hasSession
+	if !had {
+		in.mu.Unlock()
+		return false
+	}
 	in.hasSession = false
 	in.unlockChanged()
-	return had
+	return true
 }
 
 // read returns what a status call needs of the instance: its view, and,
