@@ -513,7 +513,9 @@ def notes_for(results, gorows):
         notes.append(
             "Legacy, 32 members at 1 ms: the sequential check takes %s ms; libhaext %s ms (%.1fx), the ideal C "
             "fan-out %s ms (%.1fx). The legacy target measures the machine as much as libhaext: where even the C "
-            "fan-out stays under 40x, no parallel check reaches it; libhaext is %.2fx the C fan-out here." % (
+            "fan-out stays under 40x, no parallel check reaches it; libhaext is %.2fx the C fan-out here. This "
+            "sweep measures libhaext and the fan-out in separate blocks of calls, a few seconds apart, and the "
+            "machine drifts between them by up to 10%%; section 1b alternates them call by call." % (
                 f(s["legacy_p50_ms"], 1), f(s["libhaext_p50_ms"], 3), s["legacy_over_libhaext"],
                 f(s["c_fanout_p50_ms"], 3), s["legacy_p50_ms"] / s["c_fanout_p50_ms"], s["libhaext_over_c_fanout"]))
     notes.append("The bench ignores SIGPIPE (it measures time, not signal safety; test/c covers that).")
