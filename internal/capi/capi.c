@@ -154,8 +154,10 @@ static CK_RV haext_status(CK_SLOT_ID slotId, void *pState, int layout)
         return CKR_FUNCTION_FAILED;
     }
     /* The lanes of the members that answered last time start now, while
-     * Go runs stages 1 and 2 (lanes.h). */
-    hx_head_start(slotId);
+     * Go runs stages 1 and 2 (lanes.h); hx_head_end waits for them. */
+    if (pState != NULL) {
+        hx_head_start(slotId);
+    }
     rv = haextState(slotId, pState, layout, &reason); /* before reason is read */
     hx_head_end();
     return haext_leave(&saved, rv, reason);

@@ -145,3 +145,21 @@ func TestHeadStartSkipsAConnectionThatHungUp(t *testing.T) {
 	headStarted(t, f, 2, []int32{0, 1})
 	headEnd()
 }
+
+func TestHeadEndWaitsForTheRoundsNobodyAskedFor(t *testing.T) {
+	f := fakep11.New(2)
+	e := start(t, f, 2, Options{})
+	check(e)
+	statusCall(e)
+	f.Update(11, func(s *fakep11.Script) { s.Latency = 200 * time.Millisecond })
+
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	t0 := time.Now()
+	headStart(headSlot)
+	headEnd() // as after a call Go answered without asking the lanes
+	took := time.Since(t0)
+	assert.GreaterOrEqual(t, took, 150*time.Millisecond,
+		"the status call does not return while a round it started is in flight (the host may exit or finalize next)")
+	assert.Less(t, took, e.Timeout(), "and waits no longer than the round")
+}

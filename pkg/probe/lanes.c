@@ -243,8 +243,9 @@ static __thread int tw_ready;
 
 /* The rounds this thread's hx_head_start started, for its status call. */
 struct hx_ticket {
-    const struct hx_lanes *p; /* compared, never dereferenced */
+    struct hx_lanes *p; /* held (alive) until hx_head_end */
     CK_SLOT_ID key;
+    int64_t started_ns;
     int n;
     int lane[HX_MAX_LANES_PER_CALL];
     uint64_t gen[HX_MAX_LANES_PER_CALL];
@@ -507,7 +508,7 @@ void hx_head_start(CK_SLOT_ID key)
     int i, n, np, kick = 0, last;
     int64_t now;
 
-    ticket.p = NULL;
+    hx_head_end(); /* a call that did not end its head start (none does) */
     ticket.n = 0;
     pthread_mutex_lock(&head_mu);
     p = head;
@@ -545,8 +546,11 @@ void hx_head_start(CK_SLOT_ID key)
     }
     if (kick) {
         pthread_cond_broadcast(&p->go);
-        ticket.p = p;
+        ticket.p = p; /* keeps this call's hold until hx_head_end */
         ticket.key = key;
+        ticket.started_ns = now;
+        pthread_mutex_unlock(&p->mu);
+        return;
     }
     last = --p->alive == 0;
     pthread_mutex_unlock(&p->mu);
@@ -557,8 +561,56 @@ void hx_head_start(CK_SLOT_ID key)
 
 void hx_head_end(void)
 {
+    struct hx_lanes *p = ticket.p;
+    struct hx_waiter *w = &tw;
+    int64_t until;
+    int k;
+
     ticket.p = NULL;
+    if (p == NULL) {
+        return;
+    }
+    /* The status call does not return while a round it started is still
+     * in flight (Go may not have asked for it: a failed argument, a member
+     * that failed stage 2 meanwhile): the host may finalize the module or
+     * exit right after. It waits at most until the rounds are stuck. */
+    if (!tw_ready) {
+        cond_init_monotonic(&tw.cv);
+        tw_ready = 1;
+    }
+    until = ticket.started_ns + p->stuck_ns;
+    w->pending = 0;
+    pthread_mutex_lock(&p->mu);
+    for (k = 0; k < ticket.n; k++) {
+        struct hx_lane *l = &p->lane[ticket.lane[k]];
+        struct hx_node *nd = &w->nodes[k];
+        nd->next = nd->prev = NULL;
+        if (l->gen != ticket.gen[k] || l->done == ticket.gen[k]) {
+            continue; /* answered */
+        }
+        nd->w = w;
+        nd->prev = l->waiters.prev;
+        nd->next = &l->waiters;
+        l->waiters.prev->next = nd;
+        l->waiters.prev = nd;
+        w->pending++;
+    }
+    if (w->pending > 0) {
+        struct timespec ts = {until / 1000000000, until % 1000000000};
+        while (w->pending > 0 && pthread_cond_timedwait(&w->cv, &p->mu, &ts) != ETIMEDOUT) {
+        }
+        for (k = 0; k < ticket.n; k++) {
+            struct hx_node *nd = &w->nodes[k];
+            if (nd->next != NULL) {
+                nd->prev->next = nd->next;
+                nd->next->prev = nd->prev;
+                nd->next = nd->prev = NULL;
+            }
+        }
+    }
     ticket.n = 0;
+    pthread_mutex_unlock(&p->mu);
+    hx_lanes_release(p); /* the hold hx_head_start kept */
 }
 
 void hx_lanes_stop(struct hx_lanes *p)

@@ -81,7 +81,10 @@ void hx_head_unset(struct hx_lanes *p);
  * and remembers the rounds for this thread's hx_lanes_check_slot. No Go, no
  * vendor call: only the pool's lock, poll and one broadcast. */
 void hx_head_start(CK_SLOT_ID key);
-/* The status call ended: forgets this thread's head start. */
+/* The status call is about to return: waits for the rounds this thread's
+ * head start began that are still in flight (Go did not ask for every
+ * one), at most until they are stuck, so that no round the call started
+ * outlives it; then forgets them. */
 void hx_head_end(void);
 /* Stops the lanes: idle ones exit now, one inside a vendor call when the
  * call returns. */
