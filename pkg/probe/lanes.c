@@ -93,6 +93,27 @@ static void cond_init_monotonic(pthread_cond_t *cv)
     pthread_condattr_destroy(&a);
 }
 
+/* Puts w's node nd on lane l's list of waiters. */
+static void wait_on(struct hx_lane *l, struct hx_node *nd, struct hx_waiter *w)
+{
+    nd->w = w;
+    nd->prev = l->waiters.prev;
+    nd->next = &l->waiters;
+    l->waiters.prev->next = nd;
+    l->waiters.prev = nd;
+    w->pending++;
+}
+
+/* Takes nd off its lane's list, if it is still on one. */
+static void stop_waiting(struct hx_node *nd)
+{
+    if (nd->next != NULL) {
+        nd->prev->next = nd->next;
+        nd->next->prev = nd->prev;
+        nd->next = nd->prev = NULL;
+    }
+}
+
 static void destroy(struct hx_lanes *p)
 {
     pthread_cond_destroy(&p->go);
@@ -171,9 +192,7 @@ static void *lane_main(void *arg)
         l->active = l->running = 0;
         while (l->waiters.next != &l->waiters) {
             struct hx_node *nd = l->waiters.next;
-            nd->prev->next = nd->next;
-            nd->next->prev = nd->prev;
-            nd->next = nd->prev = NULL;
+            stop_waiting(nd);
             if (--nd->w->pending == 0) {
                 pthread_cond_signal(&nd->w->cv);
             }
@@ -379,12 +398,7 @@ static void check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t w
             until = deadline;
         }
         gen[i] = l->gen;
-        nd->w = w;
-        nd->prev = l->waiters.prev;
-        nd->next = &l->waiters;
-        l->waiters.prev->next = nd;
-        l->waiters.prev = nd;
-        w->pending++;
+        wait_on(l, nd, w);
     }
     if (kick) {
         pthread_cond_broadcast(&p->go);
@@ -403,11 +417,7 @@ static void check(struct hx_lanes *p, const struct hx_req *req, int n, int64_t w
         if (gen[i] == 0) {
             continue;
         }
-        if (nd->next != NULL) { /* still waiting: leave the lane's list */
-            nd->prev->next = nd->next;
-            nd->next->prev = nd->prev;
-            nd->next = nd->prev = NULL;
-        }
+        stop_waiting(nd);
         if (l->done >= gen[i]) {
             res[i].rv = l->rv;
             res[i].took_ns = l->done_ns > start ? l->done_ns - start : 0;
@@ -588,24 +598,14 @@ void hx_head_end(void)
         if (l->gen != ticket.gen[k] || l->done == ticket.gen[k]) {
             continue; /* answered */
         }
-        nd->w = w;
-        nd->prev = l->waiters.prev;
-        nd->next = &l->waiters;
-        l->waiters.prev->next = nd;
-        l->waiters.prev = nd;
-        w->pending++;
+        wait_on(l, nd, w);
     }
     if (w->pending > 0) {
         struct timespec ts = {until / 1000000000, until % 1000000000};
         while (w->pending > 0 && pthread_cond_timedwait(&w->cv, &p->mu, &ts) != ETIMEDOUT) {
         }
         for (k = 0; k < ticket.n; k++) {
-            struct hx_node *nd = &w->nodes[k];
-            if (nd->next != NULL) {
-                nd->prev->next = nd->next;
-                nd->next->prev = nd->prev;
-                nd->next = nd->prev = NULL;
-            }
+            stop_waiting(&w->nodes[k]);
         }
     }
     ticket.n = 0;
