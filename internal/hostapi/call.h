@@ -1,6 +1,8 @@
 /*
  * call.h - how libhaext makes one vendor call, from any of its C code:
- * through the gate of a front module (hostapi.h), with SIGPIPE blocked on
+ * inside the fork fence (pkg/cryptoki/fence.c: fork() waits, briefly, for
+ * the call to return, so that a child never inherits a lock the vendor took
+ * for it), through the gate of a front module (hostapi.h), with SIGPIPE blocked on
  * the calling thread and a pending one drained before it is unblocked, so a
  * write to a dead member's socket inside the vendor never reaches the host.
  *
@@ -20,9 +22,19 @@
 
 #include "hostapi.h"
 
+/* The fork fence (pkg/cryptoki/fence.c), one for the whole process. */
+void hx_fence_enter(void);
+void hx_fence_leave(void);
+unsigned long hx_fence_waited_ns(void);
+
 static inline int hx_enter(const struct haext_host *h)
 {
-    return h->enter == NULL || h->enter();
+    hx_fence_enter();
+    if (h->enter == NULL || h->enter()) {
+        return 1;
+    }
+    hx_fence_leave();
+    return 0;
 }
 
 static inline void hx_leave(const struct haext_host *h)
@@ -30,6 +42,7 @@ static inline void hx_leave(const struct haext_host *h)
     if (h->leave != NULL) {
         h->leave();
     }
+    hx_fence_leave();
 }
 
 struct hx_sigpipe {

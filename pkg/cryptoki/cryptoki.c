@@ -1,6 +1,7 @@
 /*
- * cryptoki.c - the vendor calls pkg/cryptoki makes from Go: each one through
- * the host's gate, with the SIGPIPE guard of call.h.
+ * cryptoki.c - the vendor calls pkg/cryptoki makes from Go: each one inside
+ * the fork fence (fence.c), through the host's gate, with the SIGPIPE guard
+ * of call.h.
  */
 #include <dlfcn.h>
 #include <stdlib.h>
@@ -48,6 +49,7 @@ CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, int *
         return CKR_GENERAL_ERROR;
     }
     *list = NULL;
+    hx_fence_enter();
     hx_sigpipe_block(&g);
     rv = get(list);
     /* A module that hands every caller its own function list gives every
@@ -56,6 +58,7 @@ CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, int *
         *per_caller = again != *list;
     }
     drained_total += (unsigned long)hx_sigpipe_restore(&g);
+    hx_fence_leave();
     if (rv == CKR_OK && *list == NULL) {
         *why = "C_GetFunctionList returned CKR_OK and no function list";
         return CKR_GENERAL_ERROR;

@@ -18,8 +18,11 @@
 // with SIGPIPE blocked on its thread: a write to a dead member's socket
 // inside the module leaves the signal pending instead of running the host's
 // default action (terminate), and it is drained before the signal is
-// unblocked again. The probe engine's own calls run on its C lanes, which
-// use the same helpers (internal/hostapi/call.h).
+// unblocked again. Every call is also made inside the fork fence
+// (fence.c): fork() waits, at most 500 ms, for libhaext's calls in flight,
+// so that a child never inherits a lock the vendor took for one of them.
+// The probe engine's own calls run on its C lanes, which use the same
+// helpers (internal/hostapi/call.h).
 package cryptoki
 
 /*
