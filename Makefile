@@ -62,6 +62,12 @@ $(BUILD)/test_%: test/c/test_%.c test/c/harness.c test/c/harness.h include/crypt
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -o $@ $< test/c/harness.c -ldl -lpthread
 
+# A PKCS#11 module that delays and serializes the calls of another
+# (test/shim/delayshim.c): the benchmarks' latency, the fork test's lock.
+$(BUILD)/delayshim.so: test/shim/delayshim.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
+
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
@@ -77,7 +83,7 @@ test-go:
 
 test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login \
 	$(BUILD)/test_sigpipe $(BUILD)/test_capi $(BUILD)/test_sigwait \
-	$(BUILD)/test_net
+	$(BUILD)/test_net $(BUILD)/delayshim.so
 	bash test/c/run.sh
 
 # The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)

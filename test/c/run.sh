@@ -88,6 +88,17 @@ run capi "$work/lab-abi" env HALAB_GROUP_SERIAL=1000001 "$build/test_capi"
 run sigwait "$work/lab-abi" "$build/test_sigwait"
 bash "$lab" down --dir "$work/lab-abi" >/dev/null 2>&1 || true
 
+# The host forks while libhaext's stage-3 call is inside the vendor module:
+# the delay shim over SoftHSM2 holds one module-wide mutex for each call
+# and makes C_GetSessionInfo slow (test_capi fork-in-call).
+dir=$work/lab-forkcall
+bash "$lab" up --dir "$dir" --mode direct --members 2 >/dev/null
+softhsm=$(. "$dir/env" && echo "$HALAB_MODULE")
+sed -i "s#^\( *LibUNIX64 = \).*;#\1$build/delayshim.so;#" "$dir/Chrystoki.conf"
+run fork-in-call "$dir" env HALAB_MODULE="$build/delayshim.so" DELAYSHIM_MODULE="$softhsm" DELAYSHIM_LOCK=1 \
+    DELAYSHIM_ONLY=C_GetSessionInfo "$build/test_capi" fork-in-call
+bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+
 # Networked members: one p11-kit server per member behind p11-kit-proxy.
 # p11-kit-proxy gives every caller of C_GetFunctionList its own instance; a
 # vendor client is one instance per process. Scenarios where the host and

@@ -13,6 +13,14 @@
  *    every status call answers CKR_FUNCTION_FAILED at once, with the
  *    reason, and the parent goes on working.
  *
+ * `test_capi fork-in-call` runs only the fork fence's test instead: the
+ * vendor module is test/shim/delayshim.c over SoftHSM2, which makes every
+ * call under one module-wide mutex (DELAYSHIM_LOCK=1) and delays
+ * C_GetSessionInfo, libhaext's stage-3 call (DELAYSHIM_ONLY). The host
+ * forks while libhaext's call is inside the module: the child's own vendor
+ * call must not find that mutex held by a thread it does not have, and
+ * fork() must not wait for a call that looks hung.
+ *
  * Environment (test/c/run.sh and the lab): LIBHAEXT, HALAB_MODULE,
  * HALAB_SERIALS, HALAB_GROUP_SERIAL, ChrystokiConfigurationPath.
  */
@@ -349,7 +357,118 @@ static void test_fork(void)
           "the parent goes on working after the fork");
 }
 
-int main(void)
+/* ---- fork while libhaext's call is inside the vendor ------------------- */
+
+static void *status_caller(void *arg)
+{
+    union report r;
+    *(CK_RV *)arg = host.get_state(slots[0], &r.classic);
+    return NULL;
+}
+
+/* Forks; the child makes one vendor call (C_GetInfo) when call_vendor is
+ * set, else exits at once. Returns how long fork() took in the parent, and
+ * in *answered whether the child's call returned within 5 s (its CK_RV in
+ * *child_rv). */
+static double fork_child(int call_vendor, int *answered, CK_RV *child_rv)
+{
+    int fds[2], status = 0;
+    double t0, took;
+    struct pollfd pfd;
+    pid_t pid;
+
+    *answered = 0;
+    if (pipe(fds) != 0) {
+        check(0, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    fflush(stdout);
+    t0 = now_ms();
+    pid = fork();
+    if (pid == 0) {
+        CK_INFO info;
+        CK_RV rv = CKR_OK;
+        close(fds[0]);
+        if (call_vendor) {
+            rv = host.p11->C_GetInfo(&info);
+        }
+        _exit(write(fds[1], &rv, sizeof rv) == (ssize_t)sizeof rv ? 0 : 3);
+    }
+    took = now_ms() - t0;
+    close(fds[1]);
+    pfd.fd = fds[0];
+    pfd.events = POLLIN;
+    *answered = poll(&pfd, 1, 5000) == 1 && read(fds[0], child_rv, sizeof *child_rv) == (ssize_t)sizeof *child_rv;
+    if (!*answered) {
+        kill(pid, SIGKILL);
+    }
+    waitpid(pid, &status, 0);
+    close(fds[0]);
+    return took;
+}
+
+static void test_fork_in_call(void)
+{
+    void (*set_us)(long);
+    void *sym = dlsym(host.vendor_handle, "delayshim_set_us");
+    union report r;
+    pthread_t t;
+    CK_RV caller_rv = 0, child_rv = 0;
+    int answered;
+    double ms, ms2;
+
+    memcpy(&set_us, &sym, sizeof sym);
+    if (set_us == NULL) {
+        check(0, "the vendor module is test/shim/delayshim.c (delayshim_set_us found)");
+        return;
+    }
+    check(host.get_state(slots[0], &r.classic) == CKR_OK, "a status call with no delay: CKR_OK");
+
+    /* Every member's C_GetSessionInfo takes 200 ms under the module's
+     * mutex; the host forks 50 ms into the status call. */
+    set_us(200000);
+    pthread_create(&t, NULL, status_caller, &caller_rv);
+    sleep_ms(50);
+    ms = fork_child(1, &answered, &child_rv);
+    check(answered, "fork during libhaext's vendor call: the child's own vendor call returns (%s)",
+          answered ? status_name(child_rv) : "it hangs on a lock the call held");
+    check(ms >= 100 && ms < 1500, "fork() waited for libhaext's calls in flight to return (%.0f ms)", ms);
+    pthread_join(t, NULL);
+    check(caller_rv == CKR_OK, "the status call meanwhile: %s", status_name(caller_rv));
+
+    /* Now the call lasts 3 s: fork() waits for it until it is 500 ms old,
+     * then no more, and the next fork() not at all. */
+    set_us(3000000);
+    pthread_create(&t, NULL, status_caller, &caller_rv);
+    sleep_ms(50);
+    ms = fork_child(0, &answered, &child_rv);
+    ms2 = fork_child(0, &answered, &child_rv);
+    check(ms >= 300 && ms < 1500, "a call that looks hung: fork() waits until it is 500 ms old, no longer (%.0f ms)",
+          ms);
+    check(ms2 < 200, "the next fork() does not wait for it again (%.1f ms)", ms2);
+    set_us(0);
+    pthread_join(t, NULL);
+    check(caller_rv == CKR_OK, "the status call meanwhile: %s", status_name(caller_rv));
+    /* The slow calls return; every member answers again (and no call of
+     * libhaext's is inside the module when the process exits). */
+    {
+        double t0 = now_ms();
+        int all_ok = 0;
+        CK_ULONG i;
+        while (!all_ok && now_ms() - t0 < 10000) {
+            all_ok = host.get_state(slots[0], &r.classic) == CKR_OK && r.classic.listSize == (CK_ULONG)nmembers;
+            for (i = 0; all_ok && i < r.classic.listSize; i++) {
+                all_ok = r.classic.memberList[i].memberStatus == CKR_OK;
+            }
+            if (!all_ok) {
+                sleep_ms(100);
+            }
+        }
+        check(all_ok, "afterwards every member is CKR_OK again (%.0f ms)", now_ms() - t0);
+    }
+}
+
+int main(int argc, char **argv)
 {
     char *list = strdup(need_env("HALAB_SERIALS")), *tok, *save = NULL;
     sigset_t before, after;
@@ -386,6 +505,10 @@ int main(void)
     }
     free(list);
 
+    if (argc > 1 && strcmp(argv[1], "fork-in-call") == 0) {
+        test_fork_in_call();
+        return done();
+    }
     test_thread_masks();
     /* This (the main) thread's first call, under its own mask. */
     {

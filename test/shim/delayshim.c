@@ -9,9 +9,16 @@
  *   DELAYSHIM_MODULE  the real module (default: SoftHSM2's libsofthsm2.so,
  *                     looked for where test/lab/lab.sh looks)
  *   DELAYSHIM_US      the delay per call in microseconds (default 0)
+ *   DELAYSHIM_ONLY    delay only the function of that name (e.g.
+ *                     C_GetSessionInfo); default: every delayed function
+ *   DELAYSHIM_LOCK    1: every call, delay included, runs holding one
+ *                     module-wide mutex, as vendors that serialize their
+ *                     calls do (a fork child then inherits it held when a
+ *                     thread was inside a call at fork time)
  *
  * C_GetFunctionList, C_Initialize and C_Finalize are not delayed; all the
- * other PKCS#11 2.x functions are.
+ * other PKCS#11 2.x functions are. delayshim_set_us(us), exported, changes
+ * the delay while the module runs (tests find it with dlsym).
  *
  * Build: cc -std=c99 -Wall -Wextra -Werror -O2 -fPIC -shared \
  *          $(pkg-config --cflags p11-kit-1) -o build/delayshim.so \
@@ -34,18 +41,42 @@
 
 static CK_FUNCTION_LIST_PTR real;
 static CK_FUNCTION_LIST wrapped;
-static struct timespec delay;
-static int delayed;
+static _Atomic long delay_us;
+static char only[64];
+static int locked;
+static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
 static CK_RV load_rv = CKR_GENERAL_ERROR;
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 
-static void ds_delay(void)
+DS_EXPORT void delayshim_set_us(long us)
 {
-    struct timespec left = delay;
-    if (!delayed) {
+    delay_us = us > 0 ? us : 0;
+}
+
+static void ds_delay(const char *name)
+{
+    long us = delay_us;
+    struct timespec left;
+    if (us == 0 || (only[0] != 0 && strcmp(name, only) != 0)) {
         return;
     }
+    left.tv_sec = us / 1000000L;
+    left.tv_nsec = (us % 1000000L) * 1000L;
     while (nanosleep(&left, &left) != 0 && errno == EINTR) {
+    }
+}
+
+static void ds_lock(void)
+{
+    if (locked) {
+        pthread_mutex_lock(&call_mu);
+    }
+}
+
+static void ds_unlock(void)
+{
+    if (locked) {
+        pthread_mutex_unlock(&call_mu);
     }
 }
 
@@ -174,14 +205,33 @@ static void ds_delay(void)
 #define DS_WRAPPER(name, params, args)                                                                     \
     static CK_RV ds_##name params                                                                          \
     {                                                                                                      \
-        ds_delay();                                                                                        \
-        return real->name args;                                                                            \
+        CK_RV rv_;                                                                                         \
+        ds_lock();                                                                                         \
+        ds_delay(#name);                                                                                   \
+        rv_ = real->name args;                                                                             \
+        ds_unlock();                                                                                       \
+        return rv_;                                                                                        \
     }
 DS_FUNCTIONS(DS_WRAPPER)
 
 /* Not delayed: loading and unloading are not round trips to the HSM. */
-static CK_RV ds_C_Initialize(CK_VOID_PTR args) { return real->C_Initialize(args); }
-static CK_RV ds_C_Finalize(CK_VOID_PTR reserved) { return real->C_Finalize(reserved); }
+static CK_RV ds_C_Initialize(CK_VOID_PTR args)
+{
+    CK_RV rv;
+    ds_lock();
+    rv = real->C_Initialize(args);
+    ds_unlock();
+    return rv;
+}
+
+static CK_RV ds_C_Finalize(CK_VOID_PTR reserved)
+{
+    CK_RV rv;
+    ds_lock();
+    rv = real->C_Finalize(reserved);
+    ds_unlock();
+    return rv;
+}
 
 /* The SoftHSM2 module, searched as test/lab/lab.sh searches it. */
 static int default_module(char *out, size_t size)
@@ -214,6 +264,8 @@ static void ds_load(void)
     char path[4096];
     const char *env = getenv("DELAYSHIM_MODULE");
     const char *us_text = getenv("DELAYSHIM_US");
+    const char *only_text = getenv("DELAYSHIM_ONLY");
+    const char *lock_text = getenv("DELAYSHIM_LOCK");
     CK_C_GetFunctionList gfl;
     void *handle;
     long us = 0;
@@ -226,9 +278,15 @@ static void ds_load(void)
             return;
         }
     }
-    delay.tv_sec = us / 1000000L;
-    delay.tv_nsec = (us % 1000000L) * 1000L;
-    delayed = us > 0;
+    delay_us = us;
+    if (only_text && *only_text) {
+        if (strlen(only_text) >= sizeof only) {
+            fprintf(stderr, "delayshim: DELAYSHIM_ONLY '%s' is too long\n", only_text);
+            return;
+        }
+        snprintf(only, sizeof only, "%s", only_text);
+    }
+    locked = lock_text != NULL && strcmp(lock_text, "1") == 0;
 
     if (env && *env) {
         snprintf(path, sizeof path, "%s", env);
