@@ -74,11 +74,12 @@ conf_set() {
 }
 
 # in_lab DIR CMD...: runs CMD in the lab's environment (net mode: in its
-# mount namespace, where p11-kit sees the lab's modules).
+# mount namespace, where p11-kit sees the lab's modules). A command that
+# hangs is killed after 300 s and fails, instead of holding up the run.
 in_lab() {
     local dir=$1
     shift
-    bash "$lab" exec --dir "$dir" -- env HALAB_LAB_SH="$lab" "$@"
+    timeout -k 10 "${HAEXT_TEST_TIMEOUT:-300}" bash "$lab" exec --dir "$dir" -- env HALAB_LAB_SH="$lab" "$@"
 }
 
 # run_c NAME LABDIR CMD...: a C test program; adds its counts.
