@@ -25,7 +25,6 @@
 /* The fork fence (pkg/cryptoki/fence.c), one for the whole process. */
 void hx_fence_enter(void);
 void hx_fence_leave(void);
-unsigned long hx_fence_waited_ns(void);
 
 static inline int hx_enter(const struct haext_host *h)
 {

@@ -48,7 +48,6 @@ static pthread_cond_t fence_cv; /* CLOCK_MONOTONIC; set up by fence_setup */
 static int fence_forking;       /* a prepare handler is waiting: no new calls */
 static struct fence_call fence_calls = {&fence_calls, &fence_calls, 0, 0};
 static _Thread_local struct fence_call fence_me;
-static _Atomic unsigned long fence_waited_ns;
 
 static int64_t mono_ns(void)
 {
@@ -70,7 +69,6 @@ static void init_cv(void)
  * returns or reaches that age. Runs on the forking thread: plain C. */
 static void fence_prepare(void)
 {
-    int64_t t0 = mono_ns();
     pthread_mutex_lock(&fence_mu);
     fence_forking = 1;
     for (;;) {
@@ -91,7 +89,6 @@ static void fence_prepare(void)
         pthread_cond_timedwait(&fence_cv, &fence_mu, &ts);
     }
     pthread_mutex_unlock(&fence_mu);
-    fence_waited_ns += (unsigned long)(mono_ns() - t0);
 }
 
 static void fence_parent(void)
@@ -151,9 +148,4 @@ void hx_fence_leave(void)
         pthread_cond_broadcast(&fence_cv);
     }
     pthread_mutex_unlock(&fence_mu);
-}
-
-unsigned long hx_fence_waited_ns(void)
-{
-    return fence_waited_ns;
 }
