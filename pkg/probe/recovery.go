@@ -27,16 +27,22 @@ func (e *Engine) recoveryWorker(m *member) {
 		case <-retryC:
 			retryC = nil
 		}
-		if m.inst.view().usable(e.mode) {
-			continue
-		}
-		if wait := m.inst.retryIn(time.Now(), e.interval); wait > 0 && m.isReady() {
-			retry, retryC = rearm(retry, wait)
-			continue
-		}
-		e.recover(m)
 		if !m.inst.view().usable(e.mode) {
-			retry, retryC = rearm(retry, e.interval)
+			if wait := m.inst.retryIn(time.Now(), e.interval); wait > 0 && m.isReady() {
+				retry, retryC = rearm(retry, wait)
+				continue
+			}
+			e.recover(m)
+			if !m.inst.view().usable(e.mode) {
+				retry, retryC = rearm(retry, e.interval)
+				continue
+			}
+		}
+		// Usable: a retry still armed (the member was recovered after a
+		// kick) would only wake this worker for nothing.
+		if retryC != nil {
+			retry.Stop()
+			retryC = nil
 		}
 	}
 }
