@@ -1,6 +1,9 @@
 module github.com/libhaext/libhaext
 
-go 1.22
+// 1.23: the runtime's timer semantics of Go 1.23 (asynctimerchan=0). Under
+// 1.22's, a timer already stopped still woke the process at its deadline:
+// an idle host woke statusTimeout after its last status call.
+go 1.23
 
 require (
 	github.com/miekg/pkcs11 v1.1.2

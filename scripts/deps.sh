@@ -3,7 +3,7 @@
 # a C and a C++ compiler, pkg-config, SoftHSM2, p11-kit (server, proxy, headers),
 # OpenSC's pkcs11-spy, for network members Caml Crush, iptables, iproute2
 # and openssl, and the front module's consumers (PyKCS11, OpenSSL's pkcs11
-# engine). Go itself (1.22 or newer) must be on PATH; Go modules
+# engine). Go itself (1.23 or newer) must be on PATH; Go modules
 # come through the module proxy on first build.
 set -euo pipefail
 
@@ -41,7 +41,7 @@ have_file '/usr/lib/*/engines-3/pkcs11.so' || need+=(libengine-pkcs11-openssl)
 have_file /usr/include/openssl/engine.h || need+=(libssl-dev)
 
 if ! have_cmd go; then
-    echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.22 or newer" >&2
+    echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.23 or newer" >&2
     exit 1
 fi
 if [ ${#need[@]} -eq 0 ]; then
