@@ -232,7 +232,11 @@ def fanout_section(results):
             md += ["**Idle, %s.** A host with 8 healthy members and one status call behind it, then doing "
                    "nothing for %s s: %s context switches per second over all its threads (%s threads), %s ms of "
                    "CPU per second." % (what, f(i["seconds"], 0), f(i["ctxsw_per_s"], 2), i["threads"],
-                                        f(i["cpu_ms_per_s"], 3)), ""]
+                                        f(i["cpu_ms_per_s"], 3))
+                   + (" Measured after %s s of settling (statusTimeout + 1 s), which had %s context switches: "
+                      "the status call's tail, whose waits are bounded by statusTimeout (the Go runtime may "
+                      "wake once at such a wait's deadline)." % (f(i["settle_seconds"], 0), f(i["settle_ctxsw"], 0))
+                      if "settle_seconds" in i else ""), ""]
     return md
 
 
