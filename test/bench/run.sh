@@ -5,8 +5,8 @@
 # compared with the old session-per-member way and with one round trip; then
 # faults, concurrency, resources and the Go engine benchmarks.
 #
-# Needs build/libhaext.so (built by `make bench`). Compiles build/delayshim.so
-# and build/bench/bench itself. Writes build/bench/results.json, a copy in
+# Needs build/libhaext.so and build/delayshim.so (built by `make bench`).
+# Compiles build/bench/bench itself. Writes build/bench/results.json, a copy in
 # BENCHMARKS.json and BENCHMARKS.md (test/bench/report.py). Every lab is
 # torn down on exit.
 #
@@ -79,13 +79,13 @@ benchlog=$out/bench.log
 : >"$results"
 : >"$benchlog"
 
-# Build the shim and the bench program.
+# Build the bench program (the shim comes from the Makefile).
 p11flags=$(pkg-config --cflags p11-kit-1)
 cflags=(-std=c99 -O2 -g -Wall -Wextra -Werror)
 # shellcheck disable=SC2206 # pkg-config output is a list of flags
 cflags+=($p11flags -Iinclude)
-log "compiling $build/delayshim.so and $out/bench"
-"$cc" "${cflags[@]}" -fPIC -shared -fvisibility=hidden -o "$build/delayshim.so" test/shim/delayshim.c -ldl -lpthread
+[ -f "$build/delayshim.so" ] || die "$build/delayshim.so is missing (make build/delayshim.so)"
+log "compiling $out/bench"
 "$cc" "${cflags[@]}" -o "$out/bench" test/bench/bench.c test/c/harness.c -ldl -lpthread -lm
 export HALAB_SHIM=$build/delayshim.so
 
