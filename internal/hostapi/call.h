@@ -22,13 +22,23 @@
 
 #include "hostapi.h"
 
-/* The fork fence (pkg/cryptoki/fence.c), one for the whole process. */
-void hx_fence_enter(void);
+/* The fork and exit fence (pkg/cryptoki/fence.c), one for the whole
+ * process. hx_fence_enter returns 0, and makes no call, once exit() has
+ * begun; every 1 is paired with one hx_fence_leave. hx_fence_setup
+ * registers the fork and exit handlers: a loader calls it right after it
+ * loaded the vendor module, so that the exit handler runs before the
+ * vendor's destructors. hx_fence_set_stuck_ms: the age (statusTimeout)
+ * past which exit() no longer waits for a call. */
+void hx_fence_setup(void);
+void hx_fence_set_stuck_ms(long ms);
+int hx_fence_enter(void);
 void hx_fence_leave(void);
 
 static inline int hx_enter(const struct haext_host *h)
 {
-    hx_fence_enter();
+    if (!hx_fence_enter()) {
+        return 0;
+    }
     if (h->enter == NULL || h->enter()) {
         return 1;
     }

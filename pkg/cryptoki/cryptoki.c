@@ -48,8 +48,14 @@ CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, int *
         *why = "no C_GetFunctionList in the module";
         return CKR_GENERAL_ERROR;
     }
+    /* Loaded: from now on exit() waits for libhaext's calls before the
+     * module's destructors run (fence.c). */
+    hx_fence_setup();
     *list = NULL;
-    hx_fence_enter();
+    if (!hx_fence_enter()) {
+        *why = "the process is exiting";
+        return CKR_GENERAL_ERROR;
+    }
     hx_sigpipe_block(&g);
     rv = get(list);
     /* A module that hands every caller its own function list gives every

@@ -24,9 +24,23 @@
  * stuck in that call would. So fork() waits at most HX_FENCE_WAIT_MS, and
  * not at all for a call that was already that old when fork() was called;
  * calls of healthy members take microseconds to milliseconds.
+ *
+ * exit() is the same danger later in a process's life: many hosts exit
+ * without C_Finalize (Java, short CLIs), and exit() runs the vendor's
+ * destructors (C++ statics registered when it was loaded, then the
+ * library destructors) while libhaext's threads go on. A call of libhaext's
+ * inside the vendor at that moment crashes the process (SoftHSM2,
+ * p11-kit-proxy). So the fence also registers an atexit handler, after the
+ * vendor was loaded (hx_fence_setup, called by every loader), which runs
+ * before the vendor's destructors: it closes the fence for good (no call of
+ * libhaext's starts again; hx_fence_enter answers 0) and waits for the calls
+ * in flight that are younger than the engine's statusTimeout
+ * (hx_fence_set_stuck_ms): older ones count as hung and are not waited for,
+ * so exit() waits at most that long, and only while a member is slow.
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include "call.h"
@@ -46,6 +60,8 @@ static pthread_once_t fence_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t fence_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t fence_cv; /* CLOCK_MONOTONIC; set up by fence_setup */
 static int fence_forking;       /* a prepare handler is waiting: no new calls */
+static int fence_exiting;       /* exit() has begun: no call starts again */
+static _Atomic long fence_stuck_ms = 3000; /* statusTimeout: older calls are hung */
 static struct fence_call fence_calls = {&fence_calls, &fence_calls, 0, 0};
 static _Thread_local struct fence_call fence_me;
 
@@ -65,18 +81,16 @@ static void init_cv(void)
     pthread_condattr_destroy(&a);
 }
 
-/* Waits for every call that is younger than HX_FENCE_WAIT_MS, until it
- * returns or reaches that age. Runs on the forking thread: plain C. */
-static void fence_prepare(void)
+/* Waits, fence_mu held, for every call younger than max_ms until it
+ * returns or reaches that age. */
+static void wait_young_calls(int64_t max_ms)
 {
-    pthread_mutex_lock(&fence_mu);
-    fence_forking = 1;
     for (;;) {
         int64_t now = mono_ns(), due = 0;
         struct fence_call *c;
         struct timespec ts;
         for (c = fence_calls.next; c != &fence_calls; c = c->next) {
-            int64_t until = c->start + (int64_t)HX_FENCE_WAIT_MS * 1000000;
+            int64_t until = c->start + max_ms * 1000000;
             if (until > now && (due == 0 || until < due)) {
                 due = until;
             }
@@ -88,6 +102,25 @@ static void fence_prepare(void)
         ts.tv_nsec = (long)(due % 1000000000);
         pthread_cond_timedwait(&fence_cv, &fence_mu, &ts);
     }
+}
+
+/* fork(): waits for every call younger than HX_FENCE_WAIT_MS. Runs on the
+ * forking thread: plain C. */
+static void fence_prepare(void)
+{
+    pthread_mutex_lock(&fence_mu);
+    fence_forking = 1;
+    wait_young_calls(HX_FENCE_WAIT_MS);
+    pthread_mutex_unlock(&fence_mu);
+}
+
+/* exit(): closes the fence for good and waits for every call that is not
+ * hung yet. Runs on the exiting thread, before the vendor's destructors. */
+static void fence_exit(void)
+{
+    pthread_mutex_lock(&fence_mu);
+    fence_exiting = 1;
+    wait_young_calls(fence_stuck_ms);
     pthread_mutex_unlock(&fence_mu);
 }
 
@@ -111,28 +144,48 @@ static void fence_child(void)
     fence_me.depth = 0;
 }
 
-static void fence_setup(void)
+static void fence_setup_once(void)
 {
     init_cv();
     pthread_atfork(fence_prepare, fence_parent, fence_child);
+    atexit(fence_exit);
 }
 
-void hx_fence_enter(void)
+void hx_fence_setup(void)
 {
-    pthread_once(&fence_once, fence_setup);
-    if (fence_me.depth++ > 0) {
-        return;
+    pthread_once(&fence_once, fence_setup_once);
+}
+
+void hx_fence_set_stuck_ms(long ms)
+{
+    if (ms > 0) {
+        fence_stuck_ms = ms;
+    }
+}
+
+int hx_fence_enter(void)
+{
+    hx_fence_setup();
+    if (fence_me.depth > 0) {
+        fence_me.depth++;
+        return 1;
     }
     pthread_mutex_lock(&fence_mu);
-    while (fence_forking) {
+    while (fence_forking && !fence_exiting) {
         pthread_cond_wait(&fence_cv, &fence_mu);
     }
+    if (fence_exiting) {
+        pthread_mutex_unlock(&fence_mu);
+        return 0;
+    }
+    fence_me.depth = 1;
     fence_me.start = mono_ns();
     fence_me.prev = fence_calls.prev;
     fence_me.next = &fence_calls;
     fence_calls.prev->next = &fence_me;
     fence_calls.prev = &fence_me;
     pthread_mutex_unlock(&fence_mu);
+    return 1;
 }
 
 void hx_fence_leave(void)
@@ -144,7 +197,7 @@ void hx_fence_leave(void)
     fence_me.prev->next = fence_me.next;
     fence_me.next->prev = fence_me.prev;
     fence_me.prev = fence_me.next = NULL;
-    if (fence_forking) {
+    if (fence_forking || fence_exiting) {
         pthread_cond_broadcast(&fence_cv);
     }
     pthread_mutex_unlock(&fence_mu);

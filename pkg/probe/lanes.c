@@ -223,6 +223,8 @@ struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int64_t stuck_ns)
     p->host = host;
     p->stuck_ns = stuck_ns;
     p->n = n;
+    /* exit() waits for a call of libhaext's until it is this old (fence.c). */
+    hx_fence_set_stuck_ms((long)(stuck_ns / 1000000));
     for (i = 0; i < n; i++) {
         p->lane[i].pool = p;
         p->lane[i].waiters.next = p->lane[i].waiters.prev = &p->lane[i].waiters;

@@ -15,6 +15,12 @@
  *                     module-wide mutex, as vendors that serialize their
  *                     calls do (a fork child then inherits it held when a
  *                     thread was inside a call at fork time)
+ *   DELAYSHIM_EXIT_REPORT  a file: when exit() runs the handler the
+ *                     module registered with atexit when it was loaded
+ *                     (where a C++ vendor's static destructors stand), it
+ *                     appends "inflight=N" there: how many calls were
+ *                     inside the module at that moment, which a vendor's
+ *                     destructors would pull the ground from under
  *
  * C_GetFunctionList, C_Initialize and C_Finalize are not delayed; all the
  * other PKCS#11 2.x functions are. delayshim_set_us(us), exported, changes
@@ -42,6 +48,7 @@
 static CK_FUNCTION_LIST_PTR real;
 static CK_FUNCTION_LIST wrapped;
 static _Atomic long delay_us;
+static _Atomic int inflight;
 static char only[64];
 static int locked;
 static pthread_mutex_t call_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -206,10 +213,12 @@ static void ds_unlock(void)
     static CK_RV ds_##name params                                                                          \
     {                                                                                                      \
         CK_RV rv_;                                                                                         \
+        inflight++;                                                                                        \
         ds_lock();                                                                                         \
         ds_delay(#name);                                                                                   \
         rv_ = real->name args;                                                                             \
         ds_unlock();                                                                                       \
+        inflight--;                                                                                        \
         return rv_;                                                                                        \
     }
 DS_FUNCTIONS(DS_WRAPPER)
@@ -231,6 +240,19 @@ static CK_RV ds_C_Finalize(CK_VOID_PTR reserved)
     rv = real->C_Finalize(reserved);
     ds_unlock();
     return rv;
+}
+
+/* Registered with atexit when the module is loaded, as a C++ vendor's
+ * static destructors are. */
+static void ds_exit_report(void)
+{
+    const char *path = getenv("DELAYSHIM_EXIT_REPORT");
+    FILE *f;
+    if (path == NULL || *path == 0 || (f = fopen(path, "a")) == NULL) {
+        return;
+    }
+    fprintf(f, "inflight=%d\n", (int)inflight);
+    fclose(f);
 }
 
 /* The SoftHSM2 module, searched as test/lab/lab.sh searches it. */
@@ -313,6 +335,7 @@ static void ds_load(void)
 #define DS_ASSIGN(name, params, args) wrapped.name = ds_##name;
     DS_FUNCTIONS(DS_ASSIGN)
 #undef DS_ASSIGN
+    atexit(ds_exit_report);
     load_rv = CKR_OK;
 }
 
