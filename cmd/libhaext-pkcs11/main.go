@@ -8,9 +8,12 @@
 // Here the two meet: the library uses the host's own instance of the
 // vendor, as the front lends it (never an instance of its own), and follows
 // what the front sees of the host: its C_Initialize (every member resolved
-// at once), its C_Finalize (every member CKR_HA_NO_INSTANCE; the front's
-// gate already holds libhaext's calls out), and the failures of its calls
-// on a member's slot (the member's next verdict, and its recovery).
+// again by the next status call), its C_Finalize (every member
+// CKR_HA_NO_INSTANCE; the front's gate already holds libhaext's calls out),
+// and the failures of its calls on a member's slot (the member's next
+// verdict, and its recovery). The engine starts on the first CA_* call, not
+// before: until the host asks something only libhaext can answer, the front
+// makes no vendor call of its own.
 package main
 
 import (
@@ -31,9 +34,6 @@ func init() {
 func follow(lib *service.Service) {
 	for {
 		ev := front.Next()
-		if ev.Kind == front.Initialized {
-			lib.Preload()
-		}
 		eng := lib.Engine()
 		if eng == nil {
 			continue // the engine starts with the host's instance as it is

@@ -190,11 +190,6 @@ func (s *Service) launch(cfg *conf.Config, mod *cryptoki.Module) (*probe.Engine,
 	return eng, mod, err
 }
 
-// Preload starts loading the configuration and the module now, without a
-// status call (a front module does when the host initializes the module, so
-// that the members are resolved at once). It returns at once.
-func (s *Service) Preload() { go func() { _, _ = s.engine(time.Now()) }() }
-
 // Engine returns the running engine, or nil before it is loaded.
 func (s *Service) Engine() *probe.Engine {
 	s.mu.Lock()

@@ -127,8 +127,12 @@ type Engine struct {
 	// initialized (the host finalized it), and cleared when recovery gets
 	// an answer from it again: until then every member is no instance.
 	finalized atomic.Bool
-	infoMu    sync.Mutex
-	infoQuery *infoQuery // the C_GetInfo in flight, if any
+	// followsHost is set once a front module reported the host's
+	// lifecycle (HostFinalized, HostInitialized): the engine then learns
+	// of a new C_Initialize from the host and does not poll the module.
+	followsHost atomic.Bool
+	infoMu      sync.Mutex
+	infoQuery   *infoQuery // the C_GetInfo in flight, if any
 
 	checks               sync.RWMutex // Close waits for the checks in flight
 	startOnce, closeOnce sync.Once
@@ -353,11 +357,12 @@ func (e *Engine) check(g int, deadline time.Time, key slotKey, out []Verdict) []
 			unready = append(unready, i)
 		}
 	}
-	// Only right after Start: a member still in its first resolution gets
-	// until the deadline, and its round starts as soon as it is ready,
-	// without holding up the others.
+	// Right after Start, and after the host initialized the module again:
+	// a member still in its resolution gets until the deadline, and its
+	// round starts as soon as it is ready, without holding up the others.
 	var wg sync.WaitGroup
 	for _, i := range unready {
+		grp.members[i].kick() // after HostInitialized, nothing has started it yet
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
@@ -376,13 +381,13 @@ func (e *Engine) check(g int, deadline time.Time, key slotKey, out []Verdict) []
 	return out
 }
 
-// awaitReady waits until m has ended its first resolution, or the
-// deadline.
+// awaitReady waits until m has ended its resolution, or the deadline.
 func (e *Engine) awaitReady(m *member, deadline time.Time) {
+	ready, _ := m.readyState()
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	select {
-	case <-m.ready:
+	case <-ready:
 	case <-timer.C:
 	}
 }
@@ -458,18 +463,31 @@ func (e *Engine) verdict(m *member, r result) Status {
 }
 
 // HostInitialized is told by a front module that the host initialized the
-// module: every member is resolved again, at once, by serial.
+// module: every member must be resolved again by serial (slots may have
+// moved, sessions are gone). Nothing is called now: the next status call
+// resolves the members and waits for them, as the first one does, so a
+// host that initializes the module and exits finds no call of libhaext's
+// inside it, and the first status call after is right for healthy members.
 func (e *Engine) HostInitialized() {
-	e.finalized.Store(false)
+	e.followsHost.Store(true)
 	for _, m := range e.members {
+		m.unready()
 		m.inst.forget()
-		m.kick()
 	}
+	e.finalized.Store(false)
 }
 
 // HostFinalized is told by a front module that the host finalized the
-// module: every member is CKR_HA_NO_INSTANCE until HostInitialized.
-func (e *Engine) HostFinalized() { e.moduleFinalized() }
+// module: every member is CKR_HA_NO_INSTANCE, and nothing is called, until
+// HostInitialized.
+func (e *Engine) HostFinalized() {
+	e.followsHost.Store(true)
+	e.finalized.Store(true)
+	for _, m := range e.members {
+		m.inst.invalidate() // no call made before is evidence now
+		m.inst.forgetSession()
+	}
+}
 
 // HostError is told by a front module that a host call on slot failed with
 // a connection-class rv (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,

@@ -14,13 +14,61 @@ type member struct {
 	text   string // the serial as configured
 	lane   int
 	wake   chan struct{} // capacity 1: the recovery worker has work
-	ready  chan struct{} // closed when the first resolution has ended
 	inst   instance
 	last   lastVerdict
+
+	readyMu  sync.Mutex
+	ready    chan struct{} // closed when the resolution of readyGen has ended
+	readyGen uint64        // counts unready: the host initialized the module again
 }
 
 func newMember(serial uint64, text string, lane int) *member {
 	return &member{serial: serial, text: text, lane: lane, wake: make(chan struct{}, 1), ready: make(chan struct{})}
+}
+
+// readyState returns the channel closed when the current resolution ends,
+// and its generation.
+func (m *member) readyState() (chan struct{}, uint64) {
+	m.readyMu.Lock()
+	defer m.readyMu.Unlock()
+	return m.ready, m.readyGen
+}
+
+// unready makes the member wait for a new resolution (the host initialized
+// the module again: slots may have moved, sessions are gone). The next
+// status call kicks it and waits for it, as the first one does.
+func (m *member) unready() {
+	m.readyMu.Lock()
+	defer m.readyMu.Unlock()
+	m.readyGen++
+	select {
+	case <-m.ready:
+		m.ready = make(chan struct{})
+	default:
+	}
+}
+
+// stillCurrent reports whether the member was not made unready since
+// generation gen began.
+func (m *member) stillCurrent(gen uint64) bool {
+	m.readyMu.Lock()
+	defer m.readyMu.Unlock()
+	return gen == m.readyGen
+}
+
+// markReady ends the resolution of generation gen, unless the member was
+// made unready since.
+func (m *member) markReady(gen uint64) {
+	m.readyMu.Lock()
+	defer m.readyMu.Unlock()
+	if gen != m.readyGen {
+		return
+	}
+	select {
+	case <-m.ready:
+	default:
+		close(m.ready)
+	}
 }
 
 // kick tells the recovery worker there is work; it never blocks.
@@ -31,10 +79,12 @@ func (m *member) kick() {
 	}
 }
 
-// isReady reports whether the first resolution has ended.
+// isReady reports whether the member's resolution has ended (the first, or
+// the one after the host initialized the module again).
 func (m *member) isReady() bool {
+	ready, _ := m.readyState()
 	select {
-	case <-m.ready:
+	case <-ready:
 		return true
 	default:
 		return false

@@ -34,6 +34,12 @@ func (e *Engine) recoveryWorker(m *member) {
 			}
 			e.recover(m)
 			if !m.inst.view().usable(e.mode) {
+				if e.finalized.Load() && e.followsHost.Load() {
+					// The host finalized the module: nothing to retry
+					// until it initializes it again, which makes every
+					// member wait for a new resolution (HostInitialized).
+					continue
+				}
 				retry, retryC = rearm(retry, e.interval)
 				continue
 			}
@@ -57,19 +63,35 @@ func rearm(t *time.Timer, d time.Duration) (*time.Timer, <-chan time.Time) {
 	return t, t.C
 }
 
-// recover resolves the member to a slot by serial and, in modeSession,
-// opens its read-only monitor session.
+// recover restores the member's instance and ends its resolution, unless
+// the host initialized the module again while it ran.
 func (e *Engine) recover(m *member) {
-	defer closeOnce(m.ready)
-	defer e.noteInitialized()
+	_, gen := m.readyState()
+	v := e.attempt(m)
+	e.noteInitialized()
+	if !m.stillCurrent(gen) {
+		// The host initialized the module again meanwhile: this attempt
+		// saw the old instance. The status call that waits for the member
+		// kicked it again; that attempt counts.
+		if v.hasSession {
+			_ = e.mod.CloseSession(v.session)
+		}
+		return
+	}
+	m.inst.set(v)
+	m.markReady(gen)
+}
+
+// attempt resolves the member to a slot by serial and, in modeSession,
+// opens its read-only monitor session.
+func (e *Engine) attempt(m *member) instanceView {
 	stale, hasStale := m.inst.beginAttempt(time.Now())
 	if hasStale {
 		_ = e.mod.CloseSession(stale) // best effort: the session may be gone
 	}
 	slot, token, ok := e.resolve(m.serial)
 	if !ok {
-		m.inst.set(instanceView{})
-		return
+		return instanceView{}
 	}
 	v := instanceView{slot: slot, hasSlot: true, label: token.label, serialText: token.text}
 	if e.mode == modeSession {
@@ -84,7 +106,7 @@ func (e *Engine) recover(m *member) {
 			e.slots.forget(slot)
 		}
 	}
-	m.inst.set(v)
+	return v
 }
 
 // noteInitialized clears the finalized mark once the module answers again:
@@ -104,16 +126,6 @@ func (e *Engine) resolve(serial uint64) (uint, slotToken, bool) {
 		slot, token, ok = e.slots.resolve(serial, e.timeout, e.stop)
 	}
 	return slot, token, ok
-}
-
-// closeOnce closes ch unless it is closed; only the member's own worker
-// closes its ready channel, so there is no race.
-func closeOnce(ch chan struct{}) {
-	select {
-	case <-ch:
-	default:
-		close(ch)
-	}
 }
 
 // closeSession closes the monitor session when the engine stops.
