@@ -13,6 +13,7 @@ package capi
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../include -I${SRCDIR}/../hostapi -I${SRCDIR}/../../pkg/probe -Wall -Werror
 #cgo pkg-config: p11-kit-1
+#define _GNU_SOURCE
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,11 +136,16 @@ func openHALog(cfg *conf.Config, opts *probe.Options) {
 
 // cGetenv reads the environment through the C library, so that a variable
 // the host sets with setenv after loading the library is seen; Go's own
-// copy of the environment is taken when the library loads.
+// copy of the environment is taken when the library loads. It is
+// secure_getenv: in a setuid or setgid host, or one that gained
+// capabilities (AT_SECURE), the environment belongs to the user who ran
+// it, and every variable reads as unset, so that user cannot make the host
+// load a module of their choice (ChrystokiConfigurationPath) with its
+// privileges.
 func cGetenv(name string) string {
 	cname := C.CString(name)
 	defer C.free(unsafe.Pointer(cname))
-	if v := C.getenv(cname); v != nil {
+	if v := C.secure_getenv(cname); v != nil {
 		return C.GoString(v)
 	}
 	return ""

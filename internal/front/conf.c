@@ -427,7 +427,8 @@ static int regular_file(const char *path)
 
 int haext_conf_locate(char *path, size_t pathlen, char *err, size_t errlen)
 {
-    const char *dir = getenv("ChrystokiConfigurationPath");
+    /* secure_getenv: a setuid host reads it as unset (capi.go, cGetenv). */
+    const char *dir = secure_getenv("ChrystokiConfigurationPath");
     if (dir != NULL && dir[0] != '\0') {
         const char *sep = dir[strlen(dir) - 1] == '/' ? "" : "/";
         char win[4096];
