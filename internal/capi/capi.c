@@ -40,6 +40,12 @@
  *    thread, no vendor call, so the lanes work while Go runs stages 1
  *    and 2.
  *
+ *  - A refusal. A front module may say that status calls must not run
+ *    now (haext_capi_set_refusal; the host initialized the module with
+ *    CKF_LIBRARY_CANT_CREATE_OS_THREADS): they then return
+ *    CKR_FUNCTION_FAILED with its reason, without entering Go, where the
+ *    runtime may start a thread on the caller's behalf.
+ *
  * Nothing here assumes which shared library it is linked into.
  */
 #define _GNU_SOURCE
@@ -99,6 +105,14 @@ static void haext_atfork_child(void)
     haext_forked = 1;
 }
 
+/* Why status calls must not enter Go now, or NULL (set by a front). */
+static const char *(*_Atomic haext_refusal)(void);
+
+void haext_capi_set_refusal(const char *(*why)(void))
+{
+    haext_refusal = why;
+}
+
 /* Runs before the Go runtime's own constructor in this library (a priority
  * constructor runs before those without one), which starts the runtime on
  * a thread that inherits the loading thread's mask. */
@@ -130,8 +144,14 @@ __attribute__((constructor)) static void haext_load_end(void)
  * haext_leave restores the mask and keeps the reason Go gave. */
 static int haext_enter(sigset_t *saved)
 {
+    const char *(*refusal)(void) = haext_refusal;
+    const char *why;
     if (haext_forked) {
         haext_keep_reason(haext_fork_reason);
+        return 0;
+    }
+    if (refusal != NULL && (why = refusal()) != NULL) {
+        haext_keep_reason(strdup(why));
         return 0;
     }
     pthread_sigmask(SIG_UNBLOCK, &haext_go_needs, saved);

@@ -781,6 +781,39 @@ static CK_VOID_PTR locking_args(CK_VOID_PTR args, CK_C_INITIALIZE_ARGS *local)
     return local;
 }
 
+/* CKF_LIBRARY_CANT_CREATE_OS_THREADS. A host that passes it to C_Initialize
+ * says that the library may not create threads from its calls. The front
+ * itself creates none: it forwards the flag, and the host's calls run as
+ * they would without it. But libhaext's status engine needs threads of its
+ * own (one per member, and the Go runtime may start one on a thread that
+ * enters Go), so while the host's C_Initialize carried the flag the front
+ * refuses status calls before they enter Go (capi.c: CKR_FUNCTION_FAILED,
+ * with this reason), and the engine starts nothing. The Go runtime's own
+ * threads, started when the library was loaded, exist anyway: no host call
+ * creates them. The alternative, CKR_NEED_TO_CREATE_THREADS from
+ * C_Initialize, would break a host that works with the vendor alone. */
+static atomic_int no_threads;
+
+static const char *refusal(void)
+{
+    return atomic_load(&no_threads)
+               ? "the host initialized the module with CKF_LIBRARY_CANT_CREATE_OS_THREADS: libhaext starts no "
+                 "thread and makes no call of its own while that holds, so it cannot check the group (the "
+                 "front forwards the host's calls as before); initialize without that flag to use "
+                 "CA_GetCurrentHAState"
+               : NULL;
+}
+
+/* capi.c, when it is linked into the same library (libhaext-pkcs11.so);
+ * the C test programs link the front without it. */
+extern void haext_capi_set_refusal(const char *(*why)(void)) __attribute__((weak));
+
+__attribute__((constructor)) static void register_refusal(void)
+{
+    if (haext_capi_set_refusal != NULL)
+        haext_capi_set_refusal(refusal);
+}
+
 /* Set while this thread is inside the vendor's C_Initialize: a vendor that
  * initializes the front in turn (p11-kit-proxy with the front among its
  * modules) gets CKR_GENERAL_ERROR instead of a loop. */
@@ -803,6 +836,11 @@ CK_RV haext_host_initialize(CK_VOID_PTR args)
         rv = v->C_Initialize(args); /* the vendor cannot lock: the host's own arguments */
     initializing = 0;
     if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        int forbid = args != NULL && (((CK_C_INITIALIZE_ARGS *)args)->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS);
+        if (rv == CKR_OK)
+            atomic_store(&no_threads, forbid);
+        else if (forbid)
+            atomic_store(&no_threads, 1); /* the stricter word holds */
         pthread_mutex_lock(&gate_mu);
         was = gate_open;
         gate_open = 1;
