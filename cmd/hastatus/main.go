@@ -22,6 +22,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/libhaext/libhaext/internal/halog"
 	"github.com/libhaext/libhaext/pkg/conf"
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 	"github.com/libhaext/libhaext/pkg/probe"
@@ -164,6 +165,11 @@ func configure(o options, sys system, stderr io.Writer) (*conf.Config, time.Dura
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(stderr, "hastatus: warning: %s\n", printable(w))
+	}
+	if cfg.HALog.Enabled {
+		if err := halog.CheckDir(cfg.HALog.Dir); err != nil {
+			fmt.Fprintf(stderr, "hastatus: warning: %s: %s; the library writes no HA log file\n", cfg.File, printable(err.Error()))
+		}
 	}
 	timeout := cfg.StatusTimeout
 	if o.timeout != "" {

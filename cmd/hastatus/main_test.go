@@ -357,6 +357,22 @@ func TestConfigurationWarningsGoToStderr(t *testing.T) {
 	}
 }
 
+// An HA log directory the library refuses is said by hastatus, where an
+// operator checks a configuration.
+func TestARefusedHALogDirectoryIsSaid(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "logs")
+	require.NoError(t, os.Symlink(real, link))
+	for dir, why := range map[string]string{link: "passes through a symbolic link", "relative/logs": "is not an absolute path"} {
+		conf := writeConf(t, softhsm, group(0, "g", "1", serials[0]),
+			"HAConfiguration = {\n haLogStatus = enabled;\n haLogPath = "+dir+";\n}\n")
+		code, _, errOut := hastatus(t, conf)
+		assert.Equal(t, exitAlive, code, errOut)
+		assert.Contains(t, errOut, why)
+		assert.Contains(t, errOut, "the library writes no HA log file")
+	}
+}
+
 func TestModuleErrorNamesTheKeyThatGaveIt(t *testing.T) {
 	dir := t.TempDir()
 	text := "Chrystoki2 = {\n   LibUNIX = " + filepath.Join(dir, "nosuch.so") + ";\n}\nVirtualToken = {\n" +

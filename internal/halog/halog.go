@@ -6,10 +6,15 @@
 //
 // The log lives beside a host that did not ask for it, so it never harms
 // it: standard output is written with nosigpipe.Stdout, so a pipe nobody
-// reads never signals the host; the file is opened with O_NOFOLLOW and
-// refused unless it is a regular file of the process's own user with a
-// single link, and files are created with mode 0600, on rotation with
-// O_EXCL. A log that cannot be written is skipped silently.
+// reads never signals the host. The directory must be an absolute path
+// with no symbolic link on the way (openat2 RESOLVE_NO_SYMLINKS; CheckDir
+// says why a directory is refused): a link would let whoever controls it
+// point the host's writes anywhere. The file is opened relative to that
+// directory with O_NOFOLLOW and refused unless it is a regular file of the
+// process's own user with a single link, and files are created with mode
+// 0600, on rotation with O_EXCL. A log that cannot be written is skipped
+// silently; a refused directory is said once, as a warning line on
+// standard output when haLogToStdout is on, and by hastatus.
 //
 // Writing happens on the Logger's own goroutine: a status call only queues
 // a line and never waits for the disk. When the queue is full, lines are
@@ -23,9 +28,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/libhaext/libhaext/internal/nosigpipe"
 	"github.com/libhaext/libhaext/pkg/conf"
@@ -40,7 +48,8 @@ const queueLen = 1024
 
 // Logger is an HA log. The zero value is not usable; use New.
 type Logger struct {
-	path     string // empty: no file
+	dir      string // haLogPath; empty: no file
+	dirFD    int    // dir, opened by openDir; -1 until it is
 	maxBytes int64
 	stdout   io.Writer // nil: not to stdout
 
@@ -63,9 +72,9 @@ func New(s conf.HALog, stdout io.Writer) *Logger {
 	if !s.Enabled && !s.ToStdout {
 		return nil
 	}
-	l := &Logger{maxBytes: s.MaxBytes, lines: make(chan string, queueLen), done: make(chan struct{})}
+	l := &Logger{dirFD: -1, maxBytes: s.MaxBytes, lines: make(chan string, queueLen), done: make(chan struct{})}
 	if s.Enabled {
-		l.path = filepath.Join(s.Dir, FileName)
+		l.dir = s.Dir
 	}
 	if s.ToStdout {
 		l.stdout = guarded(stdout)
@@ -73,8 +82,73 @@ func New(s conf.HALog, stdout io.Writer) *Logger {
 	if l.maxBytes <= 0 {
 		l.maxBytes = 1 << 20
 	}
+	if err := CheckDir(l.dir); l.dir != "" && err != nil {
+		l.Warning(err.Error() + "; HA logging to a file is disabled")
+		l.dir = ""
+	}
 	go l.run()
 	return l
+}
+
+// CheckDir reports why dir cannot hold the HA log: it is not an absolute
+// path, or a symbolic link stands on the way to it. A directory that does
+// not exist yet is fine (it is looked for again at each line).
+func CheckDir(dir string) error {
+	fd, err := openDir(dir)
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return err
+}
+
+// openDir opens dir as the log's directory without following a symbolic
+// link anywhere on the way.
+func openDir(dir string) (int, error) {
+	if !filepath.IsAbs(dir) {
+		return -1, fmt.Errorf("HA log directory %q (haLogPath) is not an absolute path", dir)
+	}
+	how := unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS}
+	fd, err := unix.Openat2(unix.AT_FDCWD, dir, &how)
+	if errors.Is(err, unix.ENOSYS) {
+		fd, err = openDirWalk(dir) // before Linux 5.6
+	}
+	switch {
+	case errors.Is(err, unix.ELOOP):
+		return -1, fmt.Errorf("HA log directory %s (haLogPath) passes through a symbolic link: name the real directory", dir)
+	case err != nil:
+		return -1, fmt.Errorf("HA log directory %s: %w", dir, err)
+	}
+	return fd, nil
+}
+
+// openDirWalk is openDir without openat2: each component is opened
+// relative to the one before with O_NOFOLLOW.
+func openDirWalk(dir string) (int, error) {
+	fd, err := unix.Open("/", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	for _, name := range strings.Split(filepath.Clean(dir), "/") {
+		if name == "" {
+			continue
+		}
+		next, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOTDIR) {
+			var st unix.Stat_t
+			if unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				err = unix.ELOOP
+			}
+		}
+		unix.Close(fd)
+		if err != nil {
+			return -1, err
+		}
+		fd = next
+	}
+	return fd, nil
 }
 
 // guarded returns w, or a writer of the same file descriptor that never
@@ -150,12 +224,24 @@ func (l *Logger) run() {
 			f.Close()
 		}
 	}()
+	defer func() {
+		if l.dirFD >= 0 {
+			unix.Close(l.dirFD)
+		}
+	}()
 	for line := range l.lines {
 		if l.stdout != nil {
 			_, _ = io.WriteString(l.stdout, line)
 		}
-		if l.path == "" {
+		if l.dir == "" {
 			continue
+		}
+		if l.dirFD < 0 {
+			fd, err := openDir(l.dir)
+			if err != nil {
+				continue // an unwritable log must not disturb the host
+			}
+			l.dirFD = fd
 		}
 		if f != nil && size+int64(len(line)) > l.maxBytes {
 			f.Close()
@@ -164,8 +250,8 @@ func (l *Logger) run() {
 		}
 		if f == nil {
 			var err error
-			if f, size, err = open(l.path, false); err != nil {
-				continue // an unwritable log must not disturb the host
+			if f, size, err = open(l.dirFD, false); err != nil {
+				continue
 			}
 		}
 		n, _ := f.WriteString(line)
@@ -178,11 +264,11 @@ func (l *Logger) run() {
 func (l *Logger) rotate() *os.File {
 	// rename replaces whatever is at .1, a symbolic link included, and
 	// never follows it.
-	_ = os.Rename(l.path, l.path+".1")
+	_ = unix.Renameat(l.dirFD, FileName, l.dirFD, FileName+".1")
 	if l.rotated != nil {
 		l.rotated()
 	}
-	f, _, err := open(l.path, true)
+	f, _, err := open(l.dirFD, true)
 	if err != nil {
 		return nil
 	}
@@ -194,15 +280,17 @@ func (l *Logger) rotate() *os.File {
 // anything but a regular file of this process's user with one link: a
 // symbolic link (O_NOFOLLOW), a FIFO (O_NONBLOCK: opening it neither blocks
 // nor is accepted), a device, or a hard link to another file.
-func open(path string, fresh bool) (*os.File, int64, error) {
-	flags := os.O_WRONLY | os.O_CREATE | os.O_APPEND | syscall.O_NOFOLLOW | syscall.O_NONBLOCK
+func open(dirFD int, fresh bool) (*os.File, int64, error) {
+	flags := unix.O_WRONLY | unix.O_CREAT | unix.O_APPEND | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC
 	if fresh {
-		flags |= os.O_EXCL
+		flags |= unix.O_EXCL
 	}
-	f, err := os.OpenFile(path, flags, 0o600)
+	fd, err := unix.Openat(dirFD, FileName, flags, 0o600)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, fmt.Errorf("HA log %s: %w", FileName, err)
 	}
+	path := FileName
+	f := os.NewFile(uintptr(fd), path)
 	st, err := f.Stat()
 	if err == nil {
 		err = checkFile(st)

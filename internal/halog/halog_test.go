@@ -1,6 +1,8 @@
 package halog
 
 import (
+	"golang.org/x/sys/unix"
+
 	"bytes"
 	"fmt"
 	"os"
@@ -52,7 +54,7 @@ func TestStdoutOnly(t *testing.T) {
 	var out bytes.Buffer
 	l := New(conf.HALog{ToStdout: true}, &out)
 	require.NotNil(t, l)
-	assert.Empty(t, l.path, "no file")
+	assert.Empty(t, l.dir, "no file")
 	l.Transition(transition(probe.StatusOK, probe.StatusSocketDown, false))
 	l.Close()
 	assert.Contains(t, out.String(), `new=CKR_HA_SOCKET_DOWN reason="socket down"`)
@@ -131,6 +133,45 @@ func TestASymlinkPlantedInTheLogDirectoryIsNotFollowed(t *testing.T) {
 	st, err := os.Lstat(filepath.Join(dir, FileName))
 	require.NoError(t, err)
 	assert.Equal(t, os.ModeSymlink, st.Mode().Type(), "the link is left as it was")
+}
+
+// A directory reached through a symbolic link anywhere on the way, or a
+// relative path, is refused with a clear reason, and nothing is written
+// where the link points.
+func TestASymlinkedOrRelativeDirectoryIsRefused(t *testing.T) {
+	base := t.TempDir()
+	real := filepath.Join(base, "real", "logs")
+	require.NoError(t, os.MkdirAll(real, 0o700))
+	require.NoError(t, os.Symlink(filepath.Join(base, "real"), filepath.Join(base, "via")))
+	require.NoError(t, os.Symlink(real, filepath.Join(base, "direct")))
+
+	for _, dir := range []string{filepath.Join(base, "via", "logs"), filepath.Join(base, "direct")} {
+		err := CheckDir(dir)
+		require.Error(t, err, dir)
+		assert.Contains(t, err.Error(), "passes through a symbolic link")
+
+		var out bytes.Buffer
+		l := New(conf.HALog{Enabled: true, ToStdout: true, Dir: dir, MaxBytes: 1000}, &out)
+		l.Transition(transition(probe.StatusOK, probe.StatusSocketDown, false))
+		l.Close()
+		assert.Contains(t, out.String(), "passes through a symbolic link", "said on standard output")
+		assert.Contains(t, out.String(), "HA logging to a file is disabled")
+		_, err = os.Stat(filepath.Join(real, FileName))
+		assert.True(t, os.IsNotExist(err), "nothing written through %s", dir)
+	}
+
+	err := CheckDir("logs/ha")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "is not an absolute path")
+	assert.NoError(t, CheckDir(real))
+	assert.NoError(t, CheckDir(filepath.Join(real, "not-yet")), "a directory made later is fine")
+
+	// The fallback for kernels without openat2 refuses the same links.
+	_, err = openDirWalk(filepath.Join(base, "via", "logs"))
+	assert.ErrorIs(t, err, unix.ELOOP)
+	fd, err := openDirWalk(real)
+	require.NoError(t, err)
+	unix.Close(fd)
 }
 
 func TestAHardLinkOrAFIFOIsRefused(t *testing.T) {
