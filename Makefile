@@ -87,9 +87,11 @@ test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_
 	bash test/c/run.sh
 
 # The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)
-# against SoftHSM2 and the p11-kit lab, side by side with the vendor alone.
-test-front: $(BUILD)/libhaext-pkcs11.so
+# against SoftHSM2 and the p11-kit lab, side by side with the vendor alone;
+# then the do-no-harm checks (exit without C_Finalize, setuid, threads).
+test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.so
 	bash test/consumers/run.sh
+	bash test/consumers/harm.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 	bash test/install/run.sh

@@ -40,6 +40,10 @@ have_cmd nsenter || need+=(util-linux)
 have_file '/usr/lib/*/engines-3/pkcs11.so' || need+=(libengine-pkcs11-openssl)
 have_file /usr/include/openssl/engine.h || need+=(libssl-dev)
 
+# OpenSSL 3's pkcs11-provider (the do-no-harm exits in test/consumers/harm.sh).
+# Debian 12 has it in bookworm-backports only: that source is added below.
+have_file '/usr/lib/*/ossl-modules/pkcs11.so' || need+=(pkcs11-provider)
+
 if ! have_cmd go; then
     echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.23 or newer" >&2
     exit 1
@@ -54,4 +58,31 @@ fi
 echo "deps: installing ${need[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# A package this release has only in its backports (pkcs11-provider on
+# Debian 12): add the release's backports source, once, and take it from
+# there. Nothing else comes from backports (apt prefers the release).
+backports=()
+for p in "${need[@]}"; do
+    if [ -z "$(apt-cache policy "$p" 2>/dev/null | sed -n 's/^ *Candidate: *//p' | grep -v '(none)')" ]; then
+        backports+=("$p")
+    fi
+done
+if [ ${#backports[@]} -gt 0 ]; then
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    # The machine's own Debian mirror, as its sources name it.
+    mirror=$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs: *\([^ ]*\/debian\)\/*$/\1/p' | head -n 1)
+    [ -n "$mirror" ] || mirror=$(sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\/debian\)\/* .*/\2/p' /etc/apt/sources.list 2>/dev/null | head -n 1)
+    list=/etc/apt/sources.list.d/libhaext-backports.list
+    if [ -n "$codename" ] && [ -n "$mirror" ] && [ ! -f "$list" ]; then
+        echo "deps: adding ${codename}-backports for ${backports[*]}"
+        echo "deb $mirror ${codename}-backports main" >"$list"
+        apt-get update -qq
+    fi
+    apt-get install -y -qq --no-install-recommends -t "${codename}-backports" "${backports[@]}" >/dev/null
+    keep=()
+    for p in "${need[@]}"; do
+        case " ${backports[*]} " in *" $p "*) ;; *) keep+=("$p") ;; esac
+    done
+    need=("${keep[@]}")
+fi
+[ ${#need[@]} -eq 0 ] || apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
