@@ -17,6 +17,8 @@
 package main
 
 import (
+	"sync"
+
 	"github.com/libhaext/libhaext/internal/capi"
 	"github.com/libhaext/libhaext/internal/front"
 	"github.com/libhaext/libhaext/internal/service"
@@ -25,15 +27,37 @@ import (
 
 func init() {
 	lib := capi.UseFront(front.Host)
+	// A status call first applies what the host did before it (its
+	// C_Initialize right before, say), so that it never answers from a
+	// lifecycle the host has left.
+	lib.BeforeState(func() { apply(lib) })
 	go follow(lib)
 }
 
-// follow hands the front's events to the library, for the life of the
-// process. Its goroutine waits in C (front.Next) and wakes only when the
-// host did something the engine must know.
+// applyMu makes taking an event and applying it one step: a status call
+// that finds the queue empty knows every event queued before it has been
+// applied.
+var applyMu sync.Mutex
+
+// follow applies the front's events for the life of the process. Its
+// goroutine waits in C (front.Wait) and wakes only when the host did
+// something the engine must know.
 func follow(lib *service.Service) {
 	for {
-		ev := front.Next()
+		front.Wait()
+		apply(lib)
+	}
+}
+
+// apply hands every queued event to the engine.
+func apply(lib *service.Service) {
+	applyMu.Lock()
+	defer applyMu.Unlock()
+	for {
+		ev, ok := front.Poll()
+		if !ok {
+			return
+		}
 		eng := lib.Engine()
 		if eng == nil {
 			continue // the engine starts with the host's instance as it is

@@ -13,8 +13,8 @@
 // of the vendor module (state.c): a gate that the host's C_Finalize closes
 // and waits on, the host's sessions and whether each is busy, and sessions
 // lent for one call. Host returns Host, the struct haext_host of
-// internal/hostapi/hostapi.h, for the engine's C prober threads; Next
-// delivers the host's lifecycle and the failures of its calls.
+// internal/hostapi/hostapi.h, for the engine's C prober threads; Wait and
+// Poll deliver the host's lifecycle and the failures of its calls.
 package front
 
 /*
@@ -82,14 +82,10 @@ type Event struct {
 	RV uint
 }
 
-// Next blocks until the next event and returns it. Its goroutine waits in
-// C on a condition variable (one thread, no polling, no wakeups while
-// nothing happens); call it from one goroutine that loops.
-func Next() Event {
-	var ev C.struct_haext_front_event
-	C.haext_front_next(&ev)
-	return event(ev)
-}
+// Wait blocks until an event is queued, without taking it. Its goroutine
+// waits in C on a condition variable (one thread, no polling, no wakeups
+// while nothing happens).
+func Wait() { _ = C.haext_front_wait() }
 
 // Poll returns the next event if one is queued.
 func Poll() (Event, bool) {

@@ -46,9 +46,10 @@ struct haext_front_event {
  * when the vendor cannot be loaded (haext_front_error says why). */
 const struct haext_host *haext_front_host(void);
 
-/* Blocks until an event is queued and takes it. Host errors on one slot
- * coalesce while unread (the newest CK_RV wins), so the queue stays small. */
-void haext_front_next(struct haext_front_event *ev);
+/* Blocks until an event is queued, without taking it; returns how many
+ * are. Host errors on one slot coalesce while unread (the newest CK_RV
+ * wins), so the queue stays small. */
+int haext_front_wait(void);
 
 /* Takes an event if one is queued: 1, else 0. */
 int haext_front_poll(struct haext_front_event *ev);

@@ -21,7 +21,7 @@
  *
  * Events: initialized, finalized, host errors (connection-class CK_RVs, or
  * a session the table knew that the module dropped), read by the engine
- * with haext_front_next.
+ * with haext_front_wait and haext_front_poll.
  *
  * Locks: tab_mu (the table), lend_mu (own sessions and loans), gate_mu,
  * ev_mu, and reg_mu (the host's threads). None is held across a vendor
@@ -311,13 +311,16 @@ static int take_event(struct haext_front_event *ev)
     return 1;
 }
 
-void haext_front_next(struct haext_front_event *ev)
+int haext_front_wait(void)
 {
+    int n;
     haext_state_init();
     pthread_mutex_lock(&ev_mu);
-    while (!take_event(ev))
+    while (ev_len == 0 && !ev_overflow)
         pthread_cond_wait(&ev_cv, &ev_mu);
+    n = ev_len + ev_overflow;
     pthread_mutex_unlock(&ev_mu);
+    return n;
 }
 
 int haext_front_poll(struct haext_front_event *ev)

@@ -62,7 +62,13 @@ type Service struct {
 	notice   string           // said once, by TakeNotice
 	failure  error
 	failedAt time.Time
+	before   func() // BeforeState
 }
+
+// BeforeState sets what every status call runs first (a front module
+// applies the host's lifecycle events queued before the call). Call it
+// before the first status call.
+func (s *Service) BeforeState(f func()) { s.before = f }
 
 // perCallerNotice is what libhaext says when it runs an instance of its own
 // of a module that gives each caller one.
@@ -77,6 +83,9 @@ func New(env Env) *Service { return &Service{env: env} }
 // State reports on the group slot names, writing the verdicts into out.
 func (s *Service) State(slot uint, out []probe.Verdict) (Report, error) {
 	start := time.Now()
+	if s.before != nil {
+		s.before()
+	}
 	eng, err := s.engine(start)
 	if err != nil {
 		return Report{}, err
