@@ -63,7 +63,7 @@ p11=$(pkg-config --cflags p11-kit-1)
 # shellcheck disable=SC2086
 "$cc" -std=gnu11 -O2 -g -Wall -Wextra -Werror -DHAEXT_FRONT_WAIT_MS=1000 $p11 -I"$top/include" \
     -I"$top/internal/hostapi" -I"$top/internal/front" -I"$top/test/c" -o "$build/consumers/test_front" \
-    "$here/test_front.c" "$top"/internal/front/{front,state,conf,vendor}.c "$top/test/c/harness.c" -ldl -lpthread
+    "$here/test_front.c" "$top"/internal/front/{front,state,conf,vendor,iface}.c "$top/test/c/harness.c" -ldl -lpthread
 # shellcheck disable=SC2086
 "$cc" -std=c99 -O2 -g -Wall -Wextra -Werror $p11 -I"$top/include" -o "$build/consumers/engine_host" \
     "$here/engine_host.c" -ldl -lpthread -lcrypto

@@ -142,8 +142,9 @@ static void test_load(void)
     check(H != NULL && H->list != NULL && H->list != &haext_front_list, "haext_front_host: the vendor's list (%s)",
           haext_front_vendor_path());
     V = H->list;
-    check(l != NULL && V != NULL && l->version.major == V->version.major && l->version.minor == V->version.minor,
-          "the front's version is the vendor's (%u.%u)", V ? V->version.major : 0, V ? V->version.minor : 0);
+    check(l != NULL && l->version.major == 2 && l->version.minor == 40,
+          "the front's list is version 2.40, the one it implements, whatever the vendor's (%u.%u)",
+          V ? V->version.major : 0, V ? V->version.minor : 0);
     {
         CK_INFO info;
         check(C_GetInfo(&info) == CKR_CRYPTOKI_NOT_INITIALIZED, "a call before C_Initialize gets the vendor's answer");
