@@ -71,9 +71,6 @@ CK_FUNCTION_LIST_3_0 haext_vcopy3 __attribute__((aligned(64)));
 /* Not exported (exports.map): reached through the 3.0 list only. */
 #define DECLARE(name, params, args) CK_RV name params;
 HAEXT_SESSION_FUNCTIONS_3_0(DECLARE)
-CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
-CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion, CK_INTERFACE_PTR_PTR ppInterface,
-                     CK_FLAGS flags);
 CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
                   CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen);
 

@@ -132,8 +132,11 @@ void haext_state_hooks(struct haext_host *h);
 /* vendor.c's part of the fork child handler. */
 void haext_vendor_atfork_child(void);
 
-/* The front's 3.0 list (iface.c). */
+/* The front's 3.0 list, and the 3.0 functions it exports (iface.c). */
 extern CK_FUNCTION_LIST_3_0 haext_front_list3 HAEXT_HIDDEN;
+CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
+CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion, CK_INTERFACE_PTR_PTR ppInterface,
+                     CK_FLAGS flags);
 /* Asks the vendor once (vendor.c), after haext_front_load, which interfaces
  * it offers, and hands the answer to haext_iface_set. */
 void haext_vendor_interfaces(void);
