@@ -40,8 +40,8 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 	  if [ -n "$$extra" ]; then echo "libhaext.so exports more than CA_*: $$extra" >&2; rm -f $@; exit 1; fi
 
 # The front module: a PKCS#11 module loaded instead of the vendor's. It
-# exports exactly the 68 C_* functions of PKCS#11 2.40 listed in its
-# exports.map, and CA_*.
+# exports exactly the 70 C_* functions listed in its exports.map (the 68 of
+# PKCS#11 2.40, and 3.0's C_GetInterfaceList and C_GetInterface), and CA_*.
 FRONT_LDFLAGS := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext-pkcs11/exports.map -Wl,-soname,libhaext-pkcs11.so'
 $(BUILD)/libhaext-pkcs11.so: $(GOFILES) include/cryptoki_ha.h internal/hostapi/hostapi.h cmd/libhaext-pkcs11/exports.map
 	@mkdir -p $(BUILD)
@@ -49,8 +49,8 @@ $(BUILD)/libhaext-pkcs11.so: $(GOFILES) include/cryptoki_ha.h internal/hostapi/h
 	@rm -f $(BUILD)/libhaext-pkcs11.h
 	@want=$$(sed -n 's/^ *\(C_[A-Za-z]*\);$$/\1/p' cmd/libhaext-pkcs11/exports.map | sort); \
 	  got=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' | sort); \
-	  if [ "$$want" != "$$got" ] || [ $$(echo "$$want" | wc -l) -ne 68 ]; then \
-	    echo "libhaext-pkcs11.so must export the 68 C_* of exports.map and CA_*, and nothing else:" >&2; \
+	  if [ "$$want" != "$$got" ] || [ $$(echo "$$want" | wc -l) -ne 70 ]; then \
+	    echo "libhaext-pkcs11.so must export the 70 C_* of exports.map and CA_*, and nothing else:" >&2; \
 	    echo "$$want" > $@.want; echo "$$got" > $@.got; diff $@.want $@.got >&2; rm -f $@ $@.want $@.got; exit 1; fi
 
 $(BUILD)/hastatus: $(GOFILES)
@@ -67,6 +67,12 @@ $(BUILD)/test_%: test/c/test_%.c test/c/harness.c test/c/harness.h include/crypt
 $(BUILD)/delayshim.so: test/shim/delayshim.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
+
+# A PKCS#11 3.0 module over another (test/shim/v3shim.c): the front's
+# 3.0 interface tests.
+$(BUILD)/v3shim.so: test/shim/v3shim.c internal/front/pkcs11v3.h
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -Iinternal/front -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
 
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
@@ -89,7 +95,7 @@ test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_
 # The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)
 # against SoftHSM2 and the p11-kit lab, side by side with the vendor alone;
 # then the do-no-harm checks (exit without C_Finalize, setuid, threads).
-test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.so
+test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.so $(BUILD)/v3shim.so
 	bash test/consumers/run.sh
 	bash test/consumers/harm.sh
 

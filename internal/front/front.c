@@ -9,11 +9,12 @@
  * the front's tables (C_Initialize, C_Finalize, C_OpenSession,
  * C_CloseSession, C_CloseAllSessions, C_Login, C_InitToken) have their slow
  * paths in state.c. cmd/libhaext-pkcs11/exports.map exports every function
- * defined here by name, for hosts that dlsym them.
+ * defined here by name, for hosts that dlsym them. The 3.0 interface is in
+ * iface.c.
  */
 #include "state.h"
 
-#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define UNLIKELY(x) HAEXT_UNLIKELY(x)
 
 /* Functions whose first argument is a session: (name, parameters, arguments). */
 #define HAEXT_SESSION_FUNCTIONS(X) \
@@ -133,23 +134,10 @@
 
 /* The vendor's function, or NOT_INITIALIZED when the host calls before
  * C_GetFunctionList/C_Initialize (as the vendor would answer), and
- * NOT_SUPPORTED for a NULL entry. */
-#define VENDOR_OR_RETURN(f, name) \
-    CK_##name f = __atomic_load_n(&haext_vcopy.name, __ATOMIC_ACQUIRE); \
-    if (UNLIKELY(f == NULL)) \
-        return haext_no_function()
+ * NOT_SUPPORTED for a NULL entry (state.h). */
+#define VENDOR_OR_RETURN(f, name) HAEXT_VENDOR_OR_RETURN(haext_vcopy, f, name)
 
-#define SESSION_TRAMPOLINE(name, params, args) \
-    CK_RV name params \
-    { \
-        VENDOR_OR_RETURN(f, name); \
-        CK_SESSION_HANDLE prev = haext_busy_begin(hSession); \
-        CK_RV rv = f args; \
-        haext_busy_end(prev); \
-        if (UNLIKELY(rv != CKR_OK)) \
-            haext_sess_failed(hSession, rv); \
-        return rv; \
-    }
+#define SESSION_TRAMPOLINE(name, params, args) HAEXT_SESSION_TRAMPOLINE(haext_vcopy, name, params, args)
 
 #define SLOT_TRAMPOLINE(name, params, args) \
     CK_RV name params \
@@ -215,8 +203,10 @@ CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK
 
 #define LIST_ENTRY(name, params, args) .name = name,
 
-/* The front's list: every entry a function of this file. The version is
- * the vendor's, filled in when the vendor is loaded. */
+/* The front's list: every entry a function of this file. Its version is
+ * the one it implements, 2.40, whatever the vendor's (a 3.0 host reads a
+ * 3.0 list past the end of this one): the 3.0 list is iface.c's, offered
+ * through C_GetInterface. */
 CK_FUNCTION_LIST haext_front_list = {
     .version = {2, 40},
     .C_Initialize = C_Initialize,

@@ -12,12 +12,12 @@
  * session each host thread is in a call on (state.h).
  * borrow() lends an idle session of the host's on the slot, else the
  * front's own read-only session there, opened on demand. The front closes
- * its own session on a slot before it forwards C_Login(CKU_SO) or
- * C_InitToken there, and right after the host's last session there is
- * closed, so that login state is what it would be without the front; the
- * next borrow opens it again. A host call that would close a session lent
- * at that moment waits for it to be given back (bounded), so the vendor
- * never sees a session closed under a call.
+ * its own session on a slot before it forwards C_Login(CKU_SO) (or 3.0's
+ * C_LoginUser) or C_InitToken there, and right after the host's last
+ * session there is closed, so that login state is what it would be
+ * without the front; the next borrow opens it again. A host call that
+ * would close a session lent at that moment waits for it to be given back
+ * (bounded), so the vendor never sees a session closed under a call.
  *
  * Events: initialized, finalized, host errors (connection-class CK_RVs, or
  * a session the table knew that the module dropped), read by the engine
@@ -1001,7 +1001,9 @@ CK_RV haext_host_close_all(CK_SLOT_ID slot)
     return rv;
 }
 
-CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+/* C_Login, or 3.0's C_LoginUser when login_user is the vendor's. */
+static CK_RV host_login(CK_C_LoginUser login_user, CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
+                        CK_ULONG len, CK_UTF8CHAR_PTR name, CK_ULONG name_len)
 {
     CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
     struct haext_slot *s = NULL;
@@ -1022,13 +1024,24 @@ CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR p
             close_own(s, 1);
     }
     prev = haext_busy_begin(h);
-    rv = v->C_Login(h, user, pin, len);
+    rv = login_user != NULL ? login_user(h, user, pin, len, name, name_len) : v->C_Login(h, user, pin, len);
     haext_busy_end(prev);
     if (s != NULL)
         so_done(s);
     if (rv != CKR_OK)
         haext_sess_failed(h, rv);
     return rv;
+}
+
+CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len)
+{
+    return host_login(NULL, h, user, pin, len, NULL, 0);
+}
+
+CK_RV haext_host_login_user(CK_C_LoginUser login_user, CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
+                            CK_ULONG len, CK_UTF8CHAR_PTR name, CK_ULONG name_len)
+{
+    return host_login(login_user, h, user, pin, len, name, name_len);
 }
 
 CK_RV haext_host_init_token(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG len, CK_UTF8CHAR_PTR label)

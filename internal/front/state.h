@@ -20,6 +20,7 @@
 #include <stdatomic.h>
 
 #include "front.h"
+#include "pkcs11v3.h"
 
 /* Hidden: the trampolines reach them without a GOT load. */
 #define HAEXT_HIDDEN __attribute__((visibility("hidden")))
@@ -29,9 +30,37 @@ extern CK_FUNCTION_LIST_PTR _Atomic haext_vendor HAEXT_HIDDEN;
 /* A copy of it, written before haext_vendor is set: the trampolines read
  * the function they forward to from here, one cache line of the front's. */
 extern CK_FUNCTION_LIST haext_vcopy HAEXT_HIDDEN;
+/* The vendor's 3.0 list (iface.c), copied when the host first asks for
+ * the interfaces and the vendor offers 3.0; its 3.0 entries are NULL until
+ * then. The 3.0 trampolines read the function they forward to from here. */
+extern CK_FUNCTION_LIST_3_0 haext_vcopy3 HAEXT_HIDDEN;
 /* What a trampoline answers when its entry in haext_vcopy is NULL: not
  * loaded yet (CKR_CRYPTOKI_NOT_INITIALIZED), or not supported. */
 CK_RV haext_no_function(void);
+
+#define HAEXT_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Declares f, the vendor's function name from the copy (haext_vcopy or
+ * haext_vcopy3); returns haext_no_function() when that entry is NULL. */
+#define HAEXT_VENDOR_OR_RETURN(copy, f, name) \
+    CK_##name f = __atomic_load_n(&(copy).name, __ATOMIC_ACQUIRE); \
+    if (HAEXT_UNLIKELY(f == NULL)) \
+        return haext_no_function()
+
+/* A trampoline for a function whose first argument is the session
+ * hSession: the calling thread is marked busy on it for the vendor call,
+ * and a failure is recorded (haext_sess_failed). */
+#define HAEXT_SESSION_TRAMPOLINE(copy, name, params, args) \
+    CK_RV name params \
+    { \
+        HAEXT_VENDOR_OR_RETURN(copy, f, name); \
+        CK_SESSION_HANDLE prev = haext_busy_begin(hSession); \
+        CK_RV rv = f args; \
+        haext_busy_end(prev); \
+        if (HAEXT_UNLIKELY(rv != CKR_OK)) \
+            haext_sess_failed(hSession, rv); \
+        return rv; \
+    }
 
 /* Each host thread's own: the session it is in a call on right now
  * (CK_INVALID_HANDLE when none), and whether borrow can see it (the
@@ -91,6 +120,9 @@ CK_RV haext_host_open(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIF
 CK_RV haext_host_close(CK_SESSION_HANDLE h);
 CK_RV haext_host_close_all(CK_SLOT_ID slot);
 CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin, CK_ULONG len);
+/* 3.0's C_LoginUser, through the vendor's login_user, as C_Login. */
+CK_RV haext_host_login_user(CK_C_LoginUser login_user, CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
+                            CK_ULONG len, CK_UTF8CHAR_PTR name, CK_ULONG name_len);
 CK_RV haext_host_init_token(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG len, CK_UTF8CHAR_PTR label);
 
 /* Initializes the locks and installs the fork handler (once). */
@@ -99,5 +131,17 @@ void haext_state_init(void);
 void haext_state_hooks(struct haext_host *h);
 /* vendor.c's part of the fork child handler. */
 void haext_vendor_atfork_child(void);
+
+/* The front's 3.0 list, and the 3.0 functions it exports (iface.c). */
+extern CK_FUNCTION_LIST_3_0 haext_front_list3 HAEXT_HIDDEN;
+CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount);
+CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion, CK_INTERFACE_PTR_PTR ppInterface,
+                     CK_FLAGS flags);
+/* Asks the vendor once (vendor.c), after haext_front_load, which interfaces
+ * it offers, and hands the answer to haext_iface_set. */
+void haext_vendor_interfaces(void);
+/* The vendor's 3.0 list (NULL: none) and the flags of its 3.0 and 2.40
+ * interfaces (iface.c). */
+void haext_iface_set(CK_FUNCTION_LIST_3_0 *vendor3, CK_FLAGS flags3, CK_FLAGS flags240);
 
 #endif

@@ -10,6 +10,12 @@
  * configuration names the front, or a copy of a libhaext library): that
  * would recurse, or start a second Go runtime. A failed load is retried on
  * the next call, so a host that fixes the file can try again.
+ *
+ * The front's list is 2.40 whatever version the vendor's reports. The
+ * vendor's C_GetInterface, if it has one, is asked for "PKCS 11" 3.0 on the
+ * host's first C_GetInterface or C_GetInterfaceList (iface.c), not at load:
+ * a host that uses C_GetFunctionList only makes the vendor see no call of
+ * the front's.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -39,6 +45,10 @@ static pthread_mutex_t load_mu = PTHREAD_MUTEX_INITIALIZER;
 static char load_error[1024];
 static char vendor_path[PATH_MAX];
 static struct haext_host host;
+/* The vendor's C_GetInterface (NULL: a 2.x module), set at load; whether
+ * haext_vendor_interfaces has asked it. */
+static CK_C_GetInterface vendor_get_interface;
+static atomic_int interfaces_asked;
 
 /* Whether path (when it names a file) is the file this code was loaded
  * from. */
@@ -92,6 +102,13 @@ static int fail(const char *fmt, const char *a, const char *b, const char *c)
     return -1;
 }
 
+/* Whether a and b are in the same loaded object. */
+static int same_object(void *a, void *b)
+{
+    Dl_info ia, ib;
+    return dladdr(a, &ia) != 0 && dladdr(b, &ib) != 0 && ia.dli_fbase == ib.dli_fbase;
+}
+
 static int load_locked(void)
 {
     char conf[PATH_MAX], err[768];
@@ -141,7 +158,9 @@ static int load_locked(void)
         fail("%s names %s, which leads back to libhaext-pkcs11 itself%s", key, module, "");
         goto out;
     }
-    haext_front_list.version = list->version;
+    vendor_get_interface = (CK_C_GetInterface)dlsym(h, "C_GetInterface");
+    if (vendor_get_interface != NULL && !same_object((void *)vendor_get_interface, (void *)gfl))
+        vendor_get_interface = NULL; /* a library the vendor links (libp11-kit), not the vendor's own */
     host.list = list;
     memcpy(&haext_vcopy, list, sizeof haext_vcopy);
     atomic_thread_fence(memory_order_release);
@@ -172,6 +191,45 @@ int haext_front_load(void)
     loading = 0;
     pthread_mutex_unlock(&load_mu);
     return rc;
+}
+
+/* Asks the vendor's C_GetInterface for "PKCS 11" 3.0, and for 2.40's flags. */
+static void ask_interfaces(void)
+{
+    CK_VERSION v30 = {3, 0}, v240 = {2, 40};
+    CK_INTERFACE_PTR i = NULL;
+    CK_FUNCTION_LIST_3_0 *list3 = NULL;
+    CK_FLAGS flags3 = 0, flags240 = 0;
+    if (vendor_get_interface == NULL) {
+        haext_iface_set(NULL, 0, 0);
+        return;
+    }
+    if (vendor_get_interface((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &i, 0) == CKR_OK && i != NULL &&
+        i->pFunctionList != NULL && ((CK_VERSION *)i->pFunctionList)->major >= 3 &&
+        i->pFunctionList != (void *)&haext_front_list3) {
+        list3 = i->pFunctionList;
+        flags3 = i->flags;
+    }
+    i = NULL;
+    if (vendor_get_interface((CK_UTF8CHAR_PTR) "PKCS 11", &v240, &i, 0) == CKR_OK && i != NULL)
+        flags240 = i->flags;
+    haext_iface_set(list3, flags3, flags240);
+}
+
+void haext_vendor_interfaces(void)
+{
+    if (atomic_load_explicit(&interfaces_asked, memory_order_acquire))
+        return;
+    if (loading)
+        return; /* the vendor's C_GetInterface asks the front: 2.40 only */
+    pthread_mutex_lock(&load_mu);
+    loading = 1;
+    if (!atomic_load_explicit(&interfaces_asked, memory_order_relaxed)) {
+        ask_interfaces();
+        atomic_store_explicit(&interfaces_asked, 1, memory_order_release);
+    }
+    loading = 0;
+    pthread_mutex_unlock(&load_mu);
 }
 
 const struct haext_host *haext_front_host(void)

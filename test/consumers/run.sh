@@ -5,7 +5,9 @@
 #  1. test_front.c: the front's C state (gate, session table, borrow, SO
 #     login, last close, fork, events) against SoftHSM2 behind pkcs11-spy,
 #     then the host's C_Finalize/C_Initialize loop under 4 prober threads
-#     against SoftHSM2 directly for 10 s.
+#     against SoftHSM2 directly for 10 s; then the 3.0 list's trampolines
+#     (busy marker, failures, C_LoginUser as C_Login) over
+#     test/shim/v3shim.c, a 3.0 vendor.
 #  2. PyKCS11 (pykcs11_host.py) and OpenSSL's pkcs11 engine (engine_host.c)
 #     run every scenario twice, with the vendor's module and with the front,
 #     on SoftHSM2 and on the p11-kit lab (test/lab/lab.sh --mode net); the
@@ -13,8 +15,12 @@
 #     the same process meanwhile.
 #  3. pkcs11-spy between the front and SoftHSM2 logs the same calls as
 #     between the host and SoftHSM2: the front adds none of its own.
-#  4. The exports, and the vendor key: LibHAExtVendor over LibUNIX64, and a
-#     configuration that names the front itself is refused.
+#  4. The exports (the 2.40 list by name, and C_GetInterface's lists), and
+#     the vendor key: LibHAExtVendor over LibUNIX64, and a configuration
+#     that names the front itself is refused. test_iface.c: a 3.0 host
+#     (C_GetInterface first) over SoftHSM2 (2.40: 3.0 is refused) and over
+#     test/shim/v3shim.c (a 3.0 vendor: the front's list stays 2.40, its 3.0
+#     list forwards to the vendor's 3.0 functions).
 #
 # Prints ok/not ok lines and a closing "N passed, N failed".
 set -euo pipefail
@@ -23,6 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 build=${BUILD:-$top/build}
 front=$build/libhaext-pkcs11.so
+shim=$build/v3shim.so
 lab=$top/test/lab/lab.sh
 py=/usr/bin/python3
 host_py=$here/pykcs11_host.py
@@ -53,6 +60,7 @@ check() {
 spy=$(ls /usr/lib/*/pkcs11/pkcs11-spy.so /usr/lib/pkcs11/pkcs11-spy.so 2>/dev/null | head -n 1 || true)
 engine_so=$(ls /usr/lib/*/engines-3/pkcs11.so /usr/lib/*/engines-1.1/pkcs11.so 2>/dev/null | head -n 1 || true)
 [ -f "$front" ] || { notok "$front is missing (make build/libhaext-pkcs11.so)"; echo "$passed passed, $failed failed"; exit 1; }
+[ -f "$shim" ] || notok "$shim is missing (make build/v3shim.so): the PKCS#11 3.0 tests do not run"
 [ -n "$spy" ] || notok "pkcs11-spy.so not found (opensc-pkcs11)"
 [ -n "$engine_so" ] || notok "OpenSSL's pkcs11 engine not found (libengine-pkcs11-openssl)"
 "$py" -c 'import PyKCS11' 2>/dev/null || notok "PyKCS11 not importable by $py (python3-pykcs11)"
@@ -63,7 +71,10 @@ p11=$(pkg-config --cflags p11-kit-1)
 # shellcheck disable=SC2086
 "$cc" -std=gnu11 -O2 -g -Wall -Wextra -Werror -DHAEXT_FRONT_WAIT_MS=1000 $p11 -I"$top/include" \
     -I"$top/internal/hostapi" -I"$top/internal/front" -I"$top/test/c" -o "$build/consumers/test_front" \
-    "$here/test_front.c" "$top"/internal/front/{front,state,conf,vendor}.c "$top/test/c/harness.c" -ldl -lpthread
+    "$here/test_front.c" "$top"/internal/front/{front,state,conf,vendor,iface}.c "$top/test/c/harness.c" -ldl -lpthread
+# shellcheck disable=SC2086
+"$cc" -std=c99 -O2 -g -Wall -Wextra -Werror $p11 -I"$top/include" -I"$top/internal/front" -I"$top/test/c" \
+    -o "$build/consumers/test_iface" "$here/test_iface.c" "$top/test/c/harness.c" -ldl -lpthread
 # shellcheck disable=SC2086
 "$cc" -std=c99 -O2 -g -Wall -Wextra -Werror $p11 -I"$top/include" -o "$build/consumers/engine_host" \
     "$here/engine_host.c" -ldl -lpthread -lcrypto
@@ -152,6 +163,11 @@ run_c state "$dir" env PKCS11SPY="$src" PKCS11SPY_OUTPUT="$work/state.spy.log" F
     FRONT_STRESS_S=3 "$build/consumers/test_front"
 sed -i "/^ *LibHAExtVendor = /d" "$dir/Chrystoki.conf"
 run_c finalize-loop "$dir" env FRONT_STRESS_S="$stress_s" "$build/consumers/test_front" finalize-loop
+if [ -f "$shim" ]; then
+    conf_set "$dir" LibHAExtVendor "$shim"
+    run_c state-v3 "$dir" env V3SHIM_MODULE="$src" V3SHIM_CANCEL_MS=300 "$build/consumers/test_front" v3
+    sed -i "/^ *LibHAExtVendor = /d" "$dir/Chrystoki.conf"
+fi
 bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 
 # --- 2. consumers on SoftHSM2 -------------------------------------------------
@@ -201,8 +217,11 @@ check "pkcs11-spy: libhaext's own calls are read-only: ${extra:-none}" \
     "$work/spy.vendor.log" "$work/spy.front.log" "$readonly_calls"
 
 # --- 4. exports and the vendor key -------------------------------------------
-check "every C_* of the 2.40 list resolves by name (dlsym) to the entry of the front's list" \
-    in_lab "$dir" "$py" - "$front" <<'EOF'
+# exports.py FRONT 2.40|3.0: the 2.40 list's entries are the functions of
+# those names (dlsym); C_GetInterface's lists have the same 68, and the 3.0
+# one (a 3.0 vendor) the exported C_GetInterfaceList/C_GetInterface and 22
+# more; a 2.40 vendor gets no 3.0 interface.
+cat >"$work/exports.py" <<'EOF'
 import ctypes, sys
 names = """Initialize Finalize GetInfo GetFunctionList GetSlotList GetSlotInfo GetTokenInfo GetMechanismList
 GetMechanismInfo InitToken InitPIN SetPIN OpenSession CloseSession CloseAllSessions GetSessionInfo
@@ -215,21 +234,71 @@ SignEncryptUpdate DecryptVerifyUpdate GenerateKey GenerateKeyPair WrapKey Unwrap
 GenerateRandom GetFunctionStatus CancelFunction WaitForSlotEvent""".split()
 assert len(names) == 68
 lib = ctypes.CDLL(sys.argv[1])
+mode = sys.argv[2]
+sym = lambda n: ctypes.cast(getattr(lib, "C_" + n), ctypes.c_void_p).value
+version = lambda addr: tuple(ctypes.string_at(addr, 2))
+table = lambda addr: ctypes.cast(addr + 8, ctypes.POINTER(ctypes.c_void_p))  # after CK_VERSION (padded to 8)
 lst = ctypes.c_void_p()
 rv = lib.C_GetFunctionList(ctypes.byref(lst))
 assert rv == 0, "C_GetFunctionList: %d" % rv
-table = ctypes.cast(lst.value + 8, ctypes.POINTER(ctypes.c_void_p))  # after CK_VERSION (padded to 8)
+assert version(lst.value) == (2, 40), "C_GetFunctionList's list is version %s, not 2.40" % (version(lst.value),)
 for i, n in enumerate(names):
-    sym = ctypes.cast(getattr(lib, "C_" + n), ctypes.c_void_p).value
-    assert sym == table[i], "C_%s: dlsym %x, list %x" % (n, sym, table[i])
+    assert sym(n) == table(lst.value)[i], "C_%s: dlsym %x, list %x" % (n, sym(n), table(lst.value)[i])
 print("68 functions")
+
+
+class CK_INTERFACE(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("list", ctypes.c_void_p), ("flags", ctypes.c_ulong)]
+
+
+count = ctypes.c_ulong()
+assert lib.C_GetInterfaceList(None, ctypes.byref(count)) == 0
+offered = (CK_INTERFACE * count.value)()
+assert lib.C_GetInterfaceList(offered, ctypes.byref(count)) == 0
+want = [(2, 40)] if mode == "2.40" else [(2, 40), (3, 0)]
+assert sorted(version(i.list) for i in offered) == want, [version(i.list) for i in offered]
+assert all(i.name == b"PKCS 11" for i in offered)
+for v in [(2, 40), (3, 0)]:
+    p = ctypes.POINTER(CK_INTERFACE)()
+    rv = lib.C_GetInterface(b"PKCS 11", (ctypes.c_ubyte * 2)(*v), ctypes.byref(p), ctypes.c_ulong(0))
+    if v not in want:
+        assert rv == 7, "C_GetInterface %s: %d, not CKR_ARGUMENTS_BAD" % (v, rv)
+        print("no %d.%d interface" % v)
+        continue
+    assert rv == 0, "C_GetInterface %s: %d" % (v, rv)
+    addr = p.contents.list
+    assert version(addr) == v
+    t = table(addr)
+    for i, n in enumerate(names):
+        assert sym(n) == t[i], "%s list: C_%s: dlsym %x, list %x" % (v, n, sym(n), t[i])
+    if v == (2, 40):
+        assert addr == lst.value, "the 2.40 interface is not C_GetFunctionList's list"
+    else:
+        assert t[68] == sym("GetInterfaceList") and t[69] == sym("GetInterface")
+        assert all(t[k] for k in range(70, 92)), "a NULL 3.0 entry"
+    print("%d.%d interface: its entries match" % v)
 EOF
+check "every C_* of the 2.40 list resolves by name (dlsym) to the entry of the front's list; C_GetInterface: that list as 2.40, no 3.0 (2.40 vendor)" \
+    in_lab "$dir" "$py" "$work/exports.py" "$front" 2.40
 conf_set "$dir" LibUNIX64 "$front"
 check "LibUNIX64 naming the front itself: C_GetFunctionList is CKR_GENERAL_ERROR, with the reason on stderr" \
     in_lab "$dir" bash -c 'out=$("$0" -c "import ctypes,sys; l=ctypes.CDLL(sys.argv[1]); p=ctypes.c_void_p(); print(l.C_GetFunctionList(ctypes.byref(p)))" "$1" 2>&1); echo "$out"; echo "$out" | grep -qx 5 && echo "$out" | grep -q "LibUNIX64 names .*libhaext-pkcs11.so, which is libhaext-pkcs11 itself"' \
     "$py" "$front"
+check "LibUNIX64 naming the front itself: C_GetInterfaceList and C_GetInterface are CKR_GENERAL_ERROR too" \
+    in_lab "$dir" "$py" -c 'import ctypes,sys; l=ctypes.CDLL(sys.argv[1]); n=ctypes.c_ulong(); p=ctypes.c_void_p(); r=(l.C_GetInterfaceList(None, ctypes.byref(n)), l.C_GetInterface(None, None, ctypes.byref(p), ctypes.c_ulong(0))); print(r); sys.exit(r != (5, 5))' "$front"
 conf_set "$dir" LibHAExtVendor "$vendor"
 side pykcs11-vendor-key "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @CA_FLAG@ --loops 5 sign
+# PKCS#11 3.0: a 3.0 host (C_GetInterface first) over a 2.40 vendor
+# (SoftHSM2), then over a 3.0 one (test/shim/v3shim.c over SoftHSM2).
+if [ -f "$shim" ]; then
+    run_c iface-v240 "$dir" "$build/consumers/test_iface" "$front" v240
+    conf_set "$dir" LibHAExtVendor "$shim"
+    check "a 3.0 vendor: C_GetFunctionList's list is still 2.40; C_GetInterface's 2.40 and 3.0 lists have its entries" \
+        in_lab "$dir" env V3SHIM_MODULE="$vendor" "$py" "$work/exports.py" "$front" 3.0
+    run_c iface-v3 "$dir" env V3SHIM_MODULE="$vendor" V3SHIM_PATH="$shim" "$build/consumers/test_iface" "$front" v3
+    run_c iface-v3-fork-safe "$dir" env V3SHIM_MODULE="$vendor" V3SHIM_PATH="$shim" V3SHIM_FORK_SAFE=1 \
+        "$build/consumers/test_iface" "$front" v3
+fi
 bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 
 # --- 5. consumers on the p11-kit lab -----------------------------------------

@@ -13,6 +13,8 @@
  * argument finalize-loop, only the host's C_Finalize/C_Initialize loop
  * under 4 prober threads runs (run.sh: against SoftHSM2 directly, 10 s).
  * With net-events, on the p11-kit lab: a member killed under the host.
+ * With v3, the vendor is test/shim/v3shim.c (a 3.0 module over SoftHSM2,
+ * V3SHIM_CANCEL_MS=300): the 3.0 list's trampolines and C_LoginUser.
  * Environment: ChrystokiConfigurationPath, SOFTHSM2_CONF, PKCS11SPY,
  * PKCS11SPY_OUTPUT (= FRONT_SPY_LOG), FRONT_STRESS_S (default 10).
  * Tokens m00 and m01: SO PIN 12345678, user PIN 1234.
@@ -142,8 +144,9 @@ static void test_load(void)
     check(H != NULL && H->list != NULL && H->list != &haext_front_list, "haext_front_host: the vendor's list (%s)",
           haext_front_vendor_path());
     V = H->list;
-    check(l != NULL && V != NULL && l->version.major == V->version.major && l->version.minor == V->version.minor,
-          "the front's version is the vendor's (%u.%u)", V ? V->version.major : 0, V ? V->version.minor : 0);
+    check(l != NULL && l->version.major == 2 && l->version.minor == 40,
+          "the front's list is version 2.40, the one it implements, whatever the vendor's (%u.%u)",
+          V ? V->version.major : 0, V ? V->version.minor : 0);
     {
         CK_INFO info;
         check(C_GetInfo(&info) == CKR_CRYPTOKI_NOT_INITIALIZED, "a call before C_Initialize gets the vendor's answer");
@@ -565,6 +568,92 @@ static void test_overflow(void)
     check(!haext_front_poll(&ev), "a non-connection error is no event");
 }
 
+/* --- PKCS#11 3.0 (the vendor is test/shim/v3shim.c) ------------------------ */
+
+struct canceller {
+    CK_FUNCTION_LIST_3_0 *l3;
+    CK_SESSION_HANDLE h;
+    CK_RV rv;
+    double ms;
+};
+
+static void *cancel_thread(void *arg)
+{
+    struct canceller *c = arg;
+    double t0 = now_ms();
+    c->rv = c->l3->C_SessionCancel(c->h, 0);
+    c->ms = now_ms() - t0;
+    return NULL;
+}
+
+static void test_v3(void)
+{
+    CK_INTERFACE_PTR i = NULL;
+    CK_VERSION v30 = {3, 0};
+    CK_FUNCTION_LIST_3_0 *l3;
+    CK_SESSION_HANDLE s, s2, got = 0, own, ro;
+    CK_SESSION_INFO si;
+    struct canceller c;
+    struct haext_front_stats st0;
+    pthread_t t;
+    CK_RV rv, ev = 0;
+
+    check(V->version.major == 3, "the vendor reports 3.0 (%u.%u)", V->version.major, V->version.minor);
+    rv = C_GetInterface((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &i, 0);
+    check(rv == CKR_OK && i != NULL && i->pFunctionList == &haext_front_list3,
+          "C_GetInterface(\"PKCS 11\", 3.0): the front's 3.0 list (0x%lx)", rv);
+    if (i == NULL || i->pFunctionList != &haext_front_list3)
+        return;
+    l3 = i->pFunctionList;
+
+    /* The busy marker of a 3.0 trampoline. */
+    check(C_OpenSession(slot_a, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) == CKR_OK,
+          "host opens a read-write session on m00");
+    c.l3 = l3;
+    c.h = s;
+    pthread_create(&t, NULL, cancel_thread, &c);
+    sleep_ms(100);
+    check(H->enter() == 1, "enter");
+    rv = H->borrow(slot_a, &got);
+    check(rv == CKR_OK && got != s && got != CK_INVALID_HANDLE,
+          "while the host is in C_SessionCancel on it (3.0 list), borrow lends the front's own session instead "
+          "(0x%lx)", got);
+    H->give_back(got, CKR_OK);
+    pthread_join(t, NULL);
+    check(c.rv == CKR_OK && c.ms >= 250, "C_SessionCancel: the vendor's CKR_OK after its 300 ms (%.0f ms, 0x%lx)",
+          c.ms, c.rv);
+    rv = H->borrow(slot_a, &got);
+    check(rv == CKR_OK && got == s, "once it returned, the host's session is lent again");
+    H->give_back(got, CKR_OK);
+    H->leave();
+
+    /* A failure of a 3.0 trampoline is recorded. */
+    drain_events();
+    check(C_OpenSession(slot_a, CKF_SERIAL_SESSION, NULL, NULL, &s2) == CKR_OK, "host opens a second session");
+    st0 = stats();
+    V->C_CloseSession(s2); /* the module drops it behind the host's back */
+    rv = l3->C_SessionCancel(s2, 0);
+    check(rv == CKR_SESSION_HANDLE_INVALID, "C_SessionCancel on it fails (0x%lx)", rv);
+    check(next_event(HAEXT_EV_HOST_ERROR, slot_a, &ev) && ev == CKR_SESSION_HANDLE_INVALID,
+          "event: host error on m00, CKR_SESSION_HANDLE_INVALID");
+    check(stats().host_sessions == st0.host_sessions - 1, "the table forgot the dropped session");
+
+    /* C_LoginUser(CKU_SO) takes C_Login's path. */
+    own = open_own(slot_a, s);
+    check(own != CK_INVALID_HANDLE, "the front's own read-only session is open on m00");
+    rv = l3->C_LoginUser(s, CKU_SO, (CK_UTF8CHAR_PTR)SO_PIN, strlen(SO_PIN), NULL, 0);
+    check(rv == CKR_OK, "C_LoginUser(CKU_SO) succeeds with the own session open: 0x%lx", rv);
+    check(V->C_GetSessionInfo(own, &si) == CKR_SESSION_HANDLE_INVALID, "the front closed it before the login");
+    check(C_Logout(s) == CKR_OK, "C_Logout");
+    check(V->C_OpenSession(slot_a, CKF_SERIAL_SESSION, NULL, NULL, &ro) == CKR_OK, "control: a foreign RO session");
+    rv = l3->C_LoginUser(s, CKU_SO, (CK_UTF8CHAR_PTR)SO_PIN, strlen(SO_PIN), NULL, 0);
+    check(rv == CKR_SESSION_READ_ONLY_EXISTS,
+          "control: then C_LoginUser(CKU_SO) is CKR_SESSION_READ_ONLY_EXISTS (0x%lx)", rv);
+    V->C_CloseSession(ro);
+    check(C_CloseSession(s) == CKR_OK, "host closes its session");
+    drain_events();
+}
+
 /* On the p11-kit lab: a member dies under the host (lab.sh kill): the
  * host's failing calls become host error events on its slot. */
 static void test_net_events(void)
@@ -610,6 +699,11 @@ int main(int argc, char **argv)
     test_initialize();
     if (argc > 1 && strcmp(argv[1], "net-events") == 0) {
         test_net_events();
+        C_Finalize(NULL);
+        return done();
+    }
+    if (argc > 1 && strcmp(argv[1], "v3") == 0) {
+        test_v3();
         C_Finalize(NULL);
         return done();
     }
