@@ -227,39 +227,47 @@ func (s *slotMap) scan() {
 	}
 	s.mu.Unlock()
 
-	results := make(chan struct{}, len(slots)) // late senders never block
-	asked := 0
+	// A slot with a query in flight (a status call asking about it, say)
+	// is not asked again, but its answer is waited for like the others:
+	// this refresh has not learned the slot before it comes.
+	waits := make([]chan struct{}, 0, len(slots))
 	for _, slot := range slots {
-		q, ok := s.claim(slot)
-		if !ok {
-			continue
+		q, mine := s.claimOrJoin(slot)
+		waits = append(waits, q.done)
+		if mine {
+			go s.query(slot, q)
 		}
-		asked++
-		go func(slot uint) {
-			s.query(slot, q)
-			results <- struct{}{}
-		}(slot)
 	}
 	timer := time.NewTimer(s.wait)
 	defer timer.Stop()
-	for ; asked > 0; asked-- {
+	for _, done := range waits {
 		select {
-		case <-results:
+		case <-done:
 		case <-timer.C:
 			return
 		}
 	}
 }
 
-// claim marks a slot as having a token query in flight, unless it has one.
-func (s *slotMap) claim(slot uint) (*slotQuery, bool) {
+// claimOrJoin returns the slot's query in flight, or claims the slot for a
+// new one, which the caller must make (mine).
+func (s *slotMap) claimOrJoin(slot uint) (q *slotQuery, mine bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.inflight[slot] != nil {
+	if q = s.inflight[slot]; q != nil {
+		return q, false
+	}
+	q = &slotQuery{started: time.Now(), done: make(chan struct{})}
+	s.inflight[slot] = q
+	return q, true
+}
+
+// claim marks a slot as having a token query in flight, unless it has one.
+func (s *slotMap) claim(slot uint) (*slotQuery, bool) {
+	q, mine := s.claimOrJoin(slot)
+	if !mine {
 		return nil, false
 	}
-	q := &slotQuery{started: time.Now(), done: make(chan struct{})}
-	s.inflight[slot] = q
 	return q, true
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libhaext/libhaext/internal/fakep11"
+	"github.com/libhaext/libhaext/pkg/conf"
 )
 
 // Issue 17, item 1: a member stops answering before anyone called it, and
@@ -184,4 +185,35 @@ func TestRecoveryListsNoSlotsWhileAMemberIsStuck(t *testing.T) {
 		return v[0].Status == StatusOK && v[0].Slot == 30 && v[2].Status == StatusOK
 	}, "found at its new slot once no call is stuck")
 	assert.Greater(t, f.SlotLists.Load(), lists)
+}
+
+// A status call about a member's slot right after Start asks the slot
+// itself while the first slot list is still being read: that refresh must
+// wait for the status call's answer about the slot instead of skipping the
+// slot, or the member's first resolution misses it and the member is
+// reported without an instance.
+func TestFirstCallAsksASlotTheFirstRefreshListed(t *testing.T) {
+	f := fakep11.New(3)
+	release := make(chan struct{})
+	f.HangSlotList(release)
+	f.Update(10, func(s *fakep11.Script) { s.Latency = 300 * time.Millisecond })
+	e := newEngine(t, []conf.Group{f.Group("g", 4242, 3)}, Options{Sockets: allHealthy, Timeout: 2 * time.Second})
+	e.Start()
+	defer e.Close()
+	type answer struct {
+		g   int
+		err error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		g, err := e.GroupForSlot(10, time.Now().Add(2*time.Second))
+		got <- answer{g, err}
+	}()
+	eventually(t, time.Second, func() bool { return f.Token(10).TokInfos.Load() == 1 }, "the status call asks slot 10")
+	close(release) // the slot list answers; slot 10's token is still on its way
+	a := <-got
+	require.NoError(t, a.err)
+	v := e.CheckSlot(10, a.g, time.Now().Add(2*time.Second), nil)
+	assert.Equal(t, repeat(StatusOK, 3), statuses(v))
+	assert.Equal(t, int32(1), f.Token(10).TokInfos.Load(), "the refresh took the status call's answer")
 }
