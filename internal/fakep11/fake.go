@@ -55,6 +55,10 @@ type Token struct {
 	inflight    atomic.Int32
 	MaxInflight atomic.Int32 // most C_GetSessionInfo calls in flight at once
 	Infos       atomic.Int32 // C_GetSessionInfo calls
+
+	tokInflight    atomic.Int32
+	MaxTokInflight atomic.Int32 // most C_GetTokenInfo calls in flight at once
+	TokInfos       atomic.Int32 // C_GetTokenInfo calls
 }
 
 // Module is the fake module.
@@ -75,8 +79,9 @@ type Module struct {
 	serializeSlotList atomic.Bool
 
 	// Opens, Closes and Inits count C_OpenSession, C_CloseSession and
-	// successful C_Initialize calls.
-	Opens, Closes, Inits atomic.Int32
+	// successful C_Initialize calls; SlotLists counts C_GetSlotList calls
+	// and NoSlotInfos C_GetTokenInfo calls on slots the fake does not have.
+	Opens, Closes, Inits, SlotLists, NoSlotInfos atomic.Int32
 }
 
 var current atomic.Pointer[Module]
@@ -247,6 +252,7 @@ func fakeGetInfo() C.CK_RV {
 //export fakeSlotList
 func fakeSlotList(list *C.CK_SLOT_ID, count *C.CK_ULONG) C.CK_RV {
 	f := current.Load()
+	f.SlotLists.Add(1)
 	if f.serializeSlotList.Load() {
 		f.proxyLock.Lock()
 		defer f.proxyLock.Unlock()
@@ -286,8 +292,17 @@ func fakeTokenInfo(slot C.CK_SLOT_ID, serial *C.char, serialLen C.size_t, label 
 		return ckrCryptokiNotInitialized
 	}
 	if !ok {
+		f.NoSlotInfos.Add(1)
 		return ckrSlotIDInvalid
 	}
+	tok := f.Token(uint(slot))
+	if tok == nil { // moved meanwhile
+		return ckrSlotIDInvalid
+	}
+	tok.TokInfos.Add(1)
+	n := tok.tokInflight.Add(1)
+	defer tok.tokInflight.Add(-1)
+	raise(&tok.MaxTokInflight, n)
 	if t.TokHang != nil {
 		<-t.TokHang
 	}
@@ -353,12 +368,7 @@ func fakeSessionInfo(session C.CK_SESSION_HANDLE) C.CK_RV {
 	t.Infos.Add(1)
 	n := t.inflight.Add(1)
 	defer t.inflight.Add(-1)
-	for {
-		m := t.MaxInflight.Load()
-		if n <= m || t.MaxInflight.CompareAndSwap(m, n) {
-			break
-		}
-	}
+	raise(&t.MaxInflight, n)
 	if sc.Hang != nil {
 		<-sc.Hang
 	}
@@ -367,4 +377,14 @@ func fakeSessionInfo(session C.CK_SESSION_HANDLE) C.CK_RV {
 	}
 	time.Sleep(sc.Latency)
 	return C.CK_RV(sc.RV)
+}
+
+// raise makes max at least n.
+func raise(max *atomic.Int32, n int32) {
+	for {
+		m := max.Load()
+		if n <= m || max.CompareAndSwap(m, n) {
+			return
+		}
+	}
 }

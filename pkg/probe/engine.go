@@ -29,18 +29,15 @@ import (
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
 
-// missRefreshInterval is the least time between a finished slot-map refresh
-// and one a miss starts: a host that keeps asking for a wrong slot does not
-// make the library scan the module on every call.
-const missRefreshInterval = time.Second
-
 // Errors returned by GroupForSlot.
 var (
 	// ErrUnknownSlot means the slot holds no token of a configured group.
 	ErrUnknownSlot = errors.New("probe: slot names no configured HA group")
-	// ErrNotReady means the slot could not be resolved before the deadline
-	// because the module's slot list was still being read.
-	ErrNotReady = errors.New("probe: slot map not ready before the deadline")
+	// ErrNotReady means the slot could not be resolved before the
+	// deadline: the module did not answer about it in time, or answered
+	// with an error that says nothing about the slot, or too many queries
+	// about unknown slots are in flight. The error wraps the reason.
+	ErrNotReady = errors.New("probe: slot not resolved before the deadline")
 	// ErrNotInitialized means the module is not initialized (the host
 	// finalized it), so the slot cannot be resolved now.
 	ErrNotInitialized = errors.New("probe: the vendor module is not initialized (the host finalized it)")
@@ -167,6 +164,7 @@ func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, erro
 		e.interval = time.Second
 	}
 	e.slots = newSlotMap(mod, e.timeout)
+	e.slots.hold = e.holdSlotList
 	var all []conf.Endpoint
 	bySerial := make(map[uint64]*member)
 	for gi := range e.conf {
@@ -272,30 +270,51 @@ func (e *Engine) Timeout() time.Duration { return e.timeout }
 // is what GroupForSlot returns and Check takes.
 func (e *Engine) Groups() []conf.Group { return e.conf }
 
+// holdSlotList reports whether the slot map must not list the slots now:
+// while a member's call is stuck (some modules, p11-kit's proxy, make
+// C_GetSlotList wait for every member while holding a lock every other call
+// of the process takes), and once the engine is closed.
+func (e *Engine) holdSlotList() bool {
+	e.checks.RLock()
+	defer e.checks.RUnlock()
+	select {
+	case <-e.stop:
+		return true
+	default:
+		return e.lanes.stuck() > 0
+	}
+}
+
 // GroupForSlot returns the index of the group a slot names: the slot of a
 // token whose serial is a group's serial (a vendor's virtual HA slot), or the
 // slot of any member token (the first such group in file order).
 //
-// A slot the slot map does not know triggers a refresh (unless one finished
-// within the last second), waited for until the deadline; but not while a
-// member's call is stuck, since some modules (p11-kit's proxy) make
-// C_GetSlotList wait for every member, and every other call behind it.
+// A slot the slot map does not know is asked about by itself, with
+// C_GetTokenInfo on a goroutine waited for until the deadline (slotMap.ask),
+// never by listing the slots: some modules (p11-kit's proxy) make
+// C_GetSlotList a call to every member, holding a lock every other call of
+// the process waits for, so a member that hangs would stall the host. An
+// answer about the slot (CKR_SLOT_ID_INVALID, CKR_TOKEN_NOT_PRESENT,
+// CKR_TOKEN_NOT_RECOGNIZED) or a token of no configured group is
+// ErrUnknownSlot; CKR_CRYPTOKI_NOT_INITIALIZED (the host finalized the
+// module) is ErrNotInitialized; no answer by the deadline, or any other, is
+// ErrNotReady.
 func (e *Engine) GroupForSlot(slot uint, deadline time.Time) (int, error) {
 	t, ok := e.slots.lookup(slot)
-	if !ok && !e.slots.recentlyRefreshed(missRefreshInterval) && e.lanes.stuck() == 0 {
-		finished := e.slots.find(deadline, e.stop, func() bool {
-			_, ok := e.slots.lookup(slot)
-			return ok
-		})
-		if t, ok = e.slots.lookup(slot); !ok && !finished {
-			return -1, ErrNotReady
-		}
-	}
 	if !ok {
-		if e.slots.notInitialized() {
-			return -1, ErrNotInitialized
+		var err error
+		if t, err = e.slots.ask(slot, deadline, e.stop); err != nil {
+			switch rv := cryptoki.RV(err); { // not the module's: CKR_GENERAL_ERROR
+			case errors.Is(err, errBadSerial):
+				return -1, ErrUnknownSlot
+			case rv == ckrCryptokiNotInitialized:
+				return -1, ErrNotInitialized
+			case rv == ckrSlotIDInvalid || rv == ckrTokenNotPresent || rv == ckrTokenNotRecognized:
+				return -1, ErrUnknownSlot
+			default:
+				return -1, fmt.Errorf("%w: %w", ErrNotReady, err)
+			}
 		}
-		return -1, ErrUnknownSlot
 	}
 	for i := range e.conf {
 		if e.conf[i].Serial == t.serial {

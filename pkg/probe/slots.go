@@ -2,6 +2,7 @@ package probe
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -9,8 +10,37 @@ import (
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
 
-// errSlotBusy is returned when a C_GetTokenInfo on the slot is still in flight.
-var errSlotBusy = errors.New("probe: token query already in flight for this slot")
+// maxAsking is how many C_GetTokenInfo calls about slots the map does not
+// know (ask) may be in flight at once: a host that asks about many distinct
+// wrong slots while their answers hang pins at most this many threads.
+const maxAsking = 8
+
+var (
+	// errSlotBusy is returned when a C_GetTokenInfo on the slot is still in flight.
+	errSlotBusy = errors.New("probe: token query already in flight for this slot")
+	// errAskingFull: maxAsking queries about unknown slots are in flight.
+	errAskingFull = fmt.Errorf("probe: %d queries about unknown slots already in flight", maxAsking)
+	// errQueryLate: the slot's C_GetTokenInfo had not answered by the deadline.
+	errQueryLate = errors.New("probe: the slot's C_GetTokenInfo did not answer before the deadline")
+	// errQueryStuck: the slot's C_GetTokenInfo has been in flight for
+	// longer than statusTimeout; it is not waited for again.
+	errQueryStuck = errors.New("probe: the slot's C_GetTokenInfo has not answered for longer than statusTimeout")
+	// errClosed: the engine is closed and makes no more vendor calls.
+	errClosed = errors.New("probe: engine closed")
+	// errBadSerial: the token's serial number is not one libhaext can read,
+	// so it is no configured group's.
+	errBadSerial = errors.New("probe: unreadable token serial")
+)
+
+// slotQuery is one C_GetTokenInfo in flight on a slot. Whoever asks about
+// the slot meanwhile waits for it instead of making a second call.
+type slotQuery struct {
+	started time.Time
+	asked   bool          // started by ask: counts against maxAsking
+	done    chan struct{} // closed when t and err are set
+	t       slotToken
+	err     error
+}
 
 // slotToken is what the module last said about the token in a slot.
 type slotToken struct {
@@ -19,24 +49,30 @@ type slotToken struct {
 	label  string
 }
 
-// slotMap maps the module's slots to token serials. It is built when the
-// engine starts and refreshed on a miss, in the background: one refresh at a
-// time, and at most one C_GetTokenInfo in flight per slot, so a hung member
-// pins no more than one extra thread however often callers miss.
+// slotMap maps the module's slots to token serials. It lists the slots
+// (C_GetSlotList, which some modules turn into a call to every member) only
+// to resolve members: when the engine starts and when recovery looks for a
+// member, one refresh at a time, and never while hold says so (a member's
+// call is stuck). A slot it does not know is asked about by itself (ask).
+// At most one C_GetTokenInfo is in flight per slot, and at most maxAsking
+// about unknown slots, so a hung member pins no more than one extra thread
+// however often callers miss.
 type slotMap struct {
 	mod  *cryptoki.Module
-	wait time.Duration // how long a refresh waits for slow tokens
+	wait time.Duration // how long a refresh waits for slow tokens; a query older is stuck
+	// hold, when set, reports whether the slots must not be listed now.
+	hold func() bool
 
-	mu         sync.Mutex
-	tokens     map[uint]slotToken
-	inflight   map[uint]bool
-	running    bool
-	again      bool          // a miss arrived during a running refresh
-	started    uint64        // refresh generations started
-	finished   uint64        // refresh generations finished
-	changed    chan struct{} // closed and replaced whenever the map changes
-	finishedAt time.Time
-	err        error // the last C_GetSlotList error, if any
+	mu       sync.Mutex
+	tokens   map[uint]slotToken
+	inflight map[uint]*slotQuery
+	asking   int // queries started by ask in flight
+	running  bool
+	again    bool          // a refresh was asked for during a running one
+	started  uint64        // refresh generations started
+	finished uint64        // refresh generations finished
+	changed  chan struct{} // closed and replaced whenever the map changes
+	err      error         // the last C_GetSlotList error, if any
 }
 
 func newSlotMap(mod *cryptoki.Module, wait time.Duration) *slotMap {
@@ -44,7 +80,7 @@ func newSlotMap(mod *cryptoki.Module, wait time.Duration) *slotMap {
 		mod:      mod,
 		wait:     wait,
 		tokens:   make(map[uint]slotToken),
-		inflight: make(map[uint]bool),
+		inflight: make(map[uint]*slotQuery),
 		changed:  make(chan struct{}),
 	}
 }
@@ -148,19 +184,11 @@ func (s *slotMap) notInitialized() bool {
 	return cryptoki.RV(s.err) == ckrCryptokiNotInitialized
 }
 
-// recentlyRefreshed reports whether a refresh finished within d.
-func (s *slotMap) recentlyRefreshed(d time.Duration) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return !s.running && s.finished > 0 && time.Since(s.finishedAt) < d
-}
-
 func (s *slotMap) run() {
 	for {
 		s.scan()
 		s.mu.Lock()
 		s.finished++
-		s.finishedAt = time.Now()
 		s.signal()
 		if s.again {
 			s.again = false
@@ -176,7 +204,11 @@ func (s *slotMap) run() {
 
 // scan lists the slots and asks each one for its token, all in parallel,
 // waiting at most s.wait for slow ones; a late answer still lands in the map.
+// While hold says so it lists nothing: the refresh learns nothing.
 func (s *slotMap) scan() {
+	if s.hold != nil && s.hold() {
+		return
+	}
 	slots, err := s.mod.Slots()
 	s.mu.Lock()
 	s.err = err
@@ -195,51 +227,69 @@ func (s *slotMap) scan() {
 	}
 	s.mu.Unlock()
 
-	results := make(chan struct{}, len(slots)) // late senders never block
-	asked := 0
+	// A slot with a query in flight (a status call asking about it, say)
+	// is not asked again, but its answer is waited for like the others:
+	// this refresh has not learned the slot before it comes.
+	waits := make([]chan struct{}, 0, len(slots))
 	for _, slot := range slots {
-		if !s.claim(slot) {
-			continue
+		q, mine := s.claimOrJoin(slot)
+		waits = append(waits, q.done)
+		if mine {
+			go s.query(slot, q)
 		}
-		asked++
-		go func(slot uint) {
-			s.query(slot)
-			results <- struct{}{}
-		}(slot)
 	}
 	timer := time.NewTimer(s.wait)
 	defer timer.Stop()
-	for ; asked > 0; asked-- {
+	for _, done := range waits {
 		select {
-		case <-results:
+		case <-done:
 		case <-timer.C:
 			return
 		}
 	}
 }
 
-// claim marks a slot as having a token query in flight, unless it has one.
-func (s *slotMap) claim(slot uint) bool {
+// claimOrJoin returns the slot's query in flight, or claims the slot for a
+// new one, which the caller must make (mine).
+func (s *slotMap) claimOrJoin(slot uint) (q *slotQuery, mine bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.inflight[slot] {
-		return false
+	if q = s.inflight[slot]; q != nil {
+		return q, false
 	}
-	s.inflight[slot] = true
-	return true
+	q = &slotQuery{started: time.Now(), done: make(chan struct{})}
+	s.inflight[slot] = q
+	return q, true
 }
 
-// query asks a claimed slot for its token and records the answer.
-func (s *slotMap) query(slot uint) (slotToken, error) {
+// claim marks a slot as having a token query in flight, unless it has one.
+func (s *slotMap) claim(slot uint) (*slotQuery, bool) {
+	q, mine := s.claimOrJoin(slot)
+	if !mine {
+		return nil, false
+	}
+	return q, true
+}
+
+// query asks a claimed slot for its token, records the answer, and hands
+// it to whoever waits for q.
+func (s *slotMap) query(slot uint, q *slotQuery) (slotToken, error) {
 	text, label, err := s.mod.Token(slot)
 	var t slotToken
 	if err == nil {
 		t.label, t.text = label, text
-		t.serial, err = conf.ParseSerial(text)
+		if t.serial, err = conf.ParseSerial(text); err != nil {
+			err = fmt.Errorf("%w %q: %w", errBadSerial, text, err)
+		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.inflight, slot)
+	if q.asked {
+		s.asking--
+	}
+	q.t, q.err = t, err
+	close(q.done)
 	if err != nil {
 		// Forget the slot only when the answer is about the slot: a module
 		// the host finalized, or a member that does not answer, says
@@ -256,10 +306,62 @@ func (s *slotMap) query(slot uint) (slotToken, error) {
 
 // verify asks a slot for its token now, unless a query is in flight.
 func (s *slotMap) verify(slot uint) (slotToken, error) {
-	if !s.claim(slot) {
+	q, ok := s.claim(slot)
+	if !ok {
 		return slotToken{}, errSlotBusy
 	}
-	return s.query(slot)
+	return s.query(slot, q)
+}
+
+// ask finds out which token a slot the map does not know holds, by asking
+// that slot alone: C_GetTokenInfo on a goroutine, waited for until the
+// deadline. It never lists the slots, so it never calls a member that is
+// not in the slot. A query on the slot in flight is joined, not repeated,
+// and one older than s.wait (stuck) is not waited for; past maxAsking
+// queries in flight no new one starts (errAskingFull). An answer is
+// recorded in the map as a refresh's would be. The error is the module's
+// (a *cryptoki.Error), or errBadSerial, or one that says no answer came.
+func (s *slotMap) ask(slot uint, deadline time.Time, stop <-chan struct{}) (slotToken, error) {
+	select {
+	case <-stop:
+		return slotToken{}, errClosed
+	default:
+	}
+	s.mu.Lock()
+	q := s.inflight[slot]
+	if q == nil {
+		if s.asking >= maxAsking {
+			s.mu.Unlock()
+			return slotToken{}, errAskingFull
+		}
+		q = &slotQuery{started: time.Now(), asked: true, done: make(chan struct{})}
+		s.inflight[slot] = q
+		s.asking++
+		go s.query(slot, q)
+	}
+	s.mu.Unlock()
+	if time.Since(q.started) >= s.wait {
+		select {
+		case <-q.done:
+			return q.t, q.err
+		default:
+			return slotToken{}, errQueryStuck
+		}
+	}
+	timer := time.NewTimer(time.Until(deadline))
+	defer timer.Stop()
+	select {
+	case <-q.done:
+		return q.t, q.err
+	case <-timer.C:
+	case <-stop:
+	}
+	select { // an answer that came with the deadline still counts
+	case <-q.done:
+		return q.t, q.err
+	default:
+		return slotToken{}, errQueryLate
+	}
 }
 
 // resolve finds the slot of the token with the serial: the slot map's

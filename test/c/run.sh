@@ -138,6 +138,17 @@ fault lend lend 3 proxy
 fault lend-late lend-late 3 proxy
 fault percaller percaller 3 proxy
 
+# A slot nobody has, asked about while a member is stopped (issue 17): the
+# host's own calls to a healthy member keep the latency they have during
+# the same hang without it, beside the module and in front of it.
+dir=$work/lab-unknownslot
+bash "$lab" up --dir "$dir" --mode net --members 3 --timeout "$timeout_s" >/dev/null
+for mode in beside front; do
+    run "unknownslot-$mode" "$dir" env HALAB_LAB_SH="$lab" HALAB_TIMEOUT_MS=$((timeout_s * 1000)) \
+        HAEXT_FRONT="$build/libhaext-pkcs11.so" "$build/test_unknownslot" "$mode"
+done
+bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+
 # hastatus --watch while a member hangs and resumes (the README shows this
 # by hand).
 check_line() { # check_line DESCRIPTION PATTERN FILE
