@@ -18,6 +18,9 @@
 #     C_Initialize.
 #  4. A setuid host ignores ChrystokiConfigurationPath (secure_getenv).
 #  5. A host that initializes with CKF_LIBRARY_CANT_CREATE_OS_THREADS.
+#  6. fork() while 8 host threads are in calls (and, through the front,
+#     CA_GetCurrentHAState too): children hang no more often than with the
+#     vendor alone, over 100 forks each.
 #
 # Prints ok/not ok lines and a closing "N passed, N failed".
 set -euo pipefail
@@ -227,6 +230,20 @@ for dir in "$direct" "$net"; do
         ok "pkcs11-spy, $name: a host that never calls CA_* makes the same calls with the front ($got_calls)"
     else
         notok "pkcs11-spy, $name: vendor alone: $want_calls; with the front: $got_calls"
+    fi
+
+    # --- 6. fork while host calls are in flight ---------------------------------
+    # 8 host threads in calls on their own sessions, the main thread forks
+    # 100 times, each child initializes the module again and uses it;
+    # through the front, CA_GetCurrentHAState runs meanwhile too.
+    v=$(in_lab "$dir" "$host" "$vendor" fork-storm "$slot" 8 100 5000 2>&1 | tail -n 1)
+    f=$(in_lab "$dir" env HARM_CA_LIBRARY="$front" "$host" "$front" fork-storm "$slot" 8 100 5000 2>&1 | tail -n 1)
+    vh=$(echo "$v" | sed -n 's/.* hung=\([0-9]*\) failed=\([0-9]*\)$/\1 \2/p')
+    fh=$(echo "$f" | sed -n 's/.* hung=\([0-9]*\) failed=\([0-9]*\)$/\1 \2/p')
+    if [ -n "$vh" ] && [ -n "$fh" ] && [ "${fh% *}" -le "${vh% *}" ] && [ "${fh#* }" -le "${vh#* }" ]; then
+        ok "fork with host calls in flight, $name: children hang no more often with the front (vendor alone: $v; front: $f)"
+    else
+        notok "fork with host calls in flight, $name: vendor alone: $v; front: $f"
     fi
 done
 

@@ -22,6 +22,14 @@
  *       CKF_OS_LOCKING_OK), then CA_GetCurrentHAState(SLOT) of MODULE (the
  *       front; a vendor alone has none, ca=0x54): prints
  *       "init=RV ca=RV threads=BEFORE->AFTER reason=...".
+ *   harm_host MODULE fork-storm SLOT THREADS FORKS TIMEOUT_MS
+ *       C_Initialize; THREADS host threads call C_GetSessionInfo and
+ *       C_GenerateRandom on sessions of their own on SLOT without pause
+ *       while the main thread forks FORKS times; each child initializes
+ *       the module again, opens a session and asks for its info. A child
+ *       not done after TIMEOUT_MS is killed: prints "forks=N ok=N hung=N
+ *       failed=N". With HARM_CA_LIBRARY set, a thread also calls its
+ *       CA_GetCurrentHAState(SLOT) without pause.
  *   harm_host LIBRARY ca-once SLOT
  *       CA_GetCurrentHAState(SLOT) of LIBRARY (libhaext.so or the front),
  *       nothing else: prints "ca=RV reason=...".
@@ -36,6 +44,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -149,6 +158,97 @@ static int threads(void)
     return n;
 }
 
+/* fork-storm: host threads in calls on their own sessions while the main
+ * thread forks; each child initializes the module again and uses it. */
+static CK_FUNCTION_LIST_PTR storm_list;
+static CK_SLOT_ID storm_slot;
+
+static void *storm(void *arg)
+{
+    CK_SESSION_HANDLE s;
+    CK_SESSION_INFO si;
+    CK_BYTE rnd[16];
+    (void)arg;
+    if (storm_list->C_OpenSession(storm_slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK) {
+        return NULL;
+    }
+    for (;;) {
+        storm_list->C_GetSessionInfo(s, &si);
+        storm_list->C_GenerateRandom(s, rnd, sizeof rnd);
+    }
+    return NULL;
+}
+
+/* The child: the module again, one session, one call; 0 when it all works. */
+static int storm_child(CK_FUNCTION_LIST_PTR l, CK_SLOT_ID slot)
+{
+    CK_SESSION_HANDLE s;
+    CK_SESSION_INFO si;
+    CK_RV rv = l->C_Initialize(NULL);
+    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        return 3;
+    }
+    if (l->C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, &s) != CKR_OK || l->C_GetSessionInfo(s, &si) != CKR_OK) {
+        return 4;
+    }
+    return 0;
+}
+
+static int fork_storm(CK_FUNCTION_LIST_PTR l, CK_SLOT_ID slot, int nthreads, int nforks, int timeout_ms)
+{
+    int i, hung = 0, failed = 0, ok = 0;
+    storm_list = l;
+    storm_slot = slot;
+    for (i = 0; i < nthreads; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, storm, NULL) != 0) {
+            return 2;
+        }
+    }
+    if (getenv("HARM_CA_LIBRARY") != NULL) {
+        /* CA_GetCurrentHAState meanwhile, in the same process */
+        static struct loop lp;
+        pthread_t t;
+        lp.f = ca_state(getenv("HARM_CA_LIBRARY"));
+        lp.slot = slot;
+        if (pthread_create(&t, NULL, ca_loop, &lp) != 0) {
+            return 2;
+        }
+    }
+    usleep(100000);
+    for (i = 0; i < nforks; i++) {
+        int status = 0, waited = 0;
+        pid_t pid = fork();
+        if (pid == 0) {
+            _exit(storm_child(l, slot));
+        }
+        if (pid < 0) {
+            return 2;
+        }
+        while (waitpid(pid, &status, WNOHANG) == 0) {
+            if (waited >= timeout_ms) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                status = -1;
+                break;
+            }
+            usleep(10000);
+            waited += 10;
+        }
+        if (status == -1) {
+            hung++;
+        } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+            ok++;
+        } else {
+            failed++;
+        }
+        usleep(20000);
+    }
+    printf("forks=%d ok=%d hung=%d failed=%d\n", nforks, ok, hung, failed);
+    fflush(stdout);
+    _exit(0);
+}
+
 static int64_t now_us(void)
 {
     struct timespec ts;
@@ -214,6 +314,9 @@ int main(int argc, char **argv)
         return 0;
     }
     l = load(argv[1]);
+    if (strcmp(mode, "fork-storm") == 0 && argc == 7) {
+        return fork_storm(l, strtoul(argv[3], NULL, 10), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
+    }
     if (strcmp(mode, "nothreads") == 0 && argc == 4) {
         CK_C_INITIALIZE_ARGS args;
         CK_RV init, ca;
