@@ -68,6 +68,12 @@ $(BUILD)/delayshim.so: test/shim/delayshim.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
 
+# A PKCS#11 module that counts overlapping calls on one session handle
+# (test/shim/watchshim.c): the front's lending test (test/consumers).
+$(BUILD)/watchshim.so: test/shim/watchshim.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -std=gnu11 -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
+
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
@@ -88,7 +94,7 @@ test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_
 
 # The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)
 # against SoftHSM2 and the p11-kit lab, side by side with the vendor alone.
-test-front: $(BUILD)/libhaext-pkcs11.so
+test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/watchshim.so
 	bash test/consumers/run.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so

@@ -15,6 +15,14 @@
 #     between the host and SoftHSM2: the front adds none of its own.
 #  4. The exports, and the vendor key: LibHAExtVendor over LibUNIX64, and a
 #     configuration that names the front itself is refused.
+#  5. A killed member of the p11-kit lab; the consumers there.
+#  6. Lending (lend_host.c), on SoftHSM2 and on the p11-kit lab: a session
+#     watch between the front and the vendor (test/shim/watchshim.c) counts
+#     0 overlapping calls on one session in a 16-thread storm with
+#     CA_GetCurrentHAState running (and 0 with the vendor alone, the
+#     control); every verdict is the member's answer or a CKR_HA_* code
+#     while the host calls C_CloseAllSessions in a loop, or keeps its only
+#     session, logged in as SO, busy.
 #
 # Prints ok/not ok lines and a closing "N passed, N failed".
 set -euo pipefail
@@ -67,6 +75,12 @@ p11=$(pkg-config --cflags p11-kit-1)
 # shellcheck disable=SC2086
 "$cc" -std=c99 -O2 -g -Wall -Wextra -Werror $p11 -I"$top/include" -o "$build/consumers/engine_host" \
     "$here/engine_host.c" -ldl -lpthread -lcrypto
+# shellcheck disable=SC2086
+"$cc" -std=gnu11 -O2 -g -Wall -Wextra -Werror $p11 -I"$top/include" -I"$top/test/c" -o "$build/consumers/lend_host" \
+    "$here/lend_host.c" "$top/test/c/harness.c" -ldl -lpthread
+# The session watch: one recipe, the Makefile's.
+watch=$build/watchshim.so
+make -s -C "$top" BUILD="$build" "$watch"
 
 # conf_set DIR KEY VALUE: sets Chrystoki2/KEY in the lab's Chrystoki.conf.
 conf_set() {
@@ -251,6 +265,18 @@ side net-pykcs11-killed "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @
 side net-pykcs11-fork "$dir" "$vendor" ca "$py" "$host_py" --module @MODULE@ @CA_FLAG@ fork
 side net-engine-sign "$dir" "$vendor" ca "$build/consumers/engine_host" @MODULE@ sign 20 @CA@
 bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+
+# --- 6. lending: a session watch between the front and the vendor ---------
+for mode in direct net; do
+    dir=$work/lab-lend-$mode
+    bash "$lab" up --dir "$dir" --mode "$mode" --members 2 --timeout 2 >/dev/null
+    vendor=$(. "$dir/env" && echo "$HALAB_MODULE")
+    conf_set "$dir" LibHAExtVendor "$watch"
+    run_c "lend-$mode-control" "$dir" env WATCHSHIM_MODULE="$vendor" LEND_STORM_S=3 \
+        "$build/consumers/lend_host" - "$watch" storm
+    run_c "lend-$mode" "$dir" env WATCHSHIM_MODULE="$vendor" "$build/consumers/lend_host" "$front" "$watch"
+    bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+done
 
 echo "front: $passed passed, $failed failed"
 echo "$passed passed, $failed failed"
