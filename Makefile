@@ -73,6 +73,11 @@ $(BUILD)/delayshim.so: test/shim/delayshim.c
 $(BUILD)/v3shim.so: test/shim/v3shim.c internal/front/pkcs11v3.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -Iinternal/front -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
+# A PKCS#11 module that counts overlapping calls on one session handle
+# (test/shim/watchshim.c): the front's lending test (test/consumers).
+$(BUILD)/watchshim.so: test/shim/watchshim.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) -std=gnu11 -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
 
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
@@ -95,7 +100,8 @@ test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_
 # The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)
 # against SoftHSM2 and the p11-kit lab, side by side with the vendor alone;
 # then the do-no-harm checks (exit without C_Finalize, setuid, threads).
-test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.so $(BUILD)/v3shim.so
+test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.so $(BUILD)/v3shim.so \
+	$(BUILD)/watchshim.so
 	bash test/consumers/run.sh
 	bash test/consumers/harm.sh
 

@@ -127,6 +127,10 @@ type Stats struct {
 	// LoansHost and LoansOwn count the sessions lent by borrow: the
 	// host's, and the front's own.
 	LoansHost, LoansOwn uint64
+	// Backoffs counts loans of host sessions taken back because a host
+	// call had just started on the session; HostWaits counts host calls
+	// that waited for a loan of their session to be given back.
+	Backoffs, HostWaits uint64
 	// HostSessions is the number of the host's sessions in the table.
 	HostSessions int64
 }
@@ -140,6 +144,8 @@ func ReadStats() Stats {
 		OwnClosed:    uint64(st.own_closed),
 		LoansHost:    uint64(st.loans_host),
 		LoansOwn:     uint64(st.loans_own),
+		Backoffs:     uint64(st.backoffs),
+		HostWaits:    uint64(st.host_waits),
 		HostSessions: int64(st.host_sessions),
 	}
 }

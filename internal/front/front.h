@@ -61,12 +61,16 @@ const char *haext_front_error(void);
 const char *haext_front_vendor_path(void);
 
 /* Counters, for tests and the bench: own sessions opened and closed by the
- * front, loans made, host sessions in the table. */
+ * front, loans made, loans of host sessions taken back because a host call
+ * had just started on them (backoffs), host calls that waited for a loan
+ * to be given back, host sessions in the table. */
 struct haext_front_stats {
     unsigned long own_opened;
     unsigned long own_closed;
     unsigned long loans_host;
     unsigned long loans_own;
+    unsigned long backoffs;
+    unsigned long host_waits;
     long host_sessions;
 };
 void haext_front_stats(struct haext_front_stats *st);

@@ -11,13 +11,18 @@
  * The host's sessions: handle -> slot and lent flag, under tab_mu; which
  * session each host thread is in a call on (state.h).
  * borrow() lends an idle session of the host's on the slot, else the
- * front's own read-only session there, opened on demand. The front closes
+ * front's own read-only session there, opened on demand. A host session is
+ * lent only under the handshake of state.h: borrow publishes the loan,
+ * then reads the threads' records and takes the loan back if one names
+ * the session; a host call that starts on it while it is lent waits in
+ * haext_busy_wait until it is given back. So no host call on a session
+ * overlaps libhaext's, and libhaext never waits for the host. The front closes
  * its own session on a slot before it forwards C_Login(CKU_SO) (or 3.0's
- * C_LoginUser) or C_InitToken there, and right after the host's last
- * session there is closed, so that login state is what it would be
- * without the front; the next borrow opens it again. A host call that
- * would close a session lent at that moment waits for it to be given back
- * (bounded), so the vendor never sees a session closed under a call.
+ * C_LoginUser) or C_InitToken there, and right after the host's last session there is
+ * closed, so that login state is what it would be without the front; the
+ * next borrow opens it again. A host call that would close a session lent
+ * at that moment waits for it to be given back (bounded), so the vendor
+ * never sees a session closed under a call.
  *
  * Events: initialized, finalized, host errors (connection-class CK_RVs, or
  * a session the table knew that the module dropped), read by the engine
@@ -114,7 +119,12 @@ static pthread_cond_t ev_cv;
 static struct haext_front_event evq[EV_CAP];
 static int ev_head, ev_len, ev_overflow;
 
-static atomic_ulong st_own_opened, st_own_closed, st_loans_host, st_loans_own;
+static atomic_ulong st_own_opened, st_own_closed, st_loans_host, st_loans_own, st_backoffs, st_host_waits;
+
+/* The loans of host sessions per bucket (state.h): written under lend_mu,
+ * read without a lock by the host's calls. A line of its own, away from
+ * anything written often. */
+_Alignas(64) atomic_uint haext_lent[HAEXT_LENT_BUCKETS];
 
 __thread struct haext_tls haext_self __attribute__((tls_model("initial-exec")));
 
@@ -126,6 +136,10 @@ struct reg_node {
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct reg_node *registry;
 static pthread_key_t reg_key;
+/* A thread could not be registered (out of memory): borrow cannot see
+ * what it is in, so every host session counts as busy from then on. Set
+ * under reg_mu, before that thread's first call. */
+static atomic_int reg_failed;
 
 /* --- time, locks, signals ------------------------------------------------ */
 
@@ -183,9 +197,11 @@ void haext_thread_register(void)
     if (n != NULL) {
         n->tls = &haext_self;
         pthread_setspecific(reg_key, n);
+    } else {
+        atomic_store(&reg_failed, 1);
     }
     pthread_mutex_unlock(&reg_mu);
-    haext_self.registered = 1; /* unregistered when out of memory: never seen busy */
+    haext_self.registered = 1; /* unregistered when out of memory: see reg_failed */
 }
 
 /* A registered thread ends: its node is free for the next one. */
@@ -197,14 +213,23 @@ static void thread_exit(void *p)
     pthread_mutex_unlock(&reg_mu);
 }
 
-/* Whether a host thread is in a call on session h right now. */
+/* Whether a host thread is in a call on session h right now (or in a call
+ * made from inside a call: on any; or may be, unseen: a thread that could
+ * not be registered). The loads are the borrow half of the handshake
+ * (state.h): sequentially consistent. */
 static int sess_busy(CK_SESSION_HANDLE h)
 {
     struct reg_node *n;
-    int busy = 0;
+    int busy;
     pthread_mutex_lock(&reg_mu);
-    for (n = registry; n != NULL && !busy; n = n->next)
-        busy = n->tls != NULL && atomic_load_explicit(&n->tls->cur, memory_order_acquire) == h;
+    busy = atomic_load(&reg_failed);
+    for (n = registry; n != NULL && !busy; n = n->next) {
+        CK_SESSION_HANDLE c;
+        if (n->tls == NULL)
+            continue;
+        c = atomic_load_explicit(&n->tls->cur, memory_order_seq_cst);
+        busy = c == h || c == HAEXT_BUSY_ALL;
+    }
     pthread_mutex_unlock(&reg_mu);
     return busy;
 }
@@ -476,6 +501,42 @@ static int lent_out(struct haext_sess *e, struct haext_slot *s)
     return 0;
 }
 
+/* Whether host session h is lent right now. */
+static int host_lent(CK_SESSION_HANDLE h)
+{
+    int i, seen = 0;
+    for (i = 0; i < MAX_LOANS && seen < nloans; i++) {
+        if (!loans[i].used)
+            continue;
+        seen++;
+        if (loans[i].e != NULL && loans[i].h == h)
+            return 1;
+    }
+    return 0;
+}
+
+/* Lends host session e: the loan is published (the bucket's count, seq_cst)
+ * before borrow reads the threads' records. */
+static struct loan *host_loan(struct haext_sess *e, struct haext_slot *s)
+{
+    struct loan *l = loan_add(e->h, e, s, 0);
+    if (l != NULL) {
+        atomic_store(&e->lent, 1);
+        atomic_fetch_add_explicit(&haext_lent[haext_lent_bucket(e->h)], 1, memory_order_seq_cst);
+    }
+    return l;
+}
+
+/* Ends loan l of a host session, and wakes the host calls waiting for it. */
+static void host_unloan(struct loan *l)
+{
+    l->used = 0;
+    nloans--;
+    atomic_store(&l->e->lent, 0);
+    atomic_fetch_sub_explicit(&haext_lent[haext_lent_bucket(l->h)], 1, memory_order_seq_cst);
+    pthread_cond_broadcast(&lend_cv);
+}
+
 static void forget_own(struct haext_slot *s)
 {
     s->own_state = OWN_NONE;
@@ -535,6 +596,33 @@ static void wait_returned(struct haext_sess *e, struct haext_slot *s)
     pthread_mutex_unlock(&lend_mu);
 }
 
+/* A host call on h found a loan in h's bucket (haext_busy_begin). Its
+ * record names h (or HAEXT_BUSY_ALL), so no loan of h can begin any more;
+ * wait for the one that may be out. Every loan is one short call of
+ * libhaext's, made without waiting for the host, so the wait ends with
+ * it. A call made from inside a call (prev set: a vendor callback) waits
+ * at most HAEXT_FRONT_WAIT_MS: the vendor may hold, for the outer call, a
+ * lock that libhaext's call needs. */
+void haext_busy_wait(CK_SESSION_HANDLE h, CK_SESSION_HANDLE prev)
+{
+    struct timespec dl = {0, 0};
+    int waited = 0;
+    haext_state_init();
+    if (prev != CK_INVALID_HANDLE)
+        deadline_in(&dl, HAEXT_FRONT_WAIT_MS);
+    pthread_mutex_lock(&lend_mu);
+    while (host_lent(h)) {
+        waited = 1;
+        if (prev == CK_INVALID_HANDLE)
+            pthread_cond_wait(&lend_cv, &lend_mu);
+        else if (!wait_until(&lend_cv, &lend_mu, &dl))
+            break;
+    }
+    pthread_mutex_unlock(&lend_mu);
+    if (waited)
+        atomic_fetch_add(&st_host_waits, 1);
+}
+
 /* --- the hooks ------------------------------------------------------------- */
 
 static int gate_enter(void)
@@ -564,6 +652,7 @@ static CK_RV borrow(CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
     struct haext_sess *e, *chosen = NULL;
     CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
     unsigned long ep;
+    int full = 0;
     CK_RV rv;
 
     if (out == NULL)
@@ -582,16 +671,29 @@ static CK_RV borrow(CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
         return CKR_HOST_MEMORY;
     }
     for (e = s->list; e != NULL; e = e->snext) {
-        if (!atomic_load(&e->lent) && !atomic_load(&e->closing) && !sess_busy(e->h)) {
-            h = e->h;
-            pthread_mutex_lock(&lend_mu);
-            if (loan_add(h, e, s, 0) != NULL) {
-                atomic_store(&e->lent, 1);
-                chosen = e;
-            }
-            pthread_mutex_unlock(&lend_mu);
+        struct loan *l;
+        /* Busy now: not worth a loan that would be taken back. */
+        if (atomic_load(&e->lent) || atomic_load(&e->closing) || sess_busy(e->h))
+            continue;
+        pthread_mutex_lock(&lend_mu);
+        l = host_loan(e, s);
+        pthread_mutex_unlock(&lend_mu);
+        if (l == NULL) {
+            full = 1; /* MAX_LOANS loans out */
             break;
         }
+        /* The handshake: the loan is out, and a host call that starts on
+         * e from now on waits for it. One that started before is in its
+         * thread's record: take the loan back, try the next session. */
+        if (!sess_busy(e->h)) {
+            chosen = e;
+            h = e->h;
+            break;
+        }
+        pthread_mutex_lock(&lend_mu);
+        host_unloan(l);
+        pthread_mutex_unlock(&lend_mu);
+        atomic_fetch_add(&st_backoffs, 1);
     }
     pthread_mutex_unlock(&tab_mu);
     if (chosen != NULL) {
@@ -599,8 +701,8 @@ static CK_RV borrow(CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
         *out = h;
         return CKR_OK;
     }
-    if (e != NULL)
-        return CKR_HOST_MEMORY; /* MAX_LOANS loans out */
+    if (full)
+        return CKR_HOST_MEMORY;
 
     pthread_mutex_lock(&lend_mu);
     /* The front's own read-only session on the slot. */
@@ -681,16 +783,15 @@ static void give_back(CK_SESSION_HANDLE h, CK_RV rv)
         return;
     }
     l = loans[i];
-    loans[i].used = 0;
-    nloans--;
     if (l.e != NULL) {
-        atomic_store(&l.e->lent, 0);
-        pthread_cond_broadcast(&lend_cv);
+        host_unloan(&loans[i]);
         pthread_mutex_unlock(&lend_mu);
         if (haext_rv_dropped(rv))
             host_gone(l.e, h, 0, rv); /* the module dropped the host's session: forget it */
         return;
     }
+    loans[i].used = 0;
+    nloans--;
     if (l.tag == l.s->own_tag && l.s->own_state == OWN_OPEN) {
         l.s->own_lent--;
         if (haext_rv_dropped(rv)) {
@@ -1074,6 +1175,8 @@ void haext_front_stats(struct haext_front_stats *st)
     st->own_closed = atomic_load(&st_own_closed);
     st->loans_host = atomic_load(&st_loans_host);
     st->loans_own = atomic_load(&st_loans_own);
+    st->backoffs = atomic_load(&st_backoffs);
+    st->host_waits = atomic_load(&st_host_waits);
     pthread_mutex_lock(&tab_mu);
     st->host_sessions = host_sessions;
     pthread_mutex_unlock(&tab_mu);
@@ -1101,6 +1204,7 @@ static void atfork_child(void)
     memset(buckets, 0, sizeof buckets);
     memset(slots, 0, sizeof slots);
     memset(loans, 0, sizeof loans);
+    memset(haext_lent, 0, sizeof haext_lent);
     free_list = zombies = NULL;
     host_sessions = 0;
     nloans = 0;

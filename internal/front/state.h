@@ -8,11 +8,24 @@
  * call. That path only marks the calling thread busy on its session for
  * the duration of the vendor call: each host thread has a record of its
  * own (thread-local, registered on its first call) holding the handle of
- * the session it is in a call on, written with two plain stores, so the
- * hot path has no lookup, no atomic read-modify-write and no shared cache
- * line. A session is busy while some thread's record names it; borrow
- * reads the records. Everything else (opening, closing, lending) takes a
- * mutex, never held across a vendor call.
+ * the session it is in a call on, so the hot path has no lookup, no
+ * atomic read-modify-write and no lock. A session is busy while some
+ * thread's record names it; borrow reads the records. Everything else
+ * (opening, closing, lending) takes a mutex, never held across a vendor
+ * call.
+ *
+ * Lending is a handshake (Dekker's), so that no host call can start on a
+ * session while it is lent. The host's thread publishes its session in its
+ * record, then reads the loan count of the session's bucket
+ * (haext_lent); borrow publishes the loan (the count), then reads the
+ * records. All four accesses are sequentially consistent, so at least one
+ * side sees the other: a borrow that finds the session in a record takes
+ * its loan back and tries another session (a lane never waits for the
+ * host), and a host call that finds a loan in its bucket waits, in
+ * haext_busy_wait, until that session is given back (it waits for
+ * libhaext's one short call, as a vendor that serializes the calls on a
+ * session would make it). On the hot path this costs one sequentially
+ * consistent store and one load of a line only loans write.
  */
 #ifndef HAEXT_FRONT_STATE_H
 #define HAEXT_FRONT_STATE_H
@@ -63,30 +76,57 @@ CK_RV haext_no_function(void);
     }
 
 /* Each host thread's own: the session it is in a call on right now
- * (CK_INVALID_HANDLE when none), and whether borrow can see it (the
- * registry holds its address). A handle, not the front's table entry, so
- * that the path of an ordinary call looks nothing up. */
+ * (CK_INVALID_HANDLE when none, HAEXT_BUSY_ALL inside a call made from
+ * inside a call), and whether borrow can see it (the registry holds its
+ * address). A handle, not the front's table entry, so that the path of an
+ * ordinary call looks nothing up. */
 struct haext_tls {
     _Atomic CK_SESSION_HANDLE cur;
     int registered;
 };
 
+/* In a record: the thread is in a call made from inside another call
+ * (e.g. from a vendor callback), on two sessions or more at once; borrow
+ * lends none of the host's sessions while it is there. (A vendor session
+ * with this very handle is merely never lent while in use.) */
+#define HAEXT_BUSY_ALL (~(CK_SESSION_HANDLE)0)
+
 extern __thread struct haext_tls haext_self __attribute__((tls_model("initial-exec"))) HAEXT_HIDDEN;
 /* Registers the calling thread (its first call on a session). */
 void haext_thread_register(void);
 
+/* Host sessions lent right now, counted per bucket of their handle: the
+ * host's half of the handshake reads only its session's bucket, a line
+ * that only borrow and give_back write. */
+#define HAEXT_LENT_BUCKETS 64 /* power of two */
+extern atomic_uint haext_lent[HAEXT_LENT_BUCKETS] HAEXT_HIDDEN;
+
+static inline unsigned haext_lent_bucket(CK_SESSION_HANDLE h)
+{
+    return (unsigned)(((unsigned long long)h * 0x9E3779B97F4A7C15ULL) >> 58); /* 64 - log2(64) */
+}
+
+/* The slow path of haext_busy_begin: a host session in h's bucket is lent.
+ * Waits until h (if it is the one) is given back. */
+void haext_busy_wait(CK_SESSION_HANDLE h, CK_SESSION_HANDLE prev) HAEXT_HIDDEN;
+
 /* Around every forwarded call that takes a session: the calling thread
  * marks itself in a call on session h and returns what it was in before
  * (CK_INVALID_HANDLE, or the session of a call made from inside a call,
- * e.g. a notify callback), which haext_busy_end restores. borrow() passes
- * over a session a host thread is marked in. */
+ * e.g. a notify callback), which haext_busy_end restores. A call made from
+ * inside a call marks the thread HAEXT_BUSY_ALL, which still covers the
+ * outer call's session. borrow() passes over a session a host thread is
+ * marked in, and the host's call waits for a loan of h already out. */
 static inline CK_SESSION_HANDLE haext_busy_begin(CK_SESSION_HANDLE h)
 {
     CK_SESSION_HANDLE prev;
     if (__builtin_expect(!haext_self.registered, 0))
         haext_thread_register();
     prev = atomic_load_explicit(&haext_self.cur, memory_order_relaxed);
-    atomic_store_explicit(&haext_self.cur, h, memory_order_relaxed);
+    /* The handshake's host half: publish h, then look for a loan. */
+    atomic_store_explicit(&haext_self.cur, prev == CK_INVALID_HANDLE ? h : HAEXT_BUSY_ALL, memory_order_seq_cst);
+    if (__builtin_expect(atomic_load_explicit(&haext_lent[haext_lent_bucket(h)], memory_order_seq_cst) != 0, 0))
+        haext_busy_wait(h, prev);
     return prev;
 }
 

@@ -33,11 +33,15 @@ struct haext_host {
     void (*leave)(void);
 
     /* Lends a session on slot for one call, made between enter and leave:
-     * an idle session of the host's when there is one (marked busy until
-     * given back), else the front's own read-only session on that slot,
-     * opened on demand. Returns CKR_OK and *session, or the CK_RV that
-     * stopped it (e.g. C_OpenSession's). NULL: the engine opens its own
-     * sessions. */
+     * an idle session of the host's when there is one, else the front's
+     * own read-only session on that slot, opened on demand. A host session
+     * is libhaext's until it is given back: no host call starts on it
+     * meanwhile (one that tries waits for the give_back), so make one
+     * short call on it and give it back at once. Returns CKR_OK and
+     * *session, or the CK_RV that stopped it (e.g. C_OpenSession's, or
+     * CKR_FUNCTION_REJECTED: none can be lent right now); that CK_RV is
+     * about the lending, never a member's verdict. NULL: the engine opens
+     * its own sessions. */
     CK_RV (*borrow)(CK_SLOT_ID slot, CK_SESSION_HANDLE *session);
     /* Gives a lent session back with the CK_RV of the call made on it, so
      * that the front forgets a session the module dropped. */

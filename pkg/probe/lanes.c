@@ -134,10 +134,15 @@ static CK_RV call(struct haext_host *h, int mode, CK_SLOT_ID slot, CK_SESSION_HA
     }
     switch (mode) {
     case HX_MODE_BORROW:
-        rv = h->borrow(slot, &session);
-        if (rv == CKR_OK) {
+        /* When no session can be lent (all busy, the own one being opened
+         * or closed, or it cannot be opened: e.g. an SO is logged in), the
+         * session-less call answers instead. What stopped the lending is
+         * about the front, never the member's verdict. */
+        if (h->borrow(slot, &session) == CKR_OK) {
             rv = h->list->C_GetSessionInfo(session, &si);
             h->give_back(session, rv);
+        } else {
+            rv = h->list->C_GetTokenInfo(slot, &ti);
         }
         break;
     case HX_MODE_TOKEN:

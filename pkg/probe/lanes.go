@@ -35,7 +35,7 @@ type mode int
 
 const (
 	modeSession mode = C.HX_MODE_SESSION // C_GetSessionInfo, own session
-	modeBorrow  mode = C.HX_MODE_BORROW  // C_GetSessionInfo, a session the host lends
+	modeBorrow  mode = C.HX_MODE_BORROW  // C_GetSessionInfo, a session the host lends (else C_GetTokenInfo)
 	modeToken   mode = C.HX_MODE_TOKEN   // C_GetTokenInfo, no session
 )
 

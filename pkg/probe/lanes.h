@@ -27,7 +27,7 @@
 /* How a lane makes its lightweight call. */
 enum hx_mode {
     HX_MODE_SESSION = 0, /* C_GetSessionInfo on the engine's own session */
-    HX_MODE_BORROW = 1,  /* C_GetSessionInfo on a session the host lends */
+    HX_MODE_BORROW = 1,  /* C_GetSessionInfo on a session the host lends, else C_GetTokenInfo */
     HX_MODE_TOKEN = 2,   /* C_GetTokenInfo on the member's slot: no session */
 };
 

@@ -216,6 +216,62 @@ static void test_borrow(void)
     }
 }
 
+struct caller {
+    CK_SESSION_HANDLE h;
+    CK_RV rv;
+    double ms;
+};
+
+static void *info_thread(void *arg)
+{
+    struct caller *c = arg;
+    CK_SESSION_INFO si;
+    double t0 = now_ms();
+    c->rv = C_GetSessionInfo(c->h, &si);
+    c->ms = now_ms() - t0;
+    return NULL;
+}
+
+/* A lent session is the front's until it is given back: a host call on it
+ * waits; a session a host thread is in a call on is not lent, nor, from
+ * inside a call made from inside a call (a vendor callback), any. */
+static void test_lend_waits(void)
+{
+    CK_SESSION_HANDLE s, s2, got = 0, prev, prev2;
+    struct haext_front_stats st0 = stats();
+    struct caller c;
+    pthread_t t;
+    CK_RV rv;
+    check(C_OpenSession(slot_a, CKF_SERIAL_SESSION, NULL, NULL, &s) == CKR_OK, "host opens a session");
+    H->enter();
+    check(H->borrow(slot_a, &got) == CKR_OK && got == s, "libhaext borrows it");
+    c.h = s;
+    pthread_create(&t, NULL, info_thread, &c);
+    sleep_ms(300);
+    H->give_back(got, CKR_OK);
+    pthread_join(t, NULL);
+    check(c.rv == CKR_OK && c.ms >= 250,
+          "a host call on it waits until libhaext gives it back (%.0f ms, rv 0x%lx)", c.ms, c.rv);
+    check(stats().host_waits == st0.host_waits + 1, "the front counted one host call that waited");
+
+    check(C_OpenSession(slot_a, CKF_SERIAL_SESSION, NULL, NULL, &s2) == CKR_OK, "host opens a second session");
+    prev = haext_busy_begin(s);   /* a host call on s */
+    prev2 = haext_busy_begin(s2); /* and, from inside it (a callback), one on s2 */
+    rv = H->borrow(slot_a, &got);
+    check(rv == CKR_OK && got != s && got != s2,
+          "inside a call made from inside a call on the other, neither host session is lent (0x%lx)", got);
+    H->give_back(got, CKR_OK);
+    haext_busy_end(prev2);
+    check(prev == CK_INVALID_HANDLE && prev2 == s, "the inner call returns to the outer one");
+    rv = H->borrow(slot_a, &got);
+    check(rv == CKR_OK && got == s2, "back in the outer call on s, s2 is lent again, s is not");
+    H->give_back(got, CKR_OK);
+    haext_busy_end(prev);
+    H->leave();
+    C_CloseSession(s2);
+    C_CloseSession(s);
+}
+
 static void test_so_login(void)
 {
     CK_SESSION_HANDLE s, own, ro;
@@ -714,6 +770,7 @@ int main(int argc, char **argv)
         return done();
     }
     test_borrow();
+    test_lend_waits();
     test_so_login();
     test_logout_on_last_close();
     test_init_token();
