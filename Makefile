@@ -39,14 +39,19 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 	@extra=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' || true); \
 	  if [ -n "$$extra" ]; then echo "libhaext.so exports more than CA_*: $$extra" >&2; rm -f $@; exit 1; fi
 
-# The front module: a PKCS#11 module loaded instead of the vendor's. It
-# exports exactly the 70 C_* functions listed in its exports.map (the 68 of
-# PKCS#11 2.40, and 3.0's C_GetInterfaceList and C_GetInterface), and CA_*.
-FRONT_LDFLAGS := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext-pkcs11/exports.map -Wl,-soname,libhaext-pkcs11.so'
-$(BUILD)/libhaext-pkcs11.so: $(GOFILES) include/cryptoki_ha.h internal/hostapi/hostapi.h cmd/libhaext-pkcs11/exports.map
+# The front module: a PKCS#11 module loaded instead of the vendor's, plain C
+# (internal/front), with no Go in it: it loads libhaext.so, the engine, on
+# the host's first CA_* call. It exports exactly the 68 C_* functions of
+# PKCS#11 2.40 and 3.0's C_GetInterfaceList and C_GetInterface listed in its
+# exports.map, and CA_*. -z nodelete: libhaext.so's threads keep pointers
+# into it, so a host's dlclose must not unmap it.
+FRONT_SRC := $(wildcard internal/front/*.c)
+FRONT_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC $(P11FLAGS) -Iinternal/hostapi -Iinternal/front
+$(BUILD)/libhaext-pkcs11.so: $(FRONT_SRC) $(wildcard internal/front/*.h) internal/hostapi/hostapi.h \
+		cmd/libhaext-pkcs11/exports.map
 	@mkdir -p $(BUILD)
-	$(GO) build -buildmode=c-shared -ldflags "$(FRONT_LDFLAGS)" -o $@ ./cmd/libhaext-pkcs11
-	@rm -f $(BUILD)/libhaext-pkcs11.h
+	$(CC) $(FRONT_CFLAGS) -shared -Wl,--version-script=cmd/libhaext-pkcs11/exports.map \
+	    -Wl,-soname,libhaext-pkcs11.so -Wl,-z,nodelete -Wl,--no-undefined -o $@ $(FRONT_SRC) -ldl -lpthread
 	@want=$$(sed -n 's/^ *\(C_[A-Za-z]*\);$$/\1/p' cmd/libhaext-pkcs11/exports.map | sort); \
 	  got=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' | sort); \
 	  if [ "$$want" != "$$got" ] || [ $$(echo "$$want" | wc -l) -ne 70 ]; then \

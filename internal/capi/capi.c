@@ -40,12 +40,6 @@
  *    thread, no vendor call, so the lanes work while Go runs stages 1
  *    and 2.
  *
- *  - A refusal. A front module may say that status calls must not run
- *    now (haext_capi_set_refusal; the host initialized the module with
- *    CKF_LIBRARY_CANT_CREATE_OS_THREADS): they then return
- *    CKR_FUNCTION_FAILED with its reason, without entering Go, where the
- *    runtime may start a thread on the caller's behalf.
- *
  * Nothing here assumes which shared library it is linked into.
  */
 #define _GNU_SOURCE
@@ -105,13 +99,6 @@ static void haext_atfork_child(void)
     haext_forked = 1;
 }
 
-/* Why status calls must not enter Go now, or NULL (set by a front). */
-static const char *(*_Atomic haext_refusal)(void);
-
-void haext_capi_set_refusal(const char *(*why)(void))
-{
-    haext_refusal = why;
-}
 
 /* Runs before the Go runtime's own constructor in this library (a priority
  * constructor runs before those without one), which starts the runtime on
@@ -144,14 +131,8 @@ __attribute__((constructor)) static void haext_load_end(void)
  * haext_leave restores the mask and keeps the reason Go gave. */
 static int haext_enter(sigset_t *saved)
 {
-    const char *(*refusal)(void) = haext_refusal;
-    const char *why;
     if (haext_forked) {
         haext_keep_reason(haext_fork_reason);
-        return 0;
-    }
-    if (refusal != NULL && (why = refusal()) != NULL) {
-        haext_keep_reason(strdup(why));
         return 0;
     }
     pthread_sigmask(SIG_UNBLOCK, &haext_go_needs, saved);
@@ -219,6 +200,21 @@ CK_ULONG CK_ENTRY CA_GetHAExtLastError(char *buf, CK_ULONG size)
         buf[k] = 0;
     }
     return (CK_ULONG)n;
+}
+
+/* A front module (libhaext-pkcs11.so) that loaded this library hands it
+ * the host's instance and its events (hostapi.h). Not in cryptoki_ha.h:
+ * only the front calls it. */
+CK_RV CK_ENTRY CA_HAExtAttachFront(const struct haext_front *front)
+{
+    sigset_t saved;
+    char *reason = NULL;
+    CK_RV rv;
+    if (!haext_enter(&saved)) {
+        return CKR_FUNCTION_FAILED;
+    }
+    rv = haextAttachFront((struct haext_front *)front, &reason); /* before reason is read */
+    return haext_leave(&saved, rv, reason);
 }
 
 CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList)

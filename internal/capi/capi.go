@@ -72,29 +72,16 @@ var lib = service.New(service.Env{
 	Observe:    openHALog,
 })
 
-// frontHost, when set (UseFront), lends the instance of the host's own
-// module that a front module forwards to: the library then opens none.
-var frontHost func() (unsafe.Pointer, error)
-
-// UseFront makes the library use the host's own instance of the vendor
-// module, as a front module lends it (a struct haext_host with its gate and
-// the host's sessions), and never open one of its own. A front module's
-// main package calls it from an init function, before any export can run.
-// It returns the library, for the front's events.
-func UseFront(host func() (unsafe.Pointer, error)) *service.Service {
-	frontHost = host
-	return lib
-}
+// frontHost, when set (CA_HAExtAttachFront, front.go), is the struct
+// haext_host of the host's own instance of the vendor module that a front
+// module forwards to: the library then opens none.
+var frontHost unsafe.Pointer
 
 func openModule(path string) (*cryptoki.Module, error) {
-	if frontHost == nil {
-		return cryptoki.Open(path)
+	if h := attachedHost(); h != nil {
+		return cryptoki.Lend(h), nil
 	}
-	h, err := frontHost()
-	if err != nil {
-		return nil, fmt.Errorf("front module: %w", err)
-	}
-	return cryptoki.Lend(h), nil
+	return cryptoki.Open(path)
 }
 
 // state is where capi meets internal/service: the report on the group slot

@@ -1,20 +1,23 @@
-// Package front is the C side of libhaext-pkcs11.so, the PKCS#11 module a
-// host loads instead of its vendor's, and what the engine reads of it.
+// Package front is the C of libhaext-pkcs11.so, the PKCS#11 module a host
+// loads instead of its vendor's, seen from Go for tests.
 //
-// The module's C_* functions (front.c) are plain C trampolines through the
-// vendor's CK_FUNCTION_LIST: no Go runs on the path of a host call, so a
-// fork child keeps working and a host may call before the Go runtime is up.
-// The vendor is found in C too (conf.c reads Chrystoki2/LibHAExtVendor, else
-// LibUNIX64, else LibUNIX of the same configuration file as pkg/conf) and
-// loaded with RTLD_DEEPBIND on the host's first C_GetFunctionList or
-// C_Initialize.
+// libhaext-pkcs11.so is built from this directory's C files alone, with no
+// Go in it (see the Makefile): plain C trampolines through the vendor's
+// CK_FUNCTION_LIST (front.c, iface.c), so no Go runs on the path of a host
+// call; the vendor found in C too (conf.c reads Chrystoki2/LibHAExtVendor,
+// else LibUNIX64, else LibUNIX of the same configuration file as pkg/conf)
+// and loaded with RTLD_DEEPBIND on the host's first C_GetFunctionList or
+// C_Initialize (vendor.c); and the CA_* calls (ca.c), which load libhaext.so
+// on the first of them and hand it struct haext_front
+// (internal/hostapi/hostapi.h). A host that never calls CA_* never has the
+// Go runtime in its process.
 //
 // The front keeps, in C, what the engine needs to share the host's instance
 // of the vendor module (state.c): a gate that the host's C_Finalize closes
-// and waits on, the host's sessions and whether each is busy, and sessions
-// lent for one call. Host returns Host, the struct haext_host of
-// internal/hostapi/hostapi.h, for the engine's C prober threads; Wait and
-// Poll deliver the host's lifecycle and the failures of its calls.
+// and waits on, the host's sessions and whether each is busy, sessions lent
+// for one call, and the events the engine applies (internal/capi/front.go).
+// This package exposes them to Go tests: Host, Wait and Poll, Stats, and
+// ParseConf, which tests compare with pkg/conf.
 package front
 
 /*

@@ -2,12 +2,14 @@
  * front.h - the C side of libhaext-pkcs11.so, the PKCS#11 module a host
  * loads instead of the vendor's.
  *
- * Everything here is plain C: the trampolines (front.c), the state the
- * engine borrows through struct haext_host (state.c), and the vendor's
- * location (conf.c, vendor.c). No Go runs on the path of a host call, so a
- * fork child and a host that calls before the Go runtime is up both work.
- * The Go side (front.go) only reads events and hands struct haext_host to
- * the engine. test/consumers/test_front.c links these files directly.
+ * Everything here is plain C, and libhaext-pkcs11.so is built from these
+ * files alone: the trampolines (front.c, iface.c), the state the engine
+ * borrows through struct haext_host (state.c), the vendor's location
+ * (conf.c, vendor.c), and the CA_* calls (ca.c), which load the engine,
+ * libhaext.so, on the first of them and hand it struct haext_front
+ * (hostapi.h). A host that never calls CA_* never has the Go runtime in its
+ * process. front.go exposes the C reader and the events to Go tests;
+ * test/consumers/test_front.c links these files directly.
  */
 #ifndef HAEXT_FRONT_H
 #define HAEXT_FRONT_H
@@ -16,10 +18,6 @@
 
 #include "hostapi.h"
 
-/* The slot of a host error that names no slot (C_GetSlotList,
- * C_WaitForSlotEvent, C_Initialize). */
-#define HAEXT_SLOT_NONE (~(CK_SLOT_ID)0)
-
 /* How long the front waits, at most, for libhaext's own calls before it
  * forwards a host call that must not overlap them: C_Finalize (the gate),
  * and C_CloseSession / C_CloseAllSessions / C_Login(CKU_SO) / C_InitToken on
@@ -27,20 +25,6 @@
 #ifndef HAEXT_FRONT_WAIT_MS
 #define HAEXT_FRONT_WAIT_MS 5000
 #endif
-
-/* Events for the engine, in the order they happened. */
-enum haext_front_event_kind {
-    HAEXT_EV_INITIALIZED = 1, /* the host's C_Initialize: CKR_OK or ALREADY_INITIALIZED */
-    HAEXT_EV_FINALIZED = 2,   /* the host's C_Finalize was forwarded and succeeded */
-    HAEXT_EV_HOST_ERROR = 3,  /* a host call failed with a connection-class CK_RV */
-    HAEXT_EV_OVERFLOW = 4     /* events were lost (queue full): re-read everything */
-};
-
-struct haext_front_event {
-    int kind;
-    CK_SLOT_ID slot; /* HAEXT_EV_HOST_ERROR: the slot, or HAEXT_SLOT_NONE */
-    CK_RV rv;        /* HAEXT_EV_HOST_ERROR: the host call's CK_RV */
-};
 
 /* Loads the vendor module once (pthread_once); returns the hooks, or NULL
  * when the vendor cannot be loaded (haext_front_error says why). */
@@ -53,6 +37,10 @@ int haext_front_wait(void);
 
 /* Takes an event if one is queued: 1, else 0. */
 int haext_front_poll(struct haext_front_event *ev);
+
+/* Whether the host's C_Initialize forbade the library threads
+ * (CKF_LIBRARY_CANT_CREATE_OS_THREADS): libhaext then starts none. */
+int haext_front_threads_forbidden(void);
 
 /* Why the vendor could not be loaded, or "" (after haext_front_host). */
 const char *haext_front_error(void);

@@ -889,33 +889,17 @@ static CK_VOID_PTR locking_args(CK_VOID_PTR args, CK_C_INITIALIZE_ARGS *local)
  * says that the library may not create threads from its calls. The front
  * itself creates none: it forwards the flag, and the host's calls run as
  * they would without it. But libhaext's status engine needs threads of its
- * own (one per member, and the Go runtime may start one on a thread that
- * enters Go), so while the host's C_Initialize carried the flag the front
- * refuses status calls before they enter Go (capi.c: CKR_FUNCTION_FAILED,
- * with this reason), and the engine starts nothing. The Go runtime's own
- * threads, started when the library was loaded, exist anyway: no host call
- * creates them. The alternative, CKR_NEED_TO_CREATE_THREADS from
+ * own (one per member, the Go runtime's), so while the host's C_Initialize
+ * carried the flag the front refuses status calls (ca.c:
+ * CKR_FUNCTION_FAILED, with the reason) and does not even load the engine:
+ * no thread of libhaext's exists then unless an earlier status call started
+ * the engine. The alternative, CKR_NEED_TO_CREATE_THREADS from
  * C_Initialize, would break a host that works with the vendor alone. */
 static atomic_int no_threads;
 
-static const char *refusal(void)
+int haext_front_threads_forbidden(void)
 {
-    return atomic_load(&no_threads)
-               ? "the host initialized the module with CKF_LIBRARY_CANT_CREATE_OS_THREADS: libhaext starts no "
-                 "thread and makes no call of its own while that holds, so it cannot check the group (the "
-                 "front forwards the host's calls as before); initialize without that flag to use "
-                 "CA_GetCurrentHAState"
-               : NULL;
-}
-
-/* capi.c, when it is linked into the same library (libhaext-pkcs11.so);
- * the C test programs link the front without it. */
-extern void haext_capi_set_refusal(const char *(*why)(void)) __attribute__((weak));
-
-__attribute__((constructor)) static void register_refusal(void)
-{
-    if (haext_capi_set_refusal != NULL)
-        haext_capi_set_refusal(refusal);
+    return atomic_load(&no_threads);
 }
 
 /* Set while this thread is inside the vendor's C_Initialize: a vendor that

@@ -48,4 +48,37 @@ struct haext_host {
     void (*give_back)(CK_SESSION_HANDLE session, CK_RV rv);
 };
 
+/* The slot of a host error that names no slot (C_GetSlotList,
+ * C_WaitForSlotEvent, C_Initialize). */
+#define HAEXT_SLOT_NONE (~(CK_SLOT_ID)0)
+
+/* What a front module saw the host do, for the engine, in order. */
+enum haext_front_event_kind {
+    HAEXT_EV_INITIALIZED = 1, /* the host's C_Initialize: CKR_OK or ALREADY_INITIALIZED */
+    HAEXT_EV_FINALIZED = 2,   /* the host's C_Finalize was forwarded and succeeded */
+    HAEXT_EV_HOST_ERROR = 3,  /* a host call failed with a connection-class CK_RV */
+    HAEXT_EV_OVERFLOW = 4     /* events were lost (queue full): re-read everything */
+};
+
+struct haext_front_event {
+    int kind;
+    CK_SLOT_ID slot; /* HAEXT_EV_HOST_ERROR: the slot, or HAEXT_SLOT_NONE */
+    CK_RV rv;        /* HAEXT_EV_HOST_ERROR: the host call's CK_RV */
+};
+
+/* What a front module (libhaext-pkcs11.so, plain C) hands libhaext.so when
+ * it loads it, on the host's first CA_* call: CA_HAExtAttachFront. The
+ * engine then uses host (the host's own instance, its gate and sessions)
+ * and applies the events before every status call and as they come. Every
+ * pointer stays valid for the life of the process. */
+#define HAEXT_FRONT_ABI 1
+struct haext_front {
+    int abi; /* HAEXT_FRONT_ABI */
+    const struct haext_host *host;
+    /* Blocks until an event is queued, without taking it. */
+    int (*wait)(void);
+    /* Takes the next event if one is queued: 1, else 0. */
+    int (*poll)(struct haext_front_event *ev);
+};
+
 #endif

@@ -33,10 +33,11 @@
  *   harm_host LIBRARY ca-once SLOT
  *       CA_GetCurrentHAState(SLOT) of LIBRARY (libhaext.so or the front),
  *       nothing else: prints "ca=RV reason=...".
- *   harm_host MODULE startup N
- *       N times: fork; the child loads MODULE, C_GetFunctionList,
- *       C_Initialize(NULL), C_Finalize, _exit. Prints the median and the
- *       mean wall time of a child, in microseconds (make bench).
+ *   harm_host MODULE startup N [MODULE2...]
+ *       N times, for each module in turn: fork; the child loads it,
+ *       C_GetFunctionList, C_Initialize(NULL), C_Finalize, _exit. Prints
+ *       each module's median and mean wall time of a child, in
+ *       microseconds (make bench).
  *
  * Exit status: 0, or 2 when a call fails; a crash at exit shows as the
  * signal that ended the process.
@@ -262,33 +263,52 @@ static int cmp64(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-static int startup(const char *module, int n)
+/* One child: load module, C_GetFunctionList, C_Initialize, C_Finalize,
+ * _exit; its wall time in microseconds, or -1. */
+static int64_t start_once(const char *module)
 {
-    int64_t *t = calloc((size_t)n, sizeof *t), sum = 0;
-    int i;
+    int64_t t0 = now_us();
+    int status;
+    pid_t pid = fork();
+    if (pid == 0) {
+        CK_FUNCTION_LIST_PTR l = load(module);
+        if (l->C_Initialize(NULL) != CKR_OK || l->C_Finalize(NULL) != CKR_OK) {
+            _exit(2);
+        }
+        _exit(0);
+    }
+    if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        return -1;
+    }
+    return now_us() - t0;
+}
+
+/* n children of each module, alternating, so that both see the same
+ * machine; prints each one's median and mean. */
+static int startup(char **modules, int nmod, int n)
+{
+    int64_t *t = calloc((size_t)(n * nmod), sizeof *t);
+    int i, m;
     if (t == NULL || n < 1) {
         return 2;
     }
     for (i = 0; i < n; i++) {
-        int64_t t0 = now_us();
-        int status;
-        pid_t pid = fork();
-        if (pid == 0) {
-            CK_FUNCTION_LIST_PTR l = load(module);
-            if (l->C_Initialize(NULL) != CKR_OK || l->C_Finalize(NULL) != CKR_OK) {
-                _exit(2);
+        for (m = 0; m < nmod; m++) {
+            if ((t[m * n + i] = start_once(modules[m])) < 0) {
+                fprintf(stderr, "harm_host: startup child of %s failed\n", modules[m]);
+                return 2;
             }
-            _exit(0);
         }
-        if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-            fprintf(stderr, "harm_host: startup child failed\n");
-            return 2;
-        }
-        t[i] = now_us() - t0;
-        sum += t[i];
     }
-    qsort(t, (size_t)n, sizeof *t, cmp64);
-    printf("median_us=%lld mean_us=%lld n=%d\n", (long long)t[n / 2], (long long)(sum / n), n);
+    for (m = 0; m < nmod; m++) {
+        int64_t sum = 0;
+        for (i = 0; i < n; i++) {
+            sum += t[m * n + i];
+        }
+        qsort(t + m * n, (size_t)n, sizeof *t, cmp64);
+        printf("module=%s median_us=%lld mean_us=%lld n=%d\n", modules[m], (long long)t[m * n + n / 2],
+               (long long)(sum / n), n);
+    }
     free(t);
     return 0;
 }
@@ -300,12 +320,14 @@ int main(int argc, char **argv)
     const char *mode;
 
     if (argc < 3) {
-        fprintf(stderr, "usage: harm_host MODULE init [US]|reinit SLOT|ca-exit SLOT MS [CA_LIBRARY]|startup N\n");
+        fprintf(stderr, "usage: harm_host MODULE init [US]|reinit SLOT|ca-exit SLOT MS [CA_LIBRARY]|startup N [MODULE2...]\n");
         return 2;
     }
     mode = argv[2];
-    if (strcmp(mode, "startup") == 0 && argc == 4) {
-        return startup(argv[1], atoi(argv[3]));
+    if (strcmp(mode, "startup") == 0 && argc >= 4) {
+        int n = atoi(argv[3]);
+        argv[3] = argv[1]; /* the modules: MODULE and those after N */
+        return startup(argv + 3, argc - 3, n);
     }
     if (strcmp(mode, "ca-once") == 0 && argc == 4) {
         CK_RV rv = ca_state(argv[1])(strtoul(argv[3], NULL, 10), &st);
