@@ -198,6 +198,7 @@ def targets(results, gorows):
     else:
         add("64 concurrent callers: p99 <= 2x single-caller p99", "not measured", False)
     front_targets(results, add)
+    startup_target(results, add)
     return out
 
 
@@ -260,6 +261,38 @@ def front_targets(results, add):
                 r["added_p50_ns"] <= 50)
         else:
             add("front module: %s added at the median <= 50 ns" % call, "not measured", False)
+
+
+def startup_target(results, add):
+    """The front's start-up cost against the vendor alone (harm_host startup)."""
+    r = find(results, "front_startup")
+    if r:
+        add("front module: process start-up cost over SoftHSM2 alone <= 0.5 ms",
+            "%+.2f ms at the median (%.2f ms alone, %.2f ms through the front; %d processes each, alternating)" % (
+                r["added_median_us"] / 1000, r["vendor_median_us"] / 1000, r["front_median_us"] / 1000, r["n"]),
+            r["added_median_us"] <= 500)
+    else:
+        add("front module: process start-up cost <= 0.5 ms", "not measured", False)
+
+
+def startup_section(results):
+    r = find(results, "front_startup")
+    if not r:
+        return []
+    return ["## 8. The front module's start-up cost", "",
+            "`test/consumers/harm_host.c startup`: a parent forks one child after another, alternating between "
+            "SoftHSM2 alone and the front over SoftHSM2; each child loads the module, calls C_GetFunctionList, "
+            "C_Initialize and C_Finalize, and exits. The time is the parent's, from fork to the child's end. The "
+            "front is plain C and loads libhaext.so (the Go runtime) only on the host's first CA_* call, so a "
+            "process that never asks libhaext anything pays for the front's own load and the configuration "
+            "file's reading, nothing more.", "",
+            table(["module", "median ms", "mean ms", "processes"],
+                  [["SoftHSM2 alone", "%.2f" % (r["vendor_median_us"] / 1000), "%.2f" % (r["vendor_mean_us"] / 1000),
+                    str(r["n"])],
+                   ["front over SoftHSM2", "%.2f" % (r["front_median_us"] / 1000),
+                    "%.2f" % (r["front_mean_us"] / 1000), str(r["n"])],
+                   ["added by the front", "%+.2f" % (r["added_median_us"] / 1000), "%+.2f" % (
+                       (r["front_mean_us"] - r["vendor_mean_us"]) / 1000), ""]]), ""]
 
 
 def front_section(results):
@@ -433,6 +466,7 @@ def markdown(meta, results, gorows, goraw, tgts, network=()):
 
     md += transports_section(network)
     md += front_section(results)
+    md += startup_section(results)
 
     md += ["## Targets", ""]
     md += [table(["target", "measured", "result"],

@@ -229,6 +229,33 @@ ChrystokiConfigurationPath=$work/null-vendor "$out/front_bench" "$out/null_vendo
     --name null --json "$results" --iterations "$front_iters" 2>&1 | tee -a "$benchlog" ||
     die "front_bench with the null vendor failed (see $benchlog)"
 
+# 5c. The front's start-up cost: a process that loads the module, calls
+# C_GetFunctionList, C_Initialize and C_Finalize and exits, with SoftHSM2
+# alone and through the front (which loads no Go until a CA_* call),
+# alternating child by child (test/consumers/harm_host.c startup).
+# shellcheck disable=SC2046
+"$cc" -std=gnu11 -O2 -g -Wall -Wextra -Werror $(pkg-config --cflags p11-kit-1) -Iinclude -o "$out/harm_host" \
+    test/consumers/harm_host.c -ldl -lpthread
+dir=$work/lab-startup
+log "lab: start-up cost (1 SoftHSM2 token)"
+bash "$lab" up --dir "$dir" --mode direct --members 1 >>"$benchlog" 2>&1 || die "lab.sh up --mode direct failed"
+startup_n=1000
+[ "${BENCH_QUICK:-0}" = 1 ] && startup_n=100
+bash "$lab" exec --dir "$dir" -- bash -c '"$0" "$HALAB_MODULE" startup "$1" "$2"' "$out/harm_host" "$startup_n" \
+    "$build/libhaext-pkcs11.so" >"$out/startup.txt" 2>>"$benchlog" || die "harm_host startup failed (see $benchlog)"
+tee -a "$benchlog" <"$out/startup.txt"
+"$python" - "$out/startup.txt" "$results" <<'EOF'
+import json, re, sys
+rows = [dict(re.findall(r"(\w+)=(\S+)", line)) for line in open(sys.argv[1]) if line.startswith("module=")]
+vendor, front = rows
+with open(sys.argv[2], "a") as out:
+    out.write(json.dumps({"scenario": "front_startup", "n": int(front["n"]),
+                          "vendor_median_us": int(vendor["median_us"]), "front_median_us": int(front["median_us"]),
+                          "vendor_mean_us": int(vendor["mean_us"]), "front_mean_us": int(front["mean_us"]),
+                          "added_median_us": int(front["median_us"]) - int(vendor["median_us"])}) + "\n")
+EOF
+down "$dir"
+
 # 5. Report.
 finished=$(date +%s)
 "$python" "$here/report.py" --results "$results" --net-results "$netresults" --go-bench "$gobench" \
