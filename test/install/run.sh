@@ -81,6 +81,22 @@ ok "the example p11-kit module file names the installed front, not the DESTDIR" 
     bash -c "grep -qx 'module: $prefix/lib/pkcs11/libhaext-pkcs11.so' '$modfile' && ! grep -q '$stage' '$modfile'"
 ok "pkcs11-tool through the installed front lists the tokens the vendor lists" \
     bash -c "diff <(pkcs11-tool --module '$HALAB_MODULE' -L 2>&1) <(pkcs11-tool --module '$front' -L 2>&1)"
+# Its CA_* calls load the installed libhaext.so.1, one directory up.
+ok "CA_GetCurrentHAState through the installed front loads \$(LIBDIR)/libhaext.so.1 and reports all 3 members alive" \
+    /usr/bin/python3 -c '
+import ctypes, sys
+f = ctypes.CDLL(sys.argv[1])
+lst = ctypes.c_void_p()
+assert f.C_GetFunctionList(ctypes.byref(lst)) == 0
+init = ctypes.cast(ctypes.cast(lst.value + 8, ctypes.POINTER(ctypes.c_void_p))[0], ctypes.CFUNCTYPE(ctypes.c_ulong, ctypes.c_void_p))
+assert init(None) == 0
+st = (ctypes.c_ubyte * 2048)()
+rv = f.CA_GetCurrentHAState(ctypes.c_ulong(int(sys.argv[2])), st)
+n = ctypes.c_ulong.from_buffer(st, 8 + 32 * 16).value
+statuses = [ctypes.c_ulong.from_buffer(st, 8 + 16 * i + 8).value for i in range(n)]
+print("rv", rv, "statuses", statuses)
+assert rv == 0 and statuses == [0, 0, 0]
+' "$front" "$slot"
 # p11-kit loads the front from the module file (pointed at the staged
 # front), in a private mount namespace over the machine's module folder.
 mkdir -p "$work/modules"
