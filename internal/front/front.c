@@ -128,8 +128,6 @@
 /* Functions that name neither. */
 #define HAEXT_OTHER_FUNCTIONS(X) \
     X(C_GetInfo, (CK_INFO_PTR pInfo), (pInfo)) \
-    X(C_GetSlotList, (CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pList, CK_ULONG_PTR pulCount), \
-      (tokenPresent, pList, pulCount)) \
     X(C_WaitForSlotEvent, (CK_FLAGS flags, CK_SLOT_ID_PTR pSlot, CK_VOID_PTR pReserved), (flags, pSlot, pReserved))
 
 /* The vendor's function, or NOT_INITIALIZED when the host calls before
@@ -164,6 +162,11 @@ HAEXT_SLOT_FUNCTIONS(SLOT_TRAMPOLINE)
 HAEXT_OTHER_FUNCTIONS(OTHER_TRAMPOLINE)
 
 /* The calls with side effects on the front's state. */
+
+CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pList, CK_ULONG_PTR pulCount)
+{
+    return haext_host_slot_list(tokenPresent, pList, pulCount);
+}
 
 CK_RV C_Initialize(CK_VOID_PTR pInitArgs)
 {
@@ -217,6 +220,7 @@ CK_FUNCTION_LIST haext_front_list = {
     .C_CloseAllSessions = C_CloseAllSessions,
     .C_Login = C_Login,
     .C_InitToken = C_InitToken,
+    .C_GetSlotList = C_GetSlotList,
     HAEXT_SESSION_FUNCTIONS(LIST_ENTRY)
     HAEXT_SLOT_FUNCTIONS(LIST_ENTRY)
     HAEXT_OTHER_FUNCTIONS(LIST_ENTRY)

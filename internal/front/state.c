@@ -623,6 +623,63 @@ void haext_busy_wait(CK_SESSION_HANDLE h, CK_SESSION_HANDLE prev)
         atomic_fetch_add(&st_host_waits, 1);
 }
 
+/* --- the host's slot list ------------------------------------------------------ */
+
+/* The host's last complete C_GetSlotList answer since its C_Initialize
+ * (slots_known), lent to the engine (host_slots) so that it lists no slots
+ * of its own: p11-kit's proxy makes C_GetSlotList a call to every member,
+ * every other call of the process waiting behind it. */
+#define MAX_HOST_SLOTS 256
+static pthread_mutex_t slots_mu = PTHREAD_MUTEX_INITIALIZER;
+static CK_SLOT_ID host_slot_ids[MAX_HOST_SLOTS];
+static CK_ULONG host_slot_n;
+static int slots_known;
+
+static void forget_host_slots(void)
+{
+    pthread_mutex_lock(&slots_mu);
+    slots_known = 0;
+    pthread_mutex_unlock(&slots_mu);
+}
+
+CK_RV haext_host_slot_list(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
+{
+    CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&haext_vendor, memory_order_acquire);
+    CK_RV rv;
+    if (v == NULL)
+        return CKR_CRYPTOKI_NOT_INITIALIZED;
+    rv = v->C_GetSlotList(present, list, count);
+    if (rv == CKR_OK && list != NULL && *count <= MAX_HOST_SLOTS) {
+        /* With tokenPresent the list leaves out empty slots, which hold no
+         * member either. */
+        pthread_mutex_lock(&slots_mu);
+        memcpy(host_slot_ids, list, *count * sizeof *list);
+        host_slot_n = *count;
+        slots_known = 1;
+        pthread_mutex_unlock(&slots_mu);
+    } else if (haext_rv_connection(rv)) {
+        haext_slot_failed(HAEXT_SLOT_NONE, rv);
+    }
+    return rv;
+}
+
+static CK_RV host_slots(CK_SLOT_ID *list, CK_ULONG *count)
+{
+    CK_RV rv = CKR_OK;
+    pthread_mutex_lock(&slots_mu);
+    if (!slots_known) {
+        rv = CKR_FUNCTION_FAILED;
+    } else if (list != NULL && *count < host_slot_n) {
+        rv = CKR_BUFFER_TOO_SMALL;
+    } else if (list != NULL) {
+        memcpy(list, host_slot_ids, host_slot_n * sizeof *list);
+    }
+    if (rv != CKR_FUNCTION_FAILED)
+        *count = host_slot_n;
+    pthread_mutex_unlock(&slots_mu);
+    return rv;
+}
+
 /* --- the hooks ------------------------------------------------------------- */
 
 static int gate_enter(void)
@@ -815,6 +872,7 @@ void haext_state_hooks(struct haext_host *h)
     h->leave = gate_leave;
     h->borrow = borrow;
     h->give_back = give_back;
+    h->host_slots = host_slots;
 }
 
 /* --- the host's calls ------------------------------------------------------ */
@@ -923,6 +981,8 @@ CK_RV haext_host_initialize(CK_VOID_PTR args)
     if (rv == CKR_CANT_LOCK && a != args)
         rv = v->C_Initialize(args); /* the vendor cannot lock: the host's own arguments */
     initializing = 0;
+    if (rv == CKR_OK)
+        forget_host_slots(); /* a new instance: its slots may differ */
     if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED) {
         int forbid = args != NULL && (((CK_C_INITIALIZE_ARGS *)args)->flags & CKF_LIBRARY_CANT_CREATE_OS_THREADS);
         if (rv == CKR_OK)
@@ -967,6 +1027,7 @@ CK_RV haext_host_finalize(CK_VOID_PTR reserved)
         pthread_mutex_unlock(&gate_mu);
         return rv;
     }
+    forget_host_slots();
     /* Every session is gone with the module's state. */
     pthread_mutex_lock(&tab_mu);
     forget_all_locked();
@@ -1182,6 +1243,8 @@ static void atfork_child(void)
     pthread_mutex_init(&lend_mu, NULL);
     pthread_mutex_init(&gate_mu, NULL);
     pthread_mutex_init(&ev_mu, NULL);
+    pthread_mutex_init(&slots_mu, NULL);
+    slots_known = 0;
     init_cond(&lend_cv);
     init_cond(&gate_cv);
     init_cond(&ev_cv);

@@ -164,6 +164,7 @@ CK_RV haext_host_login(CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR p
 CK_RV haext_host_login_user(CK_C_LoginUser login_user, CK_SESSION_HANDLE h, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
                             CK_ULONG len, CK_UTF8CHAR_PTR name, CK_ULONG name_len);
 CK_RV haext_host_init_token(CK_SLOT_ID slot, CK_UTF8CHAR_PTR pin, CK_ULONG len, CK_UTF8CHAR_PTR label);
+CK_RV haext_host_slot_list(CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count);
 
 /* Initializes the locks and installs the fork handler (once). */
 void haext_state_init(void);

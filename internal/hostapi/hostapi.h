@@ -46,6 +46,14 @@ struct haext_host {
     /* Gives a lent session back with the CK_RV of the call made on it, so
      * that the front forgets a session the module dropped. */
     void (*give_back)(CK_SESSION_HANDLE session, CK_RV rv);
+
+    /* The host's own last C_GetSlotList answer since its C_Initialize, in
+     * C_GetSlotList's protocol (list NULL: the count; CKR_BUFFER_TOO_SMALL),
+     * or CKR_FUNCTION_FAILED when the host has made none: the engine then
+     * lists the slots itself. Some modules (p11-kit's proxy) make
+     * C_GetSlotList a call to every member, so libhaext takes the host's
+     * answer where there is one. NULL: always list. */
+    CK_RV (*host_slots)(CK_SLOT_ID *list, CK_ULONG *count);
 };
 
 /* The slot of a host error that names no slot (C_GetSlotList,

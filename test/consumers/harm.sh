@@ -15,7 +15,8 @@
 #     first status call after is right for healthy members, and the host's
 #     exit right after its C_Initialize finds no call of libhaext's in the
 #     vendor; pkcs11-spy shows no call of libhaext's after the host's
-#     C_Initialize.
+#     C_Initialize, and no C_GetSlotList of libhaext's where the host made
+#     one.
 #  4. A setuid host ignores ChrystokiConfigurationPath (secure_getenv).
 #  5. A host that initializes with CKF_LIBRARY_CANT_CREATE_OS_THREADS.
 #  6. fork() while 8 host threads are in calls (and, through the front,
@@ -218,6 +219,18 @@ for dir in "$direct" "$net"; do
         ok "pkcs11-spy, $name: no call of libhaext's after the host's last C_Initialize"
     else
         notok "pkcs11-spy, $name: the last calls are: $tail_calls"
+    fi
+    # A host that listed the slots itself: libhaext takes its answer and
+    # lists none of its own (p11-kit's proxy asks every member for it).
+    conf_set "$dir" LibHAExtVendor "$spy"
+    rm -f "$work/spy.log"
+    out=$(in_lab "$dir" env PKCS11SPY="$vendor" PKCS11SPY_OUTPUT="$work/spy.log" "$host" "$front" slots "$slot" 2>&1 || true)
+    conf_unset "$dir" LibHAExtVendor
+    lists=$(grep -c '^[0-9]*: C_GetSlotList$' "$work/spy.log" || true)
+    if [ "$lists" = 2 ] && echo "$out" | grep -qx "ca=0x0 statuses=$want"; then
+        ok "pkcs11-spy, $name: the first status call takes the host's C_GetSlotList answer (2 C_GetSlotList, both the host's; $out)"
+    else
+        notok "pkcs11-spy, $name: $lists C_GetSlotList for the host's 2; $out"
     fi
     rm -f "$work/spy.log"
     in_lab "$dir" env PKCS11SPY="$vendor" PKCS11SPY_OUTPUT="$work/spy.log" "$host" "$spy" init 30000 >/dev/null 2>&1 || true

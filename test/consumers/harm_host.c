@@ -30,6 +30,10 @@
  *       not done after TIMEOUT_MS is killed: prints "forks=N ok=N hung=N
  *       failed=N". With HARM_CA_LIBRARY set, a thread also calls its
  *       CA_GetCurrentHAState(SLOT) without pause.
+ *   harm_host MODULE slots SLOT
+ *       C_Initialize, C_GetSlotList (the count, then the list), then
+ *       CA_GetCurrentHAState(SLOT) of MODULE (the front): prints
+ *       "ca=RV statuses=...".
  *   harm_host LIBRARY ca-once SLOT
  *       CA_GetCurrentHAState(SLOT) of LIBRARY (libhaext.so or the front),
  *       nothing else: prints "ca=RV reason=...".
@@ -336,9 +340,6 @@ int main(int argc, char **argv)
         return 0;
     }
     l = load(argv[1]);
-    if (strcmp(mode, "fork-storm") == 0 && argc == 7) {
-        return fork_storm(l, strtoul(argv[3], NULL, 10), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
-    }
     if (strcmp(mode, "nothreads") == 0 && argc == 4) {
         CK_C_INITIALIZE_ARGS args;
         CK_RV init, ca;
@@ -356,6 +357,20 @@ int main(int argc, char **argv)
         return 0;
     }
     must("C_Initialize", l->C_Initialize(NULL));
+    if (strcmp(mode, "slots") == 0 && argc == 4) {
+        CK_SLOT_ID ids[64];
+        CK_ULONG n = 64;
+        CK_RV rv;
+        must("C_GetSlotList", l->C_GetSlotList(CK_FALSE, NULL, &n));
+        n = 64;
+        must("C_GetSlotList", l->C_GetSlotList(CK_FALSE, ids, &n));
+        rv = ca_state(argv[1])(strtoul(argv[3], NULL, 10), &st);
+        print_state("ca", rv, &st);
+        return 0;
+    }
+    if (strcmp(mode, "fork-storm") == 0 && argc == 7) {
+        return fork_storm(l, strtoul(argv[3], NULL, 10), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]));
+    }
     if (strcmp(mode, "init") == 0) {
         if (argc > 3) {
             usleep((useconds_t)atoi(argv[3])); /* the host's own work before it exits */
