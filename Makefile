@@ -69,18 +69,18 @@ $(BUILD)/test_%: test/c/test_%.c test/c/harness.c test/c/harness.h include/crypt
 
 # A PKCS#11 module that delays and serializes the calls of another
 # (test/shim/delayshim.c): the benchmarks' latency, the fork test's lock.
-$(BUILD)/delayshim.so: test/shim/delayshim.c
+$(BUILD)/delayshim.so: test/shim/delayshim.c test/shim/shim.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
 
 # A PKCS#11 3.0 module over another (test/shim/v3shim.c): the front's
 # 3.0 interface tests.
-$(BUILD)/v3shim.so: test/shim/v3shim.c internal/front/pkcs11v3.h
+$(BUILD)/v3shim.so: test/shim/v3shim.c test/shim/shim.h internal/front/pkcs11v3.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -Iinternal/front -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
 # A PKCS#11 module that counts overlapping calls on one session handle
 # (test/shim/watchshim.c): the front's lending test (test/consumers).
-$(BUILD)/watchshim.so: test/shim/watchshim.c
+$(BUILD)/watchshim.so: test/shim/watchshim.c test/shim/shim.h
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) -std=gnu11 -fPIC -shared -fvisibility=hidden -o $@ $< -ldl -lpthread
 

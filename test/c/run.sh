@@ -9,18 +9,9 @@ here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
 build=${BUILD:-$top/build}
 lab=$top/test/lab/lab.sh
-work=$(mktemp -d "${TMPDIR:-/tmp}/haext-ctest.XXXXXX")
-passed=0
-failed=0
-
-cleanup() {
-    local d
-    for d in "$work"/lab-*; do
-        [ -d "$d" ] && bash "$lab" down --dir "$d" >/dev/null 2>&1 || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=test/lib.sh
+. "$top/test/lib.sh"
+t_setup ctest
 
 # run NAME LABDIR CMD...: runs a test program inside a lab, adds its counts.
 run() {
@@ -198,6 +189,4 @@ bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 # shellcheck source=test/c/net.sh
 . "$here/net.sh"
 
-echo "C tests: $passed passed, $failed failed"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+t_done "C tests"

@@ -37,22 +37,10 @@ py=/usr/bin/python3
 host_py=$here/pykcs11_host.py
 host=$build/consumers/harm_host
 exits=${HARM_EXITS:-2000}
-work=$(mktemp -d "${TMPDIR:-/tmp}/haext-harm.XXXXXX")
+# shellcheck source=test/lib.sh
+. "$top/test/lib.sh"
+t_setup harm
 chmod 0755 "$work" # the setuid host (nobody) reads its configuration here
-passed=0
-failed=0
-
-cleanup() {
-    local d
-    for d in "$work"/lab-*; do
-        [ -d "$d" ] && bash "$lab" down --dir "$d" >/dev/null 2>&1 || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-ok() { echo "ok - $*"; passed=$((passed + 1)); }
-notok() { echo "not ok - $*"; failed=$((failed + 1)); }
 
 for f in "$front" "$beside" "$shim"; do
     [ -f "$f" ] || { notok "$f is missing (make)"; echo "$passed passed, $failed failed"; exit 1; }
@@ -66,16 +54,6 @@ mkdir -p "$build/consumers"
 # shellcheck disable=SC2046
 ${CC:-cc} -std=gnu11 -O2 -g -Wall -Wextra -Werror $(pkg-config --cflags p11-kit-1) -I"$top/include" \
     -o "$host" "$here/harm_host.c" -ldl -lpthread
-
-in_lab() {
-    local dir=$1
-    shift
-    timeout -k 10 600 bash "$lab" exec --dir "$dir" -- "$@"
-}
-
-# conf_set DIR KEY VALUE / conf_unset DIR KEY: Chrystoki2/KEY in the lab's file.
-conf_set() { sed -i "/^ *$2 = /d; s#^Chrystoki2 = {#&\n   $2 = $3;#" "$1/Chrystoki.conf"; }
-conf_unset() { sed -i "/^ *$2 = /d" "$1/Chrystoki.conf"; }
 
 # slot_of DIR VENDOR LABEL: the slot of the token LABEL.
 slot_of() {
@@ -103,7 +81,7 @@ EOF
 exits() {
     local name=$1 dir=$2 r c f n=${EXITS_N:-$exits}
     shift 2
-    r=$(in_lab "$dir" bash "$work/loop.sh" "$n" "$@" 2>&1 || true)
+    r=$(HAEXT_TEST_TIMEOUT=900 in_lab "$dir" bash "$work/loop.sh" "$n" "$@" 2>&1 || true)
     c=$(echo "$r" | sed -n 's/^crashes=\([0-9]*\) .*/\1/p')
     f=$(echo "$r" | sed -n 's/.* failures=\([0-9]*\) .*/\1/p')
     if [ "${c:-1}" -eq 0 ] && [ "${f:-1}" -eq 0 ]; then
@@ -305,6 +283,4 @@ else
     notok "CKF_LIBRARY_CANT_CREATE_OS_THREADS: vendor: $v; front: $f"
 fi
 
-echo "harm: $passed passed, $failed failed"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+t_done harm

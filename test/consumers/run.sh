@@ -44,27 +44,9 @@ py=/usr/bin/python3
 host_py=$here/pykcs11_host.py
 cc=${CC:-cc}
 stress_s=${FRONT_STRESS_S:-10}
-work=$(mktemp -d "${TMPDIR:-/tmp}/haext-front.XXXXXX")
-passed=0
-failed=0
-
-cleanup() {
-    local d
-    for d in "$work"/lab-*; do
-        [ -d "$d" ] && bash "$lab" down --dir "$d" >/dev/null 2>&1 || true
-    done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-ok() { echo "ok - $*"; passed=$((passed + 1)); }
-notok() { echo "not ok - $*"; failed=$((failed + 1)); }
-# check DESCRIPTION COMMAND...: one result; the command's output is shown on failure.
-check() {
-    local what=$1 log=$work/check.log
-    shift
-    if "$@" >"$log" 2>&1; then ok "$what"; else notok "$what"; sed 's/^/    /' "$log" | tail -n 30; fi
-}
+# shellcheck source=test/lib.sh
+. "$top/test/lib.sh"
+t_setup front
 
 spy=$(ls /usr/lib/*/pkcs11/pkcs11-spy.so /usr/lib/pkcs11/pkcs11-spy.so 2>/dev/null | head -n 1 || true)
 engine_so=$(ls /usr/lib/*/engines-3/pkcs11.so /usr/lib/*/engines-1.1/pkcs11.so 2>/dev/null | head -n 1 || true)
@@ -94,19 +76,6 @@ p11=$(pkg-config --cflags p11-kit-1)
 watch=$build/watchshim.so
 make -s -C "$top" BUILD="$build" "$watch"
 
-# conf_set DIR KEY VALUE: sets Chrystoki2/KEY in the lab's Chrystoki.conf.
-conf_set() {
-    sed -i "/^ *$2 = /d; s#^Chrystoki2 = {#&\n   $2 = $3;#" "$1/Chrystoki.conf"
-}
-
-# in_lab DIR CMD...: runs CMD in the lab's environment (net mode: in its
-# mount namespace, where p11-kit sees the lab's modules). A command that
-# hangs is killed after 300 s and fails, instead of holding up the run.
-in_lab() {
-    local dir=$1
-    shift
-    timeout -k 10 "${HAEXT_TEST_TIMEOUT:-300}" bash "$lab" exec --dir "$dir" -- env HALAB_LAB_SH="$lab" "$@"
-}
 
 # run_c NAME LABDIR CMD...: a C test program; adds its counts.
 run_c() {
@@ -340,6 +309,4 @@ for mode in direct net; do
     bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 done
 
-echo "front: $passed passed, $failed failed"
-echo "$passed passed, $failed failed"
-[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
+t_done front

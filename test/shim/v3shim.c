@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "pkcs11v3.h"
+#include "shim.h"
 
 #define V3_EXPORT __attribute__((visibility("default")))
 
@@ -133,29 +134,6 @@ static CK_RV v3_SessionCancel(CK_SESSION_HANDLE s, CK_FLAGS flags)
 V3_MESSAGE(V3_MESSAGE_FN)
 #pragma GCC diagnostic pop
 
-/* The SoftHSM2 module, searched as test/lab/lab.sh searches it. */
-static int default_module(char *out, size_t size)
-{
-    static const char *const patterns[] = {
-        "/usr/lib/*-linux-gnu*/softhsm/libsofthsm2.so", "/usr/lib/*/softhsm/libsofthsm2.so",
-        "/usr/lib64/softhsm/libsofthsm2.so",            "/usr/lib/softhsm/libsofthsm2.so",
-        "/usr/local/lib/softhsm/libsofthsm2.so",
-    };
-    size_t i;
-    for (i = 0; i < sizeof patterns / sizeof patterns[0]; i++) {
-        glob_t g;
-        int found = 0;
-        if (glob(patterns[i], 0, NULL, &g) == 0 && g.gl_pathc > 0 && access(g.gl_pathv[0], R_OK) == 0) {
-            snprintf(out, size, "%s", g.gl_pathv[0]);
-            found = 1;
-        }
-        globfree(&g);
-        if (found)
-            return 0;
-    }
-    return -1;
-}
-
 V3_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR list);
 V3_EXPORT CK_RV C_GetInterfaceList(CK_INTERFACE_PTR list, CK_ULONG_PTR count);
 V3_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR iname, CK_VERSION_PTR version, CK_INTERFACE_PTR_PTR iface,
@@ -163,31 +141,13 @@ V3_EXPORT CK_RV C_GetInterface(CK_UTF8CHAR_PTR iname, CK_VERSION_PTR version, CK
 
 static void v3_load(void)
 {
-    char path[4096];
-    const char *env = getenv("V3SHIM_MODULE"), *ms = getenv("V3SHIM_CANCEL_MS"), *fs = getenv("V3SHIM_FORK_SAFE");
-    CK_C_GetFunctionList gfl;
-    void *handle;
+    const char *ms = getenv("V3SHIM_CANCEL_MS"), *fs = getenv("V3SHIM_FORK_SAFE");
 
     cancel_ms = ms != NULL ? atol(ms) : 0;
     if (fs != NULL && strcmp(fs, "1") == 0)
         ifaces[0].flags = ifaces[1].flags = CKF_INTERFACE_FORK_SAFE;
-    if (env != NULL && *env != 0) {
-        snprintf(path, sizeof path, "%s", env);
-    } else if (default_module(path, sizeof path) != 0) {
-        fprintf(stderr, "v3shim: V3SHIM_MODULE unset and libsofthsm2.so not found\n");
+    if ((real = shim_load_real("v3shim", "V3SHIM_MODULE")) == NULL)
         return;
-    }
-    handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (handle == NULL) {
-        fprintf(stderr, "v3shim: dlopen %s: %s\n", path, dlerror());
-        return;
-    }
-    gfl = (CK_C_GetFunctionList)dlsym(handle, "C_GetFunctionList");
-    if (gfl == NULL || gfl(&real) != CKR_OK || real == NULL) {
-        fprintf(stderr, "v3shim: C_GetFunctionList of %s failed\n", path);
-        real = NULL;
-        return;
-    }
     memcpy(&list240, real, sizeof list240);
     list240.version = (CK_VERSION){2, 40};
     list240.C_GetFunctionList = C_GetFunctionList;
