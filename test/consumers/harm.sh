@@ -164,7 +164,7 @@ for dir in "$direct" "$net"; do
             for i in 1 2 3 4 5 6 7 8; do
                 n=$(in_lab "$dir" env DELAYSHIM_US=200000 DELAYSHIM_ONLY=C_GetSessionInfo \
                     DELAYSHIM_EXIT_REPORT="$work/exit.report" "$host" "${args[@]}" 2>&1 |
-                    sed -n 's/^ca: calls=\([0-9]*\) .*/\1/p')
+                    sed -n 's/^ca: calls=\([0-9]*\) .*/\1/p' || true)
                 calls=$((calls + ${n:-0}))
             done
             conf_unset "$dir" LibHAExtVendor
@@ -227,12 +227,17 @@ for dir in "$direct" "$net"; do
     # --- 6. fork while host calls are in flight ---------------------------------
     # 8 host threads in calls on their own sessions, the main thread forks
     # 100 times, each child initializes the module again and uses it;
-    # through the front, CA_GetCurrentHAState runs meanwhile too.
-    v=$(in_lab "$dir" "$host" "$vendor" fork-storm "$slot" 8 100 5000 2>&1 | tail -n 1)
-    f=$(in_lab "$dir" env HARM_CA_LIBRARY="$front" "$host" "$front" fork-storm "$slot" 8 100 5000 2>&1 | tail -n 1)
+    # through the front, CA_GetCurrentHAState runs meanwhile too. A child
+    # that inherits a lock a host thread held at fork time hangs with the
+    # vendor alone too (SoftHSM2: a mutex of its C_OpenSession), a few in a
+    # hundred, and the count varies run by run: the front passes while it
+    # stays within twice the vendor's count plus 5 (a front that made
+    # children hang as in the issue, 25% against 6%, does not).
+    v=$(in_lab "$dir" "$host" "$vendor" fork-storm "$slot" 8 100 2000 2>&1 | tail -n 1 || true)
+    f=$(in_lab "$dir" env HARM_CA_LIBRARY="$front" "$host" "$front" fork-storm "$slot" 8 100 2000 2>&1 | tail -n 1 || true)
     vh=$(echo "$v" | sed -n 's/.* hung=\([0-9]*\) failed=\([0-9]*\)$/\1 \2/p')
     fh=$(echo "$f" | sed -n 's/.* hung=\([0-9]*\) failed=\([0-9]*\)$/\1 \2/p')
-    if [ -n "$vh" ] && [ -n "$fh" ] && [ "${fh% *}" -le "${vh% *}" ] && [ "${fh#* }" -le "${vh#* }" ]; then
+    if [ -n "$vh" ] && [ -n "$fh" ] && [ "${fh% *}" -le $((2 * ${vh% *} + 5)) ] && [ "${fh#* }" -le $((2 * ${vh#* } + 5)) ]; then
         ok "fork with host calls in flight, $name: children hang no more often with the front (vendor alone: $v; front: $f)"
     else
         notok "fork with host calls in flight, $name: vendor alone: $v; front: $f"
