@@ -158,9 +158,10 @@ uninstall:
 bench: deps $(BUILD)/libhaext.so $(BUILD)/libhaext-pkcs11.so $(BUILD)/delayshim.so
 	bash test/bench/run.sh
 
+# Every fuzz target (func Fuzz* in any package's tests), each for FUZZTIME.
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzToINI -fuzztime=30s ./pkg/conf
-	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=30s ./pkg/conf
+	GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 FORCE:
 
