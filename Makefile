@@ -154,7 +154,7 @@ uninstall:
 
 # Benchmarks on the lab: legacy sequential check against CA_GetCurrentHAState,
 # 1 to 32 members, 0/1/5 ms injected latency, faults, concurrency, resources;
-# writes BENCHMARKS.md and BENCHMARKS.json.
+# writes BENCHMARKS.md, and the raw numbers to build/bench/results.json.
 bench: deps $(BUILD)/libhaext.so $(BUILD)/libhaext-pkcs11.so $(BUILD)/delayshim.so
 	bash test/bench/run.sh
 
