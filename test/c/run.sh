@@ -198,6 +198,5 @@ bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 # shellcheck source=test/c/net.sh
 . "$here/net.sh"
 
-echo "C tests: $passed passed, $failed failed"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

@@ -305,6 +305,5 @@ else
     notok "CKF_LIBRARY_CANT_CREATE_OS_THREADS: vendor: $v; front: $f"
 fi
 
-echo "harm: $passed passed, $failed failed"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]

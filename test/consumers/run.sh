@@ -340,6 +340,5 @@ for mode in direct net; do
     bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 done
 
-echo "front: $passed passed, $failed failed"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
