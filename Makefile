@@ -47,7 +47,7 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 # into it, so a host's dlclose must not unmap it.
 FRONT_SRC := $(wildcard internal/front/*.c)
 FRONT_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC $(P11FLAGS) -Iinternal/hostapi -Iinternal/front
-$(BUILD)/libhaext-pkcs11.so: $(FRONT_SRC) $(wildcard internal/front/*.h) internal/hostapi/hostapi.h \
+$(BUILD)/libhaext-pkcs11.so: $(FRONT_SRC) $(wildcard internal/front/*.h) $(wildcard internal/hostapi/*.h) \
 		cmd/libhaext-pkcs11/exports.map
 	@mkdir -p $(BUILD)
 	$(CC) $(FRONT_CFLAGS) -shared -Wl,--version-script=cmd/libhaext-pkcs11/exports.map \
@@ -90,28 +90,35 @@ $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.s
 demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
 	@bash test/lab/demo.sh
 
-test: deps test-go test-c test-front test-install
+# Every runner of make test ends with "N passed, N failed" (go test's
+# packages are counted), recorded by scripts/tally.sh; make test ends with
+# each runner's line and their total.
+TALLY := bash scripts/tally.sh
+test: deps
+	@mkdir -p $(BUILD) && rm -f $(BUILD)/tally
+	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-install; \
+	  rc=$$?; $(TALLY) --total $(BUILD)/tally; exit $$rc
 
 test-go:
 	@test -z "$$(gofmt -l cmd pkg internal)" || { gofmt -l cmd pkg internal; echo "gofmt needed" >&2; exit 1; }
 	$(GO) vet ./...
-	$(GO) test -race -count=1 ./...
+	$(TALLY) --packages go $(GO) test -race -count=1 ./...
 
 test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login \
 	$(BUILD)/test_sigpipe $(BUILD)/test_capi $(BUILD)/test_sigwait \
 	$(BUILD)/test_net $(BUILD)/test_unknownslot $(BUILD)/libhaext-pkcs11.so $(BUILD)/delayshim.so
-	bash test/c/run.sh
+	$(TALLY) c bash test/c/run.sh
 
 # The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)
 # against SoftHSM2 and the p11-kit lab, side by side with the vendor alone;
 # then the do-no-harm checks (exit without C_Finalize, setuid, threads).
 test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.so $(BUILD)/v3shim.so \
 	$(BUILD)/watchshim.so
-	bash test/consumers/run.sh
-	bash test/consumers/harm.sh
+	$(TALLY) front bash test/consumers/run.sh
+	$(TALLY) harm bash test/consumers/harm.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
-	bash test/install/run.sh
+	$(TALLY) install bash test/install/run.sh
 
 # The values haext.pc is made from, rewritten only when they change, so that
 # `make install PREFIX=/b` after `make install PREFIX=/a` installs a haext.pc
@@ -154,13 +161,14 @@ uninstall:
 
 # Benchmarks on the lab: legacy sequential check against CA_GetCurrentHAState,
 # 1 to 32 members, 0/1/5 ms injected latency, faults, concurrency, resources;
-# writes BENCHMARKS.md and BENCHMARKS.json.
+# writes BENCHMARKS.md, and the raw numbers to build/bench/results.json.
 bench: deps $(BUILD)/libhaext.so $(BUILD)/libhaext-pkcs11.so $(BUILD)/delayshim.so
 	bash test/bench/run.sh
 
+# Every fuzz target (func Fuzz* in any package's tests), each for FUZZTIME.
+FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzToINI -fuzztime=30s ./pkg/conf
-	$(GO) test -run='^$$' -fuzz=FuzzParse -fuzztime=30s ./pkg/conf
+	GO=$(GO) FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 FORCE:
 

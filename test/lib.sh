@@ -46,9 +46,9 @@ in_lab() {
 conf_set() { sed -i "/^ *$2 = /d; s#^Chrystoki2 = {#&\n   $2 = $3;#" "$1/Chrystoki.conf"; }
 conf_unset() { sed -i "/^ *$2 = /d" "$1/Chrystoki.conf"; }
 
-# t_done NAME: the closing count; fails when anything failed or nothing ran.
+# t_done: the closing count (scripts/tally.sh reads it); fails when
+# anything failed or nothing ran.
 t_done() {
-    echo "$1: $passed passed, $failed failed"
     echo "$passed passed, $failed failed"
     [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
 }

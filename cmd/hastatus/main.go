@@ -214,13 +214,7 @@ func startEngine(cfg *conf.Config, groups []conf.Group, timeout time.Duration, s
 // lost reports whether a status says the member's connection or instance
 // is gone (not merely slow): what initializing the module again can mend.
 func lost(s probe.Status) bool {
-	switch s {
-	case probe.StatusSocketDown, probe.StatusNoInstance, 0x30, 0x32, 0xB0, 0xB3, 0xE0:
-		// CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED, CKR_SESSION_CLOSED,
-		// CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT
-		return true
-	}
-	return false
+	return s == probe.StatusSocketDown || s == probe.StatusNoInstance || cryptoki.FailOver(uint(s))
 }
 
 // mend initializes the module again when a member in reports is lost, the

@@ -23,17 +23,19 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/miekg/pkcs11"
+
 	"github.com/libhaext/libhaext/pkg/conf"
 )
 
 // CK_RV values the fake answers with.
 const (
-	ckrSlotIDInvalid          = 0x003
-	ckrTokenNotPresent        = 0x0E0
-	ckrSessionHandleInvalid   = 0x0B3
-	ckrBufferTooSmall         = 0x150
-	ckrCryptokiNotInitialized = 0x190
-	ckrAlreadyInitialized     = 0x191
+	ckrSlotIDInvalid          = pkcs11.CKR_SLOT_ID_INVALID
+	ckrTokenNotPresent        = pkcs11.CKR_TOKEN_NOT_PRESENT
+	ckrSessionHandleInvalid   = pkcs11.CKR_SESSION_HANDLE_INVALID
+	ckrBufferTooSmall         = pkcs11.CKR_BUFFER_TOO_SMALL
+	ckrCryptokiNotInitialized = pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED
+	ckrAlreadyInitialized     = pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED
 )
 
 // Script is how one slot behaves; change it with Module.Update.

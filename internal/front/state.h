@@ -32,6 +32,7 @@
 
 #include <stdatomic.h>
 
+#include "ckr.h" /* haext_rv_connection, haext_rv_dropped */
 #include "front.h"
 #include "pkcs11v3.h"
 
@@ -133,17 +134,6 @@ static inline CK_SESSION_HANDLE haext_busy_begin(CK_SESSION_HANDLE h)
 static inline void haext_busy_end(CK_SESSION_HANDLE prev)
 {
     atomic_store_explicit(&haext_self.cur, prev, memory_order_release);
-}
-
-/* Connection-class CK_RVs: the member behind the slot may be gone. */
-static inline int haext_rv_connection(CK_RV rv)
-{
-    return rv == CKR_DEVICE_ERROR || rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT;
-}
-
-static inline int haext_rv_dropped(CK_RV rv)
-{
-    return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
 }
 
 /* A host call on session h failed with rv: record the host error, and

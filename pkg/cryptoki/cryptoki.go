@@ -55,16 +55,6 @@ type Error struct {
 // Error implements error.
 func (e *Error) Error() string { return e.Func + ": " + Name(e.RV) }
 
-// Name returns the CKR_ name of a CK_RV (from miekg/pkcs11's table of the
-// standard's codes), or its hexadecimal value.
-func Name(rv uint) string {
-	s := pkcs11.Error(rv).Error()
-	if i := strings.LastIndex(s, ": "); i >= 0 && strings.HasPrefix(s[i+2:], "CKR_") {
-		return s[i+2:]
-	}
-	return fmt.Sprintf("CKR_0x%08X", rv)
-}
-
 // RV returns the CK_RV an error carries: 0 for nil, the code of an *Error,
 // CKR_GENERAL_ERROR for any other error.
 func RV(err error) uint {

@@ -3,6 +3,8 @@ package probe
 import (
 	"sync"
 	"time"
+
+	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
 
 // member is one HSM of one or more groups, followed by its serial number.
@@ -164,7 +166,7 @@ func (in *instance) lose(md mode, session uint, rv Status) bool {
 	switch {
 	case md == modeSession && in.hasSession && in.session == session:
 		in.hasSession = false
-		if rv != ckrSessionHandleInvalid && rv != ckrSessionClosed && rv != ckrCryptokiNotInitialized {
+		if !cryptoki.SessionDropped(uint(rv)) && rv != ckrCryptokiNotInitialized {
 			in.stale, in.hasStale = session, true
 		}
 	case md != modeSession && in.hasSlot && (rv == ckrSlotIDInvalid || rv == ckrTokenNotPresent || rv == ckrDeviceRemoved):

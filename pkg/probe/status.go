@@ -1,6 +1,10 @@
 package probe
 
-import "github.com/libhaext/libhaext/pkg/cryptoki"
+import (
+	"github.com/miekg/pkcs11"
+
+	"github.com/libhaext/libhaext/pkg/cryptoki"
+)
 
 // Status is a member's status in a report: a CK_RV. It is CKR_OK when all
 // three stages passed, one of the CKR_HA_* codes when stage 1, 2 or the
@@ -26,14 +30,14 @@ const (
 
 // CK_RV values the engine itself interprets.
 const (
-	ckrSlotIDInvalid          = 0x003
-	ckrDeviceError            = 0x030
-	ckrDeviceRemoved          = 0x032
-	ckrSessionClosed          = 0x0B0
-	ckrSessionHandleInvalid   = 0x0B3
-	ckrTokenNotPresent        = 0x0E0
-	ckrTokenNotRecognized     = 0x0E1
-	ckrCryptokiNotInitialized = 0x190
+	ckrSlotIDInvalid          = pkcs11.CKR_SLOT_ID_INVALID
+	ckrDeviceError            = pkcs11.CKR_DEVICE_ERROR
+	ckrDeviceRemoved          = pkcs11.CKR_DEVICE_REMOVED
+	ckrSessionClosed          = pkcs11.CKR_SESSION_CLOSED
+	ckrSessionHandleInvalid   = pkcs11.CKR_SESSION_HANDLE_INVALID
+	ckrTokenNotPresent        = pkcs11.CKR_TOKEN_NOT_PRESENT
+	ckrTokenNotRecognized     = pkcs11.CKR_TOKEN_NOT_RECOGNIZED
+	ckrCryptokiNotInitialized = pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED
 )
 
 var haNames = map[Status]string{
@@ -70,12 +74,15 @@ func (s Status) Reason() string {
 }
 
 // dropsSession reports whether a lightweight call's CK_RV means the
-// session it used can no longer be used and must be re-opened.
+// session it used can no longer be used and must be re-opened: the module
+// dropped it (cryptoki.SessionDropped), the token left its slot, which
+// closes every session on it (CKR_DEVICE_REMOVED, CKR_TOKEN_NOT_PRESENT),
+// or the module was finalized. CKR_DEVICE_ERROR, the other answer of
+// cryptoki.ConnectionLost, says nothing of the session and keeps it.
 func dropsSession(rv Status) bool {
 	switch rv {
-	case ckrSessionHandleInvalid, ckrSessionClosed, ckrDeviceRemoved,
-		ckrTokenNotPresent, ckrCryptokiNotInitialized:
+	case ckrDeviceRemoved, ckrTokenNotPresent, ckrCryptokiNotInitialized:
 		return true
 	}
-	return false
+	return cryptoki.SessionDropped(uint(rv))
 }

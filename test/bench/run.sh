@@ -6,8 +6,8 @@
 # faults, concurrency, resources and the Go engine benchmarks.
 #
 # Needs build/libhaext.so and build/delayshim.so (built by `make bench`).
-# Compiles build/bench/bench itself. Writes build/bench/results.json, a copy in
-# BENCHMARKS.json and BENCHMARKS.md (test/bench/report.py). Every lab is
+# Compiles build/bench/bench itself. Writes build/bench/results.json (the raw
+# numbers, a build output) and BENCHMARKS.md (test/bench/report.py). Every lab is
 # torn down on exit.
 #
 # Environment: CC, GO, BUILD (default build), BENCH_QUICK=1 (a smoke run with
@@ -262,5 +262,4 @@ finished=$(date +%s)
     --out-json "$out/results.json" \
     --out-md "$top/BENCHMARKS.md" --seconds $((finished - started)) --quick "${BENCH_QUICK:-0}" \
     --go-version "$("$go_bin" version 2>/dev/null || true)"
-cp "$out/results.json" "$top/BENCHMARKS.json"
-log "done in $((finished - started)) s: $top/BENCHMARKS.md, $out/results.json, $top/BENCHMARKS.json"
+log "done in $((finished - started)) s: $top/BENCHMARKS.md, $out/results.json"

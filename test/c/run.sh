@@ -189,4 +189,4 @@ bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 # shellcheck source=test/c/net.sh
 . "$here/net.sh"
 
-t_done "C tests"
+t_done

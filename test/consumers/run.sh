@@ -309,4 +309,4 @@ for mode in direct net; do
     bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 done
 
-t_done front
+t_done
