@@ -4,7 +4,7 @@
  * CA_GetCurrentHAState checks every member of the HA group a slot names, in
  * parallel and without opening or closing a session, and reports each
  * member's status in the CK_HA_STATUS structure of the Luna PKCS#11
- * extensions. Two layouts of that structure exist (see the README, "ABI"):
+ * extensions. Two layouts of that structure exist (see docs/API.md, "ABI"):
  *
  *   classic (Luna 5-era cryptoki_v2.h), the default: numeric serials,
  *     CK_ULONG groupSerial and memberSerial; 528 bytes on LP64 (x86-64,

@@ -140,7 +140,7 @@ for mode in beside front; do
 done
 bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 
-# hastatus --watch while a member hangs and resumes (the README shows this
+# hastatus --watch while a member hangs and resumes (docs/HASTATUS.md shows this
 # by hand).
 check_line() { # check_line DESCRIPTION PATTERN FILE
     if grep -qE "$2" "$3"; then

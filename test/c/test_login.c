@@ -108,7 +108,7 @@ int main(int argc, char **argv)
         check(re == CKR_OK, "no monitor session: closing the last session logs the user out as without "
                             "libhaext (%s)", status_name(re));
     } else {
-        /* What the README documents for the default. */
+        /* What docs/API.md ("Login state") documents for the default. */
         check(so == CKR_SESSION_READ_ONLY_EXISTS, "monitor session: the host's SO login fails with "
                                                   "CKR_SESSION_READ_ONLY_EXISTS (%s), as documented",
               status_name(so));

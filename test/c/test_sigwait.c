@@ -2,7 +2,7 @@
  * test_sigwait.c - a host that blocks every signal and collects them in one
  * thread with sigtimedwait, with libhaext.so loaded and CA_* calls running
  * on two other threads, under a burst of queued real-time signals from
- * another process (README, "Signals").
+ * another process (docs/ARCHITECTURE.md, "Signal masks").
  *
  * Each scenario runs in its own process ("test_sigwait host SCENARIO"), so
  * that one the burst kills is observed from outside:
@@ -13,13 +13,13 @@
  *              library may block);
  *   rtmin      the same with SIGRTMIN (signal 34), which the Go runtime
  *              unblocks on each of its threads whatever the mask: the burst
- *              kills the host. This is the limit the README documents;
- *   redirect   the same with the README's remedy: a handler for SIGRTMIN
+ *              kills the host. This is the limit docs/ARCHITECTURE.md documents;
+ *   redirect   the same with the remedy of docs/ARCHITECTURE.md: a handler for SIGRTMIN
  *              that sends each one on to the collecting thread with
  *              rt_tgsigqueueinfo: the host survives and collects every one;
  *   urg        whether every thread but the host's blocks SIGURG, the Go
  *              runtime's preemption signal: only when the process starts
- *              with GODEBUG=asyncpreemptoff=1 (the README's remedy).
+ *              with GODEBUG=asyncpreemptoff=1 (the remedy of docs/ARCHITECTURE.md).
  *
  * Environment (test/c/run.sh and the lab): LIBHAEXT, HALAB_MODULE,
  * HALAB_SERIALS, ChrystokiConfigurationPath.
@@ -49,7 +49,7 @@ static CK_SLOT_ID slot;
 static pid_t collector;
 static volatile int stop;
 
-/* The README's remedy: a signal that lands on a thread other than the
+/* The remedy of docs/ARCHITECTURE.md: a signal that lands on a thread other than the
  * collector (one of the Go runtime's) goes on to the collector, with its
  * siginfo, where it waits blocked until sigtimedwait takes it. */
 static void redirect(int sig, siginfo_t *info, void *ctx)
@@ -290,7 +290,7 @@ int main(int argc, char **argv)
 
     status = run_host("redirect", line, sizeof line);
     check(WIFEXITED(status) && WEXITSTATUS(status) == 0,
-          "with the README's handler sending SIGRTMIN on to the collecting thread, it survives and collects "
+          "with the documented handler sending SIGRTMIN on to the collecting thread, it survives and collects "
           "every one (%s: %s)",
           how(status, h, sizeof h), line);
 
