@@ -589,7 +589,12 @@ static void wait_returned(struct haext_sess *e, struct haext_slot *s)
     struct timespec dl;
     deadline_in(&dl, HAEXT_FRONT_WAIT_MS);
     pthread_mutex_lock(&lend_mu);
-    while (lent_out(e, s) || (e == NULL && s->own_state == OWN_OPENING)) {
+    /* For a whole slot (C_CloseAllSessions), also while the front's own
+     * session there is being opened or closed: forwarded meanwhile, the
+     * host's call would free the handle the front is about to close, and
+     * the vendor may give that handle to a new session of the host's
+     * before the front's C_CloseSession arrives (SoftHSM2 crashed). */
+    while (lent_out(e, s) || (e == NULL && (s->own_state == OWN_OPENING || s->own_state == OWN_CLOSING))) {
         if (!wait_until(&lend_cv, &lend_mu, &dl))
             break;
     }
