@@ -24,7 +24,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/libhaext/libhaext/internal/sockstate"
 	"github.com/libhaext/libhaext/pkg/conf"
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
@@ -56,7 +55,7 @@ type Options struct {
 	// C_GetTokenInfo on the member's slot (conf: HAConfiguration
 	// haExtMonitorSession = disabled).
 	NoSession bool
-	// Sockets is stage 2. Default: a sockstate.Checker, which scans this
+	// Sockets is stage 2. Default: a sockChecker (sockstate.go), which scans this
 	// process's descriptors (/proc/self/fd); it resolves TCP host names once,
 	// in New, within half the Timeout.
 	Sockets SocketChecker
@@ -188,7 +187,7 @@ func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, erro
 		e.groups = append(e.groups, g)
 	}
 	if e.sockets == nil {
-		e.sockets = sockstate.NewChecker(all, e.timeout/2).Check
+		e.sockets = newSockChecker(all, e.timeout/2).Check
 	}
 	var ok bool
 	if e.lanes, ok = newLanes(mod.Host(), len(e.members), e.timeout); !ok {

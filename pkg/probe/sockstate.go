@@ -1,9 +1,10 @@
-// Package sockstate tells whether this process holds a healthy connection to
-// a member's network endpoint. It finds the connection by scanning the
-// process's own descriptors (/proc/self/fd) for sockets whose peer is the
-// endpoint, and judges it with read-only system calls only: it never reads
-// from, writes to or closes a descriptor, which belongs to the vendor module.
-package sockstate
+package probe
+
+// Stage 2: whether this process holds a healthy connection to a member's
+// network endpoint. The connection is found by scanning the process's own
+// descriptors (/proc/self/fd) for sockets whose peer is the endpoint, and
+// judged with read-only system calls only: nothing here reads from, writes
+// to or closes a descriptor, which belongs to the vendor module.
 
 import (
 	"context"
@@ -33,15 +34,15 @@ const defaultRelookup = 5 * time.Second
 // lookupNetIP resolves host names (the system resolver; tests replace it).
 var lookupNetIP = net.DefaultResolver.LookupNetIP
 
-// Checker reports on the endpoints it was prepared for. TCP host names are
-// resolved by NewChecker; a name whose endpoint then has no healthy
+// sockChecker reports on the endpoints it was prepared for. TCP host names
+// are resolved by newSockChecker; a name whose endpoint then has no healthy
 // connection (it did not resolve at start, or the member moved) is looked up
 // again in the background, at most once per relookup interval, and never
 // inside a check. Concurrent checks share one scan of the descriptors: a
 // check that arrives while a scan is in flight waits for it rather than
 // making its own, as concurrent status calls share a member's lightweight
 // call.
-type Checker struct {
+type sockChecker struct {
 	eps   []conf.Endpoint       // prepared, without duplicates
 	index map[conf.Endpoint]int // endpoint -> position in eps
 	tcp   map[string]*target    // endpoint address -> where it leads
@@ -77,12 +78,12 @@ type scan struct {
 	fds     []int
 }
 
-// NewChecker prepares a Checker for the endpoints, resolving TCP host names
-// with the system resolver within timeout. A name that does not resolve
-// matches no socket, so its member is reported with its socket down until a
-// later look-up succeeds.
-func NewChecker(eps []conf.Endpoint, timeout time.Duration) *Checker {
-	c := &Checker{index: make(map[conf.Endpoint]int), tcp: make(map[string]*target),
+// newSockChecker prepares a sockChecker for the endpoints, resolving TCP
+// host names with the system resolver within timeout. A name that does not
+// resolve matches no socket, so its member is reported with its socket down
+// until a later look-up succeeds.
+func newSockChecker(eps []conf.Endpoint, timeout time.Duration) *sockChecker {
+	c := &sockChecker{index: make(map[conf.Endpoint]int), tcp: make(map[string]*target),
 		lookupTimeout: timeout, relookup: defaultRelookup}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -173,9 +174,9 @@ func (t *target) relookupLater(every, timeout time.Duration) {
 
 // Check sets healthy[i] when this process holds at least one healthy
 // connection to eps[i], and fds[i] to the descriptor of one such
-// connection (-1 when none). An endpoint the Checker was not prepared for
+// connection (-1 when none). An endpoint the checker was not prepared for
 // is reported down.
-func (c *Checker) Check(eps []conf.Endpoint, healthy []bool, fds []int) {
+func (c *sockChecker) Check(eps []conf.Endpoint, healthy []bool, fds []int) {
 	s := c.shared()
 	for i, ep := range eps {
 		j, ok := c.index[ep]
@@ -188,7 +189,7 @@ func (c *Checker) Check(eps []conf.Endpoint, healthy []bool, fds []int) {
 
 // shared returns the scan in flight, once it has ended, or a new scan when
 // none is.
-func (c *Checker) shared() *scan {
+func (c *sockChecker) shared() *scan {
 	c.mu.Lock()
 	if s := c.current; s != nil {
 		c.mu.Unlock()
@@ -211,7 +212,7 @@ func (c *Checker) shared() *scan {
 // healthy (their peer is checked, so a reused descriptor does not count),
 // and looks at every descriptor of the process only when that leaves an
 // endpoint unconfirmed.
-func (c *Checker) scan() []bool {
+func (c *sockChecker) scan() []bool {
 	healthy := make([]bool, len(c.eps))
 	if c.confirm(healthy) < len(c.eps) {
 		c.walk(healthy)
@@ -227,7 +228,7 @@ func (c *Checker) scan() []bool {
 // confirm asks again the descriptors that last proved each endpoint
 // healthy: each one's peer, so that a reused descriptor does not count,
 // then one poll for all of them. It returns how many it confirmed.
-func (c *Checker) confirm(healthy []bool) int {
+func (c *sockChecker) confirm(healthy []bool) int {
 	pfds := make([]unix.PollFd, 0, len(c.eps))
 	at := make([]int, 0, len(c.eps))
 	for j, ep := range c.eps {
@@ -257,7 +258,7 @@ func (c *Checker) confirm(healthy []bool) int {
 
 // walk looks at every descriptor of the process for the endpoints not yet
 // healthy.
-func (c *Checker) walk(healthy []bool) {
+func (c *sockChecker) walk(healthy []bool) {
 	dir, err := os.Open(fdDir)
 	if err != nil {
 		return
@@ -286,7 +287,7 @@ func (c *Checker) walk(healthy []bool) {
 	}
 }
 
-func (c *Checker) matches(peer unix.Sockaddr, ep conf.Endpoint) bool {
+func (c *sockChecker) matches(peer unix.Sockaddr, ep conf.Endpoint) bool {
 	switch sa := peer.(type) {
 	case *unix.SockaddrUnix:
 		return ep.Network == "unix" && sa.Name == ep.Address
@@ -298,7 +299,7 @@ func (c *Checker) matches(peer unix.Sockaddr, ep conf.Endpoint) bool {
 	return false
 }
 
-func (c *Checker) tcpMatches(peer netip.AddrPort, address string) bool {
+func (c *sockChecker) tcpMatches(peer netip.AddrPort, address string) bool {
 	t := c.tcp[address]
 	if t == nil {
 		return false
