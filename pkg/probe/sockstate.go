@@ -5,10 +5,43 @@ package probe
 // descriptors (/proc/self/fd) for sockets whose peer is the endpoint, and
 // judged with read-only system calls only: nothing here reads from, writes
 // to or closes a descriptor, which belongs to the vendor module.
+//
+// The poll is C (hx_poll_down, below), so that a status call's head start
+// (lanes.c) makes it before the call enters Go: a scan takes the head
+// start's answers for the descriptors it remembers (confirm) and polls only
+// what the head start did not.
+
+/*
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include "lanes.h"
+
+int hx_poll_down(const int *fd, int n, unsigned char *down)
+{
+	struct pollfd pfd[HX_MAX_POLL];
+	int i, k, m, r, rc = 0;
+	for (i = 0; i < n; i += m) {
+		m = n - i < HX_MAX_POLL ? n - i : HX_MAX_POLL;
+		for (k = 0; k < m; k++) {
+			pfd[k].fd = fd[i + k];
+			pfd[k].events = POLLRDHUP;
+			pfd[k].revents = 0;
+		}
+		while ((r = poll(pfd, (nfds_t)m, 0)) < 0 && errno == EINTR) {
+		}
+		for (k = 0; k < m; k++) {
+			down[i + k] = r < 0 || (pfd[k].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+		}
+		rc = r < 0 ? -1 : rc;
+	}
+	return rc;
+}
+*/
+import "C"
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -31,9 +64,6 @@ const tcpEstablished = 1
 // host name whose endpoint has no healthy connection.
 const defaultRelookup = 5 * time.Second
 
-// lookupNetIP resolves host names (the system resolver; tests replace it).
-var lookupNetIP = net.DefaultResolver.LookupNetIP
-
 // sockChecker reports on the endpoints it was prepared for. TCP host names
 // are resolved by newSockChecker; a name whose endpoint then has no healthy
 // connection (it did not resolve at start, or the member moved) is looked up
@@ -53,21 +83,11 @@ type sockChecker struct {
 	mu      sync.Mutex
 	current *scan // the scan in flight, if any
 
-	// known[j] is the descriptor that last proved eps[j] healthy, or -1.
-	// Only the scan in flight uses it, and scans run one at a time.
-	known []int
-}
-
-// target is where a TCP endpoint's connections lead: the addresses its host
-// resolved to, with the port.
-type target struct {
-	host  string // the name to look up again; empty for an address literal
-	port  uint16
-	peers atomic.Pointer[[]netip.AddrPort]
-
-	mu     sync.Mutex
-	busy   bool      // a look-up is in flight
-	looked time.Time // when the last look-up started
+	// known[j] is the descriptor that last proved eps[j] healthy, or -1:
+	// stage 2's table, which the head start polls (remember). Only the scan
+	// in flight writes it, and scans run one at a time; accessed
+	// atomically.
+	known []int32
 }
 
 // scan is one pass over the descriptors: the health of every prepared
@@ -105,79 +125,44 @@ func newSockChecker(eps []conf.Endpoint, timeout time.Duration) *sockChecker {
 	return c
 }
 
-// newTarget parses host:port; a host that is not an address literal is
-// looked up now, within ctx.
-func newTarget(ctx context.Context, address string) *target {
-	t := &target{}
-	none := []netip.AddrPort(nil)
-	t.peers.Store(&none)
-	host, portText, err := net.SplitHostPort(address)
-	if err != nil {
-		return t
-	}
-	port, err := strconv.ParseUint(portText, 10, 16)
-	if err != nil {
-		return t
-	}
-	t.port = uint16(port)
-	if ip, err := netip.ParseAddr(host); err == nil {
-		// The kernel reports a peer without a zone name: the address and
-		// the port decide.
-		peers := []netip.AddrPort{netip.AddrPortFrom(ip.Unmap().WithZone(""), t.port)}
-		t.peers.Store(&peers)
-		return t
-	}
-	t.host = host
-	t.looked = time.Now()
-	t.lookup(ctx)
-	return t
+// remember makes table (stage 2's table of a pool of lanes, as long as
+// c.eps) the checker's record of the descriptors it found healthy, for the
+// head start to poll. Call it before the first check.
+func (c *sockChecker) remember(table []int32) {
+	copy(table, c.known)
+	c.known = table
 }
 
-// lookup resolves the target's host; a failed look-up keeps the addresses
-// known so far.
-func (t *target) lookup(ctx context.Context) {
-	ips, err := lookupNetIP(ctx, "ip", t.host)
-	if err != nil || len(ips) == 0 {
-		return
+// size is how many endpoints the checker has (0 for none).
+func (c *sockChecker) size() int {
+	if c == nil {
+		return 0
 	}
-	peers := make([]netip.AddrPort, 0, len(ips))
-	for _, ip := range ips {
-		peers = append(peers, netip.AddrPortFrom(ip.Unmap().WithZone(""), t.port))
-	}
-	t.peers.Store(&peers)
+	return len(c.eps)
 }
 
-// relookupLater starts a background look-up of the target's host unless it
-// is an address literal, one is in flight, or the last one started less
-// than every ago.
-func (t *target) relookupLater(every, timeout time.Duration) {
-	if t.host == "" {
-		return
+// endpointAt returns the index in the checker's table of eps[j] (-1 for
+// j < 0, or no checker).
+func (c *sockChecker) endpointAt(eps []conf.Endpoint, j int) int {
+	if c == nil || j < 0 {
+		return -1
 	}
-	t.mu.Lock()
-	if t.busy || time.Since(t.looked) < every {
-		t.mu.Unlock()
-		return
+	if k, ok := c.index[eps[j]]; ok {
+		return k
 	}
-	t.busy = true
-	t.looked = time.Now()
-	t.mu.Unlock()
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		t.lookup(ctx)
-		t.mu.Lock()
-		t.busy = false
-		t.mu.Unlock()
-	}()
+	return -1
 }
+
+func (c *sockChecker) knownFd(j int) int { return int(atomic.LoadInt32(&c.known[j])) }
+
+func (c *sockChecker) setKnown(j, fd int) { atomic.StoreInt32(&c.known[j], int32(fd)) }
 
 // Check sets healthy[i] when this process holds at least one healthy
 // connection to eps[i], and fds[i] to the descriptor of one such
 // connection (-1 when none). An endpoint the checker was not prepared for
 // is reported down.
 func (c *sockChecker) Check(eps []conf.Endpoint, healthy []bool, fds []int) {
-	s := c.shared()
+	s := c.shared(nil)
 	for i, ep := range eps {
 		j, ok := c.index[ep]
 		healthy[i], fds[i] = ok && s.healthy[j], -1
@@ -187,9 +172,19 @@ func (c *sockChecker) Check(eps []conf.Endpoint, healthy []bool, fds []int) {
 	}
 }
 
+// check is stage 2 of a check: Check with the answers of the status call's
+// head start for the descriptors it polled.
+func (c *sockChecker) check(eps []conf.Endpoint, healthy []bool, head HeadStart) {
+	s := c.shared(head.h)
+	for i, ep := range eps {
+		j, ok := c.index[ep]
+		healthy[i] = ok && s.healthy[j]
+	}
+}
+
 // shared returns the scan in flight, once it has ended, or a new scan when
 // none is.
-func (c *sockChecker) shared() *scan {
+func (c *sockChecker) shared(ahead *C.struct_hx_head) *scan {
 	c.mu.Lock()
 	if s := c.current; s != nil {
 		c.mu.Unlock()
@@ -199,8 +194,11 @@ func (c *sockChecker) shared() *scan {
 	s := &scan{done: make(chan struct{})}
 	c.current = s
 	c.mu.Unlock()
-	s.healthy = c.scan()
-	s.fds = append([]int(nil), c.known...)
+	s.healthy = c.scan(ahead)
+	s.fds = make([]int, len(c.known))
+	for j := range s.fds {
+		s.fds[j] = c.knownFd(j)
+	}
 	c.mu.Lock()
 	c.current = nil
 	c.mu.Unlock()
@@ -212,9 +210,9 @@ func (c *sockChecker) shared() *scan {
 // healthy (their peer is checked, so a reused descriptor does not count),
 // and looks at every descriptor of the process only when that leaves an
 // endpoint unconfirmed.
-func (c *sockChecker) scan() []bool {
+func (c *sockChecker) scan(ahead *C.struct_hx_head) []bool {
 	healthy := make([]bool, len(c.eps))
-	if c.confirm(healthy) < len(c.eps) {
+	if c.confirm(healthy, ahead) < len(c.eps) {
 		c.walk(healthy)
 		for j, ep := range c.eps {
 			if !healthy[j] && ep.Network == "tcp" {
@@ -227,27 +225,38 @@ func (c *sockChecker) scan() []bool {
 
 // confirm asks again the descriptors that last proved each endpoint
 // healthy: each one's peer, so that a reused descriptor does not count,
-// then one poll for all of them. It returns how many it confirmed.
-func (c *sockChecker) confirm(healthy []bool) int {
-	pfds := make([]unix.PollFd, 0, len(c.eps))
-	at := make([]int, 0, len(c.eps))
+// then one poll for all of them, unless the head start (ahead) polled the
+// descriptor already. It returns how many it confirmed.
+func (c *sockChecker) confirm(healthy []bool, ahead *C.struct_hx_head) int {
+	down := make([]bool, len(c.eps))
+	var fds []C.int
+	var at []int
 	for j, ep := range c.eps {
-		fd := c.known[j]
+		fd := c.knownFd(j)
 		if fd < 0 {
 			continue
 		}
 		if peer, err := unix.Getpeername(fd); err != nil || !c.matches(peer, ep) {
-			c.known[j] = -1
+			c.setKnown(j, -1)
 			continue
 		}
-		pfds = append(pfds, unix.PollFd{Fd: int32(fd), Events: unix.POLLRDHUP})
-		at = append(at, j)
+		if ahead != nil && j < int(ahead.polled) && int(ahead.fd[j]) == fd {
+			down[j] = ahead.down[j] != 0
+			continue
+		}
+		fds, at = append(fds, C.int(fd)), append(at, j)
 	}
-	ok := pollNow(pfds)
+	for k, d := range pollDown(fds) {
+		down[at[k]] = d
+	}
 	confirmed := 0
-	for k, j := range at {
-		if !ok || hungUp(pfds[k].Revents) || (c.eps[j].Network == "tcp" && !established(c.known[j])) {
-			c.known[j] = -1
+	for j, ep := range c.eps {
+		fd := c.knownFd(j)
+		if fd < 0 {
+			continue
+		}
+		if down[j] || (ep.Network == "tcp" && !established(fd)) {
+			c.setKnown(j, -1)
 			continue
 		}
 		healthy[j] = true
@@ -257,7 +266,8 @@ func (c *sockChecker) confirm(healthy []bool) int {
 }
 
 // walk looks at every descriptor of the process for the endpoints not yet
-// healthy.
+// healthy: those whose peer is one of them are polled at once, and the
+// first healthy one (in the directory's order) proves its endpoint.
 func (c *sockChecker) walk(healthy []bool) {
 	dir, err := os.Open(fdDir)
 	if err != nil {
@@ -269,6 +279,8 @@ func (c *sockChecker) walk(healthy []bool) {
 	if err != nil {
 		return
 	}
+	var fds []C.int
+	var at []int // the endpoint fds[k] leads to
 	for _, name := range names {
 		fd, err := strconv.Atoi(name)
 		if err != nil || fd == own {
@@ -279,10 +291,16 @@ func (c *sockChecker) walk(healthy []bool) {
 			continue // not a socket, not connected, or closed meanwhile
 		}
 		for j, ep := range c.eps {
-			if !healthy[j] && c.matches(peer, ep) && isHealthy(fd, ep.Network == "tcp") {
-				healthy[j] = true
-				c.known[j] = fd
+			if !healthy[j] && c.matches(peer, ep) {
+				fds, at = append(fds, C.int(fd)), append(at, j)
 			}
+		}
+	}
+	for k, down := range pollDown(fds) {
+		j, fd := at[k], int(fds[k])
+		if !healthy[j] && !down && (c.eps[j].Network != "tcp" || established(fd)) {
+			healthy[j] = true
+			c.setKnown(j, fd)
 		}
 	}
 }
@@ -312,32 +330,23 @@ func (c *sockChecker) tcpMatches(peer netip.AddrPort, address string) bool {
 	return false
 }
 
-// isHealthy reports whether a connected socket shows no hang-up and no
-// pending error, and for TCP is ESTABLISHED. poll with a zero timeout
-// reports a pending error as POLLERR without consuming it, which
-// getsockopt(SO_ERROR) would do, hiding the error from the vendor module.
-func isHealthy(fd int, tcp bool) bool {
-	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
-	return pollNow(pfd) && !hungUp(pfd[0].Revents) && (!tcp || established(fd))
-}
-
-// pollNow polls pfds with a zero timeout, retried on EINTR (the Go runtime
-// preempts with SIGURG); it reports whether the revents are valid.
-func pollNow(pfds []unix.PollFd) bool {
-	if len(pfds) == 0 {
-		return true
+// pollDown polls fds at once (hx_poll_down, a zero timeout, retried on
+// EINTR, which the Go runtime's preemption signal causes) and reports, per
+// descriptor, whether it shows a hang-up, an error, or is not open; every
+// one when poll failed. poll reports a pending error as POLLERR without
+// consuming it, which getsockopt(SO_ERROR) would do, hiding the error from
+// the vendor module.
+func pollDown(fds []C.int) []bool {
+	if len(fds) == 0 {
+		return nil
 	}
-	_, err := unix.Poll(pfds, 0)
-	for err == unix.EINTR {
-		_, err = unix.Poll(pfds, 0)
+	cdown := make([]C.uchar, len(fds))
+	C.hx_poll_down(&fds[0], C.int(len(fds)), &cdown[0])
+	down := make([]bool, len(fds))
+	for k, d := range cdown {
+		down[k] = d != 0
 	}
-	return err == nil
-}
-
-// hungUp reports whether poll's revents show a hang-up, an error or a
-// descriptor that is not open.
-func hungUp(revents int16) bool {
-	return revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0
+	return down
 }
 
 // established reports whether a TCP socket is in ESTABLISHED.

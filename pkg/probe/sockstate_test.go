@@ -192,7 +192,7 @@ func TestRememberedDescriptorIsVerified(t *testing.T) {
 	peerA := <-srvA.conns
 	defer peerA.Close()
 	assert.Equal(t, []bool{true, false}, sockCheck(c, a, b))
-	fdA := c.known[0]
+	fdA := c.knownFd(0)
 	require.GreaterOrEqual(t, fdA, 0, "the healthy descriptor is remembered")
 
 	require.NoError(t, ca.Close())
