@@ -122,28 +122,46 @@ func TestHeadStartSkipsAMemberWhoseInstanceChangedOrThatFailed(t *testing.T) {
 	headEnd(headStarted(t, f, 3, []int32{1, 1, 0}))
 }
 
-func TestHeadStartSkipsAConnectionThatHungUp(t *testing.T) {
+// memberOnSocket is an engine over two members whose member 0 has a unix
+// endpoint; the test holds the vendor's connection to it and the server's
+// end, which hangs up when closed.
+func memberOnSocket(t *testing.T) (*fakep11.Module, *Engine, net.Conn) {
 	f := fakep11.New(2)
 	path := filepath.Join(t.TempDir(), "m0.sock")
 	srv := serve(t, "unix", path)
 	conn, err := net.Dial("unix", path) // the vendor's connection to member 0
 	require.NoError(t, err)
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
 	peer := <-srv.conns
 	g := f.Group("g", 4242, 2)
 	g.Members[0].Endpoint = &conf.Endpoint{Network: "unix", Address: path}
 	e := newEngine(t, []conf.Group{g}, Options{}) // stage 2 is the engine's own
 	e.Start()
-	defer e.Close()
+	t.Cleanup(e.Close)
 	check(e)
 	assert.Equal(t, []Status{StatusOK, StatusOK}, statuses(statusCall(e)))
+	return f, e, peer
+}
 
+func TestHeadStartSkipsAConnectionThatHungUp(t *testing.T) {
+	f, e, peer := memberOnSocket(t)
 	headEnd(headStarted(t, f, 2, []int32{1, 1}))
 	statusCall(e)
 	require.NoError(t, peer.Close()) // member 0's server hangs up
 	h := headStarted(t, f, 2, []int32{0, 1})
 	assert.Equal(t, []Status{StatusSocketDown, StatusOK}, statuses(answer(e, h)), "and stage 2 reports it")
 	headEnd(h)
+}
+
+func TestHeadStartSkipsAMemberStage2FoundDownSince(t *testing.T) {
+	f, e, peer := memberOnSocket(t) // armed for headSlot
+	require.NoError(t, peer.Close())
+	h := headStart(headSlot + 1) // another slot of the group: no plan, stage 2 forgets the descriptor
+	_, v, err := e.Answer(headSlot+1, h, time.Now(), nil)
+	headEnd(h)
+	require.NoError(t, err)
+	assert.Equal(t, []Status{StatusSocketDown, StatusOK}, statuses(v))
+	headEnd(headStarted(t, f, 2, []int32{0, 1})) // still armed for headSlot, but no healthy descriptor
 }
 
 func TestHeadEndWaitsForTheRoundsNobodyAskedFor(t *testing.T) {

@@ -344,8 +344,8 @@ void hx_head_start(struct hx_head *h, CK_SLOT_ID key)
     pl = p->stop ? NULL : plan_find(p, key);
     for (i = 0; pl != NULL && i < pl->n; i++) {
         struct hx_lane *l = &p->lane[pl->lane[i]];
-        if (l->a_ep >= 0 && l->a_ep < h->polled && h->down[l->a_ep]) {
-            l->armed = 0; /* its connection hung up */
+        if (l->a_ep >= 0 && l->a_ep < h->polled && (h->fd[l->a_ep] < 0 || h->down[l->a_ep])) {
+            l->armed = 0; /* its connection hung up, or stage 2 found none since */
             continue;
         }
         if (l->armed && !l->active && l->a_ep < h->polled) { /* not polled: the poll failed */
