@@ -348,7 +348,7 @@ void hx_head_start(struct hx_head *h, CK_SLOT_ID key)
             l->armed = 0; /* its connection hung up, or stage 2 found none since */
             continue;
         }
-        if (l->armed && !l->active && l->a_ep < h->polled) { /* not polled: the poll failed */
+        if (l->armed && !l->active && l->a_ep < h->polled) { /* else not polled: the poll failed */
             start_round(l, h->started_ns, l->a_mode, l->a_slot, l->a_session);
             h->lane[h->n] = pl->lane[i];
             h->gen[h->n++] = l->gen;
