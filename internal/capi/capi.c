@@ -35,10 +35,12 @@
  *    CA_GetHAExtLastError needs no Go.
  *
  *  - The head start. Before it enters Go, the wrapper starts the rounds of
- *    the members that answered last time for the same slot (hx_head_start,
- *    pkg/probe/lanes.h): a lock, one poll and one broadcast on this
- *    thread, no vendor call, so the lanes work while Go runs stages 1
- *    and 2.
+ *    the members that answered last time for the same slot, and makes
+ *    stage 2's poll (hx_head_start, pkg/probe/lanes.h): a lock, one poll
+ *    and one broadcast on this thread, no vendor call, so the lanes work
+ *    while Go runs stages 1 and 2. What it did is a struct hx_head in this
+ *    frame, handed to Go (one call, haextState) and, after Go returned, to
+ *    hx_head_end, which waits for the rounds Go did not take.
  *
  * Nothing here assumes which shared library it is linked into.
  */
@@ -149,6 +151,7 @@ static CK_RV haext_leave(const sigset_t *saved, CK_RV rv, char *reason)
 static CK_RV haext_status(CK_SLOT_ID slotId, void *pState, int layout)
 {
     sigset_t saved;
+    struct hx_head head, *h = NULL;
     char *reason = NULL;
     CK_RV rv;
     if (!haext_enter(&saved)) {
@@ -157,10 +160,13 @@ static CK_RV haext_status(CK_SLOT_ID slotId, void *pState, int layout)
     /* The lanes of the members that answered last time start now, while
      * Go runs stages 1 and 2 (lanes.h); hx_head_end waits for them. */
     if (pState != NULL) {
-        hx_head_start(slotId);
+        hx_head_start(&head, slotId);
+        h = &head;
     }
-    rv = haextState(slotId, pState, layout, &reason); /* before reason is read */
-    hx_head_end();
+    rv = haextState(slotId, pState, layout, h, &reason); /* before reason is read */
+    if (h != NULL) {
+        hx_head_end(h);
+    }
     return haext_leave(&saved, rv, reason);
 }
 

@@ -5,9 +5,10 @@
 // copies a report from internal/service into the caller's CK_HA_STATUS, in
 // the layout the entry point serves. Every shared library of the project
 // links this package. The path of one call: CA_GetCurrentHAState (capi.c)
-// -> haext_status -> haextState -> state -> service.State ->
-// probe.Engine.Check -> the member's lane (pkg/probe/lanes.c) ->
-// C_GetSessionInfo.
+// -> haext_status: hx_head_start (pkg/probe/lanes.c), then haextState ->
+// report -> state -> service.State -> probe.Engine.Answer -> the lanes
+// (pkg/probe/lanes.c) -> C_GetSessionInfo; then hx_head_end
+// (docs/ARCHITECTURE.md, "The path of one call").
 package capi
 
 /*
@@ -19,6 +20,7 @@ package capi
 #include <string.h>
 #include "cryptoki_ha.h"
 #include "hostapi.h"
+#include "lanes.h"
 
 // Layouts of CK_HA_STATUS an entry point serves.
 enum { HAEXT_LAYOUT_CLASSIC = 0, HAEXT_LAYOUT_SA6 = 1 };
@@ -87,8 +89,8 @@ func openModule(path string) (*cryptoki.Module, error) {
 // state is where capi meets internal/service: the report on the group slot
 // names, or the CK_RV and reason of the failure. On success the reason is
 // a notice the library has for the host (said once), or "".
-func state(slot uint, out []probe.Verdict) (service.Report, C.CK_RV, string) {
-	r, err := lib.State(slot, out)
+func state(slot uint, head *C.struct_hx_head, out []probe.Verdict) (service.Report, C.CK_RV, string) {
+	r, err := lib.State(slot, probe.HeadStartAt(unsafe.Pointer(head)), out)
 	if err != nil {
 		return r, returnValue(err), err.Error()
 	}
@@ -142,14 +144,16 @@ func cGetenv(name string) string {
 // and the legacy CA_GetHAState in the classic layout, their _SA6 twins in
 // the SA6 layout. The same engine serves all, so applications written for
 // the legacy call get the parallel, session-free check without a change.
-// On a failure *reason is set to the reason, malloc'd; capi.c keeps it as the
-// thread's last error.
+// head is what capi.c's haext_status started before it called (the head
+// start, in its stack frame). On a failure *reason is set to the reason,
+// malloc'd; capi.c keeps it as the thread's last error.
 //
 //export haextState
-func haextState(slotID C.CK_SLOT_ID, pState unsafe.Pointer, layout C.int, reason **C.char) (out C.CK_RV) {
+func haextState(slotID C.CK_SLOT_ID, pState unsafe.Pointer, layout C.int, head *C.struct_hx_head,
+	reason **C.char) (out C.CK_RV) {
 	msg := ""
 	defer func() { out = answer(out, msg, recover(), reason) }()
-	out, msg = report(uint(slotID), pState, int(layout))
+	out, msg = report(uint(slotID), pState, int(layout), head)
 	return out
 }
 
@@ -171,12 +175,12 @@ func answer(rv C.CK_RV, msg string, panicked any, reason **C.char) C.CK_RV {
 
 // report fills *pState, in the layout given, with the state of the group
 // slot names.
-func report(slot uint, pState unsafe.Pointer, layout int) (C.CK_RV, string) {
+func report(slot uint, pState unsafe.Pointer, layout int, head *C.struct_hx_head) (C.CK_RV, string) {
 	if pState == nil {
 		return C.CKR_ARGUMENTS_BAD, "pState is NULL"
 	}
 	var buf [conf.MaxMembers]probe.Verdict
-	r, rv, msg := state(slot, buf[:0])
+	r, rv, msg := state(slot, head, buf[:0])
 	if rv != C.CKR_OK {
 		return rv, msg
 	}

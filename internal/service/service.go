@@ -81,7 +81,9 @@ const perCallerNotice = "%s gives each caller of C_GetFunctionList its own insta
 func New(env Env) *Service { return &Service{env: env} }
 
 // State reports on the group slot names, writing the verdicts into out.
-func (s *Service) State(slot uint, out []probe.Verdict) (Report, error) {
+// head is what the status call's C entry point started before it entered
+// Go (the zero HeadStart: nothing).
+func (s *Service) State(slot uint, head probe.HeadStart, out []probe.Verdict) (Report, error) {
 	start := time.Now()
 	if s.before != nil {
 		s.before()
@@ -90,15 +92,14 @@ func (s *Service) State(slot uint, out []probe.Verdict) (Report, error) {
 	if err != nil {
 		return Report{}, err
 	}
-	deadline := start.Add(eng.Timeout())
-	g, err := eng.GroupForSlot(slot, deadline)
+	serial, verdicts, err := eng.Answer(slot, head, start, out)
 	switch {
 	case errors.Is(err, probe.ErrUnknownSlot):
 		return Report{}, fmt.Errorf("slot %d: %w", slot, err)
 	case err != nil:
 		return Report{}, fmt.Errorf("slot %d: %w: %w", slot, ErrTransient, err)
 	}
-	return Report{GroupSerial: eng.Groups()[g].Serial, Verdicts: eng.CheckSlot(slot, g, deadline, out)}, nil
+	return Report{GroupSerial: serial, Verdicts: verdicts}, nil
 }
 
 // engine returns the running engine, loading it on first use. A failed load

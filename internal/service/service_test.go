@@ -49,12 +49,12 @@ func TestReportAndSlotErrors(t *testing.T) {
 	dir.Store(t.TempDir())
 	writeConf(t, dir.Load().(string), good)
 	s := newService(&dir, func(string) (*cryptoki.Module, error) { return module() })
-	r, err := s.State(10, nil)
+	r, err := s.State(10, probe.HeadStart{}, nil)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(42), r.GroupSerial)
 	require.Len(t, r.Verdicts, 1)
 	assert.Equal(t, probe.StatusOK, r.Verdicts[0].Status)
-	_, err = s.State(8, nil)
+	_, err = s.State(8, probe.HeadStart{}, nil)
 	assert.ErrorIs(t, err, probe.ErrUnknownSlot)
 }
 
@@ -64,20 +64,20 @@ func TestConfigurationIsReadAtFirstUseAndFailuresRetriedOncePerSecond(t *testing
 	opens := 0
 	s := newService(&dir, func(string) (*cryptoki.Module, error) { opens++; return module() })
 
-	_, err := s.State(10, nil)
+	_, err := s.State(10, probe.HeadStart{}, nil)
 	assert.ErrorContains(t, err, "Chrystoki.conf", "no file yet")
 	assert.NotErrorIs(t, err, ErrTransient)
 
 	writeConf(t, dir.Load().(string), good)
-	_, err = s.State(10, nil)
+	_, err = s.State(10, probe.HeadStart{}, nil)
 	assert.Error(t, err, "the failure is remembered for RetryInterval")
 	time.Sleep(RetryInterval + 50*time.Millisecond)
-	_, err = s.State(10, nil)
+	_, err = s.State(10, probe.HeadStart{}, nil)
 	assert.NoError(t, err, "read again after RetryInterval")
 	assert.Equal(t, 1, opens)
 
 	dir.Store(t.TempDir()) // later changes are not followed: loaded once
-	_, err = s.State(10, nil)
+	_, err = s.State(10, probe.HeadStart{}, nil)
 	assert.NoError(t, err)
 }
 
@@ -86,7 +86,7 @@ func TestModuleFailureNamesFileAndKey(t *testing.T) {
 	dir.Store(t.TempDir())
 	writeConf(t, dir.Load().(string), good)
 	s := newService(&dir, func(p string) (*cryptoki.Module, error) { return nil, errors.New("cannot load " + p) })
-	_, err := s.State(10, nil)
+	_, err := s.State(10, probe.HeadStart{}, nil)
 	assert.NotErrorIs(t, err, ErrTransient)
 	assert.ErrorContains(t, err, "Chrystoki.conf: Chrystoki2/LibUNIX64: cannot load /vendor.so")
 }
@@ -98,13 +98,13 @@ func TestAHungModuleLoadHoldsNoCallerPastTheTimeout(t *testing.T) {
 	release := make(chan struct{})
 	s := newService(&dir, func(string) (*cryptoki.Module, error) { <-release; return module() })
 	t0 := time.Now()
-	_, err := s.State(10, nil)
+	_, err := s.State(10, probe.HeadStart{}, nil)
 	took := time.Since(t0)
 	assert.ErrorIs(t, err, ErrTransient)
 	assert.ErrorContains(t, err, "still loading")
 	assert.Less(t, took, 1500*time.Millisecond)
 	assert.GreaterOrEqual(t, took, 900*time.Millisecond)
 	close(release)
-	require.Eventually(t, func() bool { _, err := s.State(10, nil); return err == nil },
+	require.Eventually(t, func() bool { _, err := s.State(10, probe.HeadStart{}, nil); return err == nil },
 		3*time.Second, 50*time.Millisecond, "the load finishes in the background")
 }

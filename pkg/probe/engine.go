@@ -24,7 +24,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/libhaext/libhaext/internal/sockstate"
 	"github.com/libhaext/libhaext/pkg/conf"
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
@@ -56,9 +55,11 @@ type Options struct {
 	// C_GetTokenInfo on the member's slot (conf: HAConfiguration
 	// haExtMonitorSession = disabled).
 	NoSession bool
-	// Sockets is stage 2. Default: a sockstate.Checker, which scans this
-	// process's descriptors (/proc/self/fd); it resolves TCP host names once,
-	// in New, within half the Timeout.
+	// Sockets is stage 2. Default: a sockChecker (sockstate.go), which
+	// scans this process's descriptors (/proc/self/fd), resolves TCP host
+	// names once, in New, within half the Timeout, and takes the poll a
+	// status call's head start made. Members are started ahead without a
+	// poll with any other.
 	Sockets SocketChecker
 	// OnTransition, when set, is called after a check for every member
 	// whose verdict changed. It runs on the checking goroutine and must
@@ -67,11 +68,13 @@ type Options struct {
 }
 
 // SocketChecker is stage 2: it reports, for each endpoint, whether this
-// process holds a healthy connection to it, and in fds the descriptor of
-// that connection (-1 when unknown), which the next status call about the
-// same slot polls for a hang-up before it starts the member's round ahead.
-// It must only use read-only system calls and must not block.
-type SocketChecker func(endpoints []conf.Endpoint, healthy []bool, fds []int)
+// process holds a healthy connection to it. It must only use read-only
+// system calls and must not block.
+type SocketChecker func(endpoints []conf.Endpoint, healthy []bool)
+
+// stage2Check is stage 2 as a check runs it, with the status call's head
+// start (its poll).
+type stage2Check func(endpoints []conf.Endpoint, healthy []bool, head HeadStart)
 
 // Transition is a change of one member's verdict.
 type Transition struct {
@@ -100,6 +103,7 @@ type group struct {
 	members   []*member
 	endpoints []conf.Endpoint // of the members that have one
 	epIndex   []int           // per member: index into endpoints, or -1
+	table     []int           // per member: its endpoint in stage 2's table, or -1
 }
 
 // Engine checks the members of the configured groups. Its methods are safe
@@ -109,7 +113,7 @@ type Engine struct {
 	mode     mode
 	timeout  time.Duration
 	interval time.Duration
-	sockets  SocketChecker
+	sockets  stage2Check
 	observe  func(Transition)
 
 	conf    []conf.Group
@@ -146,7 +150,6 @@ func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, erro
 		mode:     modeSession,
 		timeout:  opts.Timeout,
 		interval: opts.RecoveryInterval,
-		sockets:  opts.Sockets,
 		observe:  opts.OnTransition,
 		conf:     append([]conf.Group(nil), groups...),
 		stop:     make(chan struct{}),
@@ -165,6 +168,36 @@ func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, erro
 	}
 	e.slots = newSlotMap(mod, e.timeout)
 	e.slots.hold = e.holdSlotList
+	all := e.makeGroups()
+	var sc *sockChecker
+	if opts.Sockets == nil {
+		sc = newSockChecker(all, e.timeout/2)
+		e.sockets = sc.check
+	} else {
+		e.sockets = func(eps []conf.Endpoint, healthy []bool, _ HeadStart) { opts.Sockets(eps, healthy) }
+	}
+	var ok bool
+	if e.lanes, ok = newLanes(mod.Host(), len(e.members), sc.size(), e.timeout); !ok {
+		return nil, fmt.Errorf("probe: cannot start %d member threads", len(e.members))
+	}
+	for _, m := range e.members {
+		m.inst.changed = func(epoch uint64) { e.lanes.disarm(m.lane, epoch) }
+	}
+	if sc != nil {
+		sc.remember(e.lanes.fds())
+	}
+	for gi := range e.groups {
+		g := &e.groups[gi]
+		for _, j := range g.epIndex {
+			g.table = append(g.table, sc.endpointAt(g.endpoints, j))
+		}
+	}
+	return e, nil
+}
+
+// makeGroups makes the engine's groups and members (one per distinct
+// serial) and returns every group's endpoints.
+func (e *Engine) makeGroups() []conf.Endpoint {
 	var all []conf.Endpoint
 	bySerial := make(map[uint64]*member)
 	for gi := range e.conf {
@@ -187,17 +220,7 @@ func New(mod *cryptoki.Module, groups []conf.Group, opts Options) (*Engine, erro
 		all = append(all, g.endpoints...)
 		e.groups = append(e.groups, g)
 	}
-	if e.sockets == nil {
-		e.sockets = sockstate.NewChecker(all, e.timeout/2).Check
-	}
-	var ok bool
-	if e.lanes, ok = newLanes(mod.Host(), len(e.members), e.timeout); !ok {
-		return nil, fmt.Errorf("probe: cannot start %d member threads", len(e.members))
-	}
-	for _, m := range e.members {
-		m.inst.changed = func(epoch uint64) { e.lanes.disarm(m.lane, epoch) }
-	}
-	return e, nil
+	return all
 }
 
 // Start reads the module's slots and resolves every member, in the
@@ -282,331 +305,6 @@ func (e *Engine) holdSlotList() bool {
 		return true
 	default:
 		return e.lanes.stuck() > 0
-	}
-}
-
-// GroupForSlot returns the index of the group a slot names: the slot of a
-// token whose serial is a group's serial (a vendor's virtual HA slot), or the
-// slot of any member token (the first such group in file order).
-//
-// A slot the slot map does not know is asked about by itself, with
-// C_GetTokenInfo on a goroutine waited for until the deadline (slotMap.ask),
-// never by listing the slots: some modules (p11-kit's proxy) make
-// C_GetSlotList a call to every member, holding a lock every other call of
-// the process waits for, so a member that hangs would stall the host. An
-// answer about the slot (CKR_SLOT_ID_INVALID, CKR_TOKEN_NOT_PRESENT,
-// CKR_TOKEN_NOT_RECOGNIZED) or a token of no configured group is
-// ErrUnknownSlot; CKR_CRYPTOKI_NOT_INITIALIZED (the host finalized the
-// module) is ErrNotInitialized; no answer by the deadline, or any other, is
-// ErrNotReady.
-func (e *Engine) GroupForSlot(slot uint, deadline time.Time) (int, error) {
-	t, ok := e.slots.lookup(slot)
-	if !ok {
-		var err error
-		if t, err = e.slots.ask(slot, deadline, e.stop); err != nil {
-			switch rv := cryptoki.RV(err); { // not the module's: CKR_GENERAL_ERROR
-			case errors.Is(err, errBadSerial):
-				return -1, ErrUnknownSlot
-			case rv == ckrCryptokiNotInitialized:
-				return -1, ErrNotInitialized
-			case rv == ckrSlotIDInvalid || rv == ckrTokenNotPresent || rv == ckrTokenNotRecognized:
-				return -1, ErrUnknownSlot
-			default:
-				return -1, fmt.Errorf("%w: %w", ErrNotReady, err)
-			}
-		}
-	}
-	for i := range e.conf {
-		if e.conf[i].Serial == t.serial {
-			return i, nil
-		}
-	}
-	for i, g := range e.conf {
-		for _, m := range g.Members {
-			if m.Serial == t.serial {
-				return i, nil
-			}
-		}
-	}
-	return -1, ErrUnknownSlot
-}
-
-// Check reports on every member of group g. It returns as soon as every
-// member has a verdict; a member without one at the deadline is
-// StatusTimeout. The verdicts are written to out, grown when too small.
-func (e *Engine) Check(g int, deadline time.Time, out []Verdict) []Verdict {
-	return e.check(g, deadline, slotKey{}, out)
-}
-
-// CheckSlot is Check for a status call about slot, which group g serves:
-// it takes the rounds the call's C entry point started ahead (lanes.h),
-// and leaves the members that answer armed for the next call about slot.
-func (e *Engine) CheckSlot(slot uint, g int, deadline time.Time, out []Verdict) []Verdict {
-	return e.check(g, deadline, slotKey{slot: slot, ok: true}, out)
-}
-
-func (e *Engine) check(g int, deadline time.Time, key slotKey, out []Verdict) []Verdict {
-	grp := &e.groups[g]
-	n := len(grp.members)
-	if cap(out) < n {
-		out = make([]Verdict, n)
-	}
-	out = out[:n]
-	start := time.Now()
-	e.checks.RLock()
-	defer e.checks.RUnlock()
-	select {
-	case <-e.stop: // closed (the library moved to another instance)
-		for i, m := range grp.members {
-			out[i] = Verdict{Serial: m.serial, SerialText: m.text, Status: StatusNoInstance}
-		}
-		return out
-	default:
-	}
-
-	var st stage2
-	grp.checkSockets(e.sockets, &st)
-	var ready, unready []int
-	var readyBuf, unreadyBuf [conf.MaxMembers]int
-	ready, unready = readyBuf[:0], unreadyBuf[:0]
-	for i, m := range grp.members {
-		if m.isReady() {
-			ready = append(ready, i)
-		} else {
-			unready = append(unready, i)
-		}
-	}
-	// Right after Start, and after the host initialized the module again:
-	// a member still in its resolution gets until the deadline, and its
-	// round starts as soon as it is ready, without holding up the others.
-	var wg sync.WaitGroup
-	for _, i := range unready {
-		grp.members[i].kick() // after HostInitialized, nothing has started it yet
-		wg.Add(1)
-		go func(i int) {
-			defer wg.Done()
-			e.awaitReady(grp.members[i], deadline)
-			e.round(grp, []int{i}, &st, start, deadline, slotKey{}, out)
-		}(i)
-	}
-	e.round(grp, ready, &st, start, deadline, key, out)
-	wg.Wait()
-	if e.finalized.Load() {
-		for i := range out {
-			out[i].Status = StatusNoInstance
-		}
-	}
-	e.noteTransitions(grp, out)
-	return out
-}
-
-// awaitReady waits until m has ended its resolution, or the deadline.
-func (e *Engine) awaitReady(m *member, deadline time.Time) {
-	ready, _ := m.readyState()
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	select {
-	case <-ready:
-	case <-timer.C:
-	}
-}
-
-// round runs stages 1 to 3 for the members of grp at idx and writes their
-// verdicts into out: one wait on the lanes for all of them.
-func (e *Engine) round(grp *group, idx []int, st *stage2, start, deadline time.Time, key slotKey, out []Verdict) {
-	var reqs [conf.MaxMembers]request
-	var at [conf.MaxMembers]int
-	k := 0
-	for _, i := range idx {
-		m := grp.members[i]
-		v, ev, hasEv := m.inst.read()
-		out[i] = Verdict{Serial: m.serial, SerialText: m.text, Slot: v.slot, HasSlot: v.hasSlot, Label: v.label}
-		if v.serialText != "" {
-			out[i].SerialText = v.serialText
-		}
-		if hasEv {
-			out[i].Status, out[i].Took = ev, time.Since(start) // the host's own call said so
-			continue
-		}
-		switch {
-		case !m.isReady():
-			out[i].Status = StatusTimeout
-		case e.finalized.Load() || !v.usable(e.mode):
-			out[i].Status = StatusNoInstance
-		case !st.healthy[i]:
-			out[i].Status = StatusSocketDown
-		default:
-			reqs[k] = request{lane: m.lane, mode: e.mode, slot: v.slot, session: v.session, epoch: v.epoch, fd: st.fd[i]}
-			at[k] = i
-			k++
-			continue
-		}
-		out[i].Took = time.Since(start)
-	}
-	if k == 0 {
-		// Every member failed stage 1 or 2: a host that finalized the
-		// module closed every connection too. Ask the module, once; Check
-		// then reports every member as no instance.
-		if len(idx) > 0 && !e.finalized.Load() && e.moduleSaysFinalized(deadline) {
-			e.moduleFinalized()
-		}
-		return
-	}
-	var res [conf.MaxMembers]result
-	before := time.Since(start)
-	e.lanes.check(reqs[:k], time.Until(deadline), key, res[:k])
-	for j := 0; j < k; j++ {
-		i, m := at[j], grp.members[at[j]]
-		out[i].Status, out[i].Took = e.verdict(m, res[j]), before+res[j].took
-	}
-}
-
-// verdict turns a lane's result into a member status, and starts recovery
-// when the answer says the instance is gone: the session the answering
-// round used, which may be older than the request's.
-func (e *Engine) verdict(m *member, r result) Status {
-	switch r.rv {
-	case rvLate, rvStuck:
-		return StatusTimeout
-	case rvGate:
-		return StatusNoInstance
-	}
-	if r.rv == ckrCryptokiNotInitialized {
-		e.moduleFinalized()
-		return StatusNoInstance
-	}
-	if dropsSession(r.rv) && m.inst.lose(e.mode, r.session, r.rv) {
-		m.kick()
-	}
-	return r.rv
-}
-
-// HostInitialized is told by a front module that the host initialized the
-// module: every member must be resolved again by serial (slots may have
-// moved, sessions are gone). Nothing is called now: the next status call
-// resolves the members and waits for them, as the first one does, so a
-// host that initializes the module and exits finds no call of libhaext's
-// inside it, and the first status call after is right for healthy members.
-func (e *Engine) HostInitialized() {
-	e.followsHost.Store(true)
-	for _, m := range e.members {
-		m.unready()
-		m.inst.forget()
-	}
-	e.finalized.Store(false)
-}
-
-// HostFinalized is told by a front module that the host finalized the
-// module: every member is CKR_HA_NO_INSTANCE, and nothing is called, until
-// HostInitialized.
-func (e *Engine) HostFinalized() {
-	e.followsHost.Store(true)
-	e.finalized.Store(true)
-	for _, m := range e.members {
-		m.inst.invalidate() // no call made before is evidence now
-		m.inst.forgetSession()
-	}
-}
-
-// HostError is told by a front module that a host call on slot failed with
-// a connection-class rv (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
-// CKR_TOKEN_NOT_PRESENT, a dropped session): the next verdict of the member
-// in that slot is rv, without a probe, and its recovery starts.
-func (e *Engine) HostError(slot uint, rv Status) {
-	for _, m := range e.members {
-		if m.inst.witness(slot, rv) {
-			m.kick()
-		}
-	}
-}
-
-// moduleSaysFinalized asks the module whether it is initialized: C_GetInfo
-// on a goroutine of its own, one at a time (concurrent callers share the
-// answer in flight), waited for until the deadline. Only
-// CKR_CRYPTOKI_NOT_INITIALIZED says finalized; no answer by the deadline,
-// or any other one (a module whose server died), does not. Some modules
-// ask their server for C_GetInfo, so it never runs on the caller's thread.
-func (e *Engine) moduleSaysFinalized(deadline time.Time) bool {
-	e.infoMu.Lock()
-	q := e.infoQuery
-	if q == nil {
-		q = &infoQuery{done: make(chan struct{})}
-		e.infoQuery = q
-		go func() {
-			q.finalized = cryptoki.RV(e.mod.Info()) == ckrCryptokiNotInitialized
-			e.infoMu.Lock()
-			e.infoQuery = nil
-			e.infoMu.Unlock()
-			close(q.done)
-		}()
-	}
-	e.infoMu.Unlock()
-	timer := time.NewTimer(time.Until(deadline))
-	defer timer.Stop()
-	select {
-	case <-q.done:
-		return q.finalized
-	case <-timer.C:
-		return false
-	}
-}
-
-// infoQuery is a C_GetInfo in flight for moduleSaysFinalized.
-type infoQuery struct {
-	done      chan struct{}
-	finalized bool // valid once done is closed
-}
-
-// moduleFinalized records that the host finalized the module: every
-// member's session went with it, and recovery waits for the host to
-// initialize the module again (or, when the engine owns it, does so).
-func (e *Engine) moduleFinalized() {
-	if e.finalized.Swap(true) {
-		return
-	}
-	for _, m := range e.members {
-		m.inst.invalidate() // no call made before is evidence now
-		if m.inst.forgetSession() {
-			m.kick()
-		}
-	}
-}
-
-// stage2 is what stage 2 found for each member of a group: whether its
-// connection is healthy, and which descriptor it is (-1: none or unknown).
-type stage2 struct {
-	healthy [conf.MaxMembers]bool
-	fd      [conf.MaxMembers]int
-}
-
-// checkSockets runs stage 2 for the members that have an endpoint; members
-// without one pass.
-func (g *group) checkSockets(check SocketChecker, st *stage2) {
-	var ok [conf.MaxMembers]bool
-	var fds [conf.MaxMembers]int
-	if len(g.endpoints) > 0 {
-		check(g.endpoints, ok[:len(g.endpoints)], fds[:len(g.endpoints)])
-	}
-	for i, j := range g.epIndex {
-		st.healthy[i], st.fd[i] = j < 0 || ok[j], -1
-		if j >= 0 {
-			st.fd[i] = fds[j]
-		}
-	}
-}
-
-func (e *Engine) noteTransitions(grp *group, out []Verdict) {
-	if e.observe == nil {
-		return
-	}
-	now := time.Now()
-	for i, m := range grp.members {
-		if old, first, changed := m.last.note(out[i].Status); changed {
-			e.observe(Transition{
-				Time: now, Group: grp.Label, GroupSerial: grp.Serial,
-				Serial: m.serial, Old: old, New: out[i].Status, First: first,
-			})
-		}
 	}
 }
 

@@ -15,9 +15,9 @@ import (
 )
 
 // allHealthy is a stage 2 that passes every member.
-func allHealthy(_ []conf.Endpoint, healthy []bool, fds []int) {
+func allHealthy(_ []conf.Endpoint, healthy []bool) {
 	for i := range healthy {
-		healthy[i], fds[i] = true, -1
+		healthy[i] = true
 	}
 }
 
@@ -114,11 +114,11 @@ func TestSocketDownSkipsTheLightweightCall(t *testing.T) {
 	g.Members[1].Endpoint = &conf.Endpoint{Network: "unix", Address: "/run/m1.sock"}
 	var seen []conf.Endpoint
 	var mu sync.Mutex
-	e := newEngine(t, []conf.Group{g}, Options{Sockets: func(eps []conf.Endpoint, healthy []bool, fds []int) {
+	e := newEngine(t, []conf.Group{g}, Options{Sockets: func(eps []conf.Endpoint, healthy []bool) {
 		mu.Lock()
 		seen = append([]conf.Endpoint(nil), eps...)
 		mu.Unlock()
-		healthy[0], fds[0] = false, -1
+		healthy[0] = false
 	}})
 	e.Start()
 	defer e.Close()

@@ -1,13 +1,13 @@
 package probe
 
 import (
-	"runtime"
+	"net"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/libhaext/libhaext/internal/fakep11"
 	"github.com/libhaext/libhaext/pkg/conf"
@@ -15,17 +15,26 @@ import (
 
 // The head start (lanes.h): a status call's C entry point starts the
 // members that answered last time, before Go runs stages 1 and 2, and the
-// check takes those rounds instead of making calls of its own.
+// check takes those rounds instead of making calls of its own. What it did
+// is handed to the check explicitly (HeadStart), so the check may run on
+// any thread.
 
-const headSlot = 7 // the slot the host asks about (any key)
+const headSlot = 10 // the slot the host asks about: member 0's, so group 0
 
 // statusCall is what capi.c does for CA_GetCurrentHAState(headSlot).
 func statusCall(e *Engine) []Verdict {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	headStart(headSlot)
-	defer headEnd()
-	return e.CheckSlot(headSlot, 0, time.Now().Add(e.Timeout()), nil)
+	h := headStart(headSlot)
+	defer headEnd(h)
+	return answer(e, h)
+}
+
+// answer is the Go side of a status call about headSlot.
+func answer(e *Engine, h HeadStart) []Verdict {
+	_, v, err := e.Answer(headSlot, h, time.Now(), nil)
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
 
 // calls returns the lightweight calls each of the fake's first n tokens
@@ -46,16 +55,17 @@ func added(now, before []int32) []int32 {
 	return out
 }
 
-// headStarted runs the head start alone, on a locked thread, and returns
-// the calls it made once they have settled; the caller ends it.
-func headStarted(t *testing.T, f *fakep11.Module, n int, want []int32) {
+// headStarted runs the head start alone and checks the calls it made once
+// they have settled; the caller ends it.
+func headStarted(t *testing.T, f *fakep11.Module, n int, want []int32) HeadStart {
 	t.Helper()
 	before := calls(f, n)
-	headStart(headSlot)
+	h := headStart(headSlot)
 	require.Eventually(t, func() bool { return assert.ObjectsAreEqual(want, added(calls(f, n), before)) },
 		2*time.Second, time.Millisecond, "calls made by the head start alone")
 	time.Sleep(30 * time.Millisecond)
 	assert.Equal(t, want, added(calls(f, n), before), "and no more")
+	return h
 }
 
 func TestHeadStartCallsTheMembersBeforeGoRunsAndTheCheckTakesThoseRounds(t *testing.T) {
@@ -64,12 +74,12 @@ func TestHeadStartCallsTheMembersBeforeGoRunsAndTheCheckTakesThoseRounds(t *test
 	check(e) // the first resolutions have ended
 	assert.Equal(t, []Status{StatusOK, StatusOK, StatusOK}, statuses(statusCall(e)), "arms every member")
 
-	runtime.LockOSThread()
 	before := calls(f, 3)
-	headStarted(t, f, 3, []int32{1, 1, 1})
-	v := e.CheckSlot(headSlot, 0, time.Now().Add(e.Timeout()), nil)
-	headEnd()
-	runtime.UnlockOSThread()
+	h := headStarted(t, f, 3, []int32{1, 1, 1})
+	done := make(chan []Verdict)
+	go func() { done <- answer(e, h) }() // any thread: the head start is an argument
+	v := <-done
+	headEnd(h)
 	assert.Equal(t, []Status{StatusOK, StatusOK, StatusOK}, statuses(v))
 	assert.Equal(t, []int32{1, 1, 1}, added(calls(f, 3), before), "one call per member: the check took the head start's")
 
@@ -83,18 +93,14 @@ func TestHeadStartOnlyForTheSlotAsked(t *testing.T) {
 	e := start(t, f, 2, Options{})
 	check(e)
 	statusCall(e)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	before := calls(f, 2)
-	headStart(headSlot + 1)
+	h := headStart(headSlot + 1)
 	time.Sleep(30 * time.Millisecond)
-	headEnd()
+	headEnd(h)
 	assert.Equal(t, []int32{0, 0}, added(calls(f, 2), before), "no check about that slot yet: nothing to start")
 
-	before = calls(f, 2)
 	check(e) // a check that serves no status call (hastatus) leaves the plan alone
-	headStarted(t, f, 2, []int32{1, 1})
-	headEnd()
+	headEnd(headStarted(t, f, 2, []int32{1, 1}))
 }
 
 func TestHeadStartSkipsAMemberWhoseInstanceChangedOrThatFailed(t *testing.T) {
@@ -104,46 +110,58 @@ func TestHeadStartSkipsAMemberWhoseInstanceChangedOrThatFailed(t *testing.T) {
 	statusCall(e)
 
 	e.members[1].inst.invalidate() // as the host's C_Finalize does to every member
-	runtime.LockOSThread()
-	headStarted(t, f, 3, []int32{1, 0, 1})
+	h := headStarted(t, f, 3, []int32{1, 0, 1})
 	before := calls(f, 3)
-	v := e.CheckSlot(headSlot, 0, time.Now().Add(e.Timeout()), nil)
-	headEnd()
-	runtime.UnlockOSThread()
+	v := answer(e, h)
+	headEnd(h)
 	assert.Equal(t, []Status{StatusOK, StatusOK, StatusOK}, statuses(v))
 	assert.Equal(t, []int32{0, 1, 0}, added(calls(f, 3), before), "the check asks the changed member itself")
 
 	f.Update(12, func(s *fakep11.Script) { s.RV = ckrDeviceError })
 	assert.Equal(t, []Status{StatusOK, StatusOK, ckrDeviceError}, statuses(statusCall(e)))
-	runtime.LockOSThread()
-	headStarted(t, f, 3, []int32{1, 1, 0})
-	headEnd()
-	runtime.UnlockOSThread()
+	headEnd(headStarted(t, f, 3, []int32{1, 1, 0}))
+}
+
+// memberOnSocket is an engine over two members whose member 0 has a unix
+// endpoint; the test holds the vendor's connection to it and the server's
+// end, which hangs up when closed.
+func memberOnSocket(t *testing.T) (*fakep11.Module, *Engine, net.Conn) {
+	f := fakep11.New(2)
+	path := filepath.Join(t.TempDir(), "m0.sock")
+	srv := serve(t, "unix", path)
+	conn, err := net.Dial("unix", path) // the vendor's connection to member 0
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	peer := <-srv.conns
+	g := f.Group("g", 4242, 2)
+	g.Members[0].Endpoint = &conf.Endpoint{Network: "unix", Address: path}
+	e := newEngine(t, []conf.Group{g}, Options{}) // stage 2 is the engine's own
+	e.Start()
+	t.Cleanup(e.Close)
+	check(e)
+	assert.Equal(t, []Status{StatusOK, StatusOK}, statuses(statusCall(e)))
+	return f, e, peer
 }
 
 func TestHeadStartSkipsAConnectionThatHungUp(t *testing.T) {
-	f := fakep11.New(2)
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	defer unix.Close(pair[0])
-	g := f.Group("g", 4242, 2)
-	g.Members[0].Endpoint = &conf.Endpoint{Network: "unix", Address: "/run/m0.sock"}
-	e := newEngine(t, []conf.Group{g}, Options{Sockets: func(_ []conf.Endpoint, healthy []bool, fds []int) {
-		healthy[0], fds[0] = true, pair[0] // stage 2 stays healthy: only the head start's poll sees the hang-up
-	}})
-	e.Start()
-	defer e.Close()
-	check(e)
+	f, e, peer := memberOnSocket(t)
+	headEnd(headStarted(t, f, 2, []int32{1, 1}))
 	statusCall(e)
+	require.NoError(t, peer.Close()) // member 0's server hangs up
+	h := headStarted(t, f, 2, []int32{0, 1})
+	assert.Equal(t, []Status{StatusSocketDown, StatusOK}, statuses(answer(e, h)), "and stage 2 reports it")
+	headEnd(h)
+}
 
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	headStarted(t, f, 2, []int32{1, 1})
-	headEnd()
-	statusCall(e)
-	require.NoError(t, unix.Close(pair[1]))
-	headStarted(t, f, 2, []int32{0, 1})
-	headEnd()
+func TestHeadStartSkipsAMemberStage2FoundDownSince(t *testing.T) {
+	f, e, peer := memberOnSocket(t) // armed for headSlot
+	require.NoError(t, peer.Close())
+	h := headStart(headSlot + 1) // another slot of the group: no plan, stage 2 forgets the descriptor
+	_, v, err := e.Answer(headSlot+1, h, time.Now(), nil)
+	headEnd(h)
+	require.NoError(t, err)
+	assert.Equal(t, []Status{StatusSocketDown, StatusOK}, statuses(v))
+	headEnd(headStarted(t, f, 2, []int32{0, 1})) // still armed for headSlot, but no healthy descriptor
 }
 
 func TestHeadEndWaitsForTheRoundsNobodyAskedFor(t *testing.T) {
@@ -153,11 +171,8 @@ func TestHeadEndWaitsForTheRoundsNobodyAskedFor(t *testing.T) {
 	statusCall(e)
 	f.Update(11, func(s *fakep11.Script) { s.Latency = 200 * time.Millisecond })
 
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	t0 := time.Now()
-	headStart(headSlot)
-	headEnd() // as after a call Go answered without asking the lanes
+	headEnd(headStart(headSlot)) // as after a call Go answered without asking the lanes
 	took := time.Since(t0)
 	assert.GreaterOrEqual(t, took, 150*time.Millisecond,
 		"the status call does not return while a round it started is in flight (the host may exit or finalize next)")

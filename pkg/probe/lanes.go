@@ -4,6 +4,7 @@ package probe
 #cgo CFLAGS: -I${SRCDIR}/../../include -I${SRCDIR}/../../internal/hostapi -Wall -Werror
 #cgo pkg-config: p11-kit-1
 #cgo LDFLAGS: -lpthread
+#include <stdlib.h>
 #include "lanes.h"
 #include "cryptoki_ha.h"
 */
@@ -53,7 +54,7 @@ type request struct {
 	slot    uint
 	session uint
 	epoch   uint64 // of the instance view the request was made from
-	fd      int    // the connection stage 2 found healthy, or -1
+	ep      int    // the member's endpoint in stage 2's table (lanes.fds), or -1
 }
 
 // result is a lane's answer to a request.
@@ -63,43 +64,25 @@ type result struct {
 	session uint          // the session of the round that answered
 }
 
-// slotKey names the status call a check serves, for the head start: the
-// slot the host asked about. A check without one (hastatus, a member
-// still in its first resolution) neither takes nor leaves a head start.
-type slotKey struct {
-	slot uint
-	ok   bool
-}
-
 // lanes is the C pool of member threads (lanes.c).
 type lanes struct{ p *C.struct_hx_lanes }
 
-func newLanes(host unsafe.Pointer, n int, stuck time.Duration) (lanes, bool) {
-	p := C.hx_lanes_new((*C.struct_haext_host)(host), C.int(n), C.int64_t(stuck))
+// newLanes starts n lanes over host, with stage 2's table for nfd
+// endpoints.
+func newLanes(host unsafe.Pointer, n, nfd int, stuck time.Duration) (lanes, bool) {
+	p := C.hx_lanes_new((*C.struct_haext_host)(host), C.int(n), C.int(nfd), C.int64_t(stuck))
 	return lanes{p}, p != nil
 }
 
-// check runs one round for every request and waits at most wait. With a
-// key it takes the rounds the status call's head start began, and arms
-// the members that answered for the next one.
-func (l lanes) check(reqs []request, wait time.Duration, key slotKey, out []result) {
-	var creq [conf.MaxMembers]C.struct_hx_req
-	var cres [conf.MaxMembers]C.struct_hx_res
-	for i, r := range reqs {
-		creq[i] = C.struct_hx_req{lane: C.int(r.lane), mode: C.int(r.mode),
-			slot: C.CK_SLOT_ID(r.slot), session: C.CK_SESSION_HANDLE(r.session),
-			epoch: C.uint64_t(r.epoch), fd: C.int(r.fd)}
+// fds is stage 2's table (lanes.h, hx_lanes_fds): C memory, accessed
+// atomically, that lives as long as the pool.
+func (l lanes) fds() []int32 {
+	var n C.int
+	p := C.hx_lanes_fds(l.p, &n)
+	if n == 0 {
+		return nil
 	}
-	switch {
-	case len(reqs) == 0:
-	case key.ok:
-		C.hx_lanes_check_slot(l.p, &creq[0], C.int(len(reqs)), C.int64_t(max(wait, 0)), &cres[0], C.CK_SLOT_ID(key.slot))
-	default:
-		C.hx_lanes_check(l.p, &creq[0], C.int(len(reqs)), C.int64_t(max(wait, 0)), &cres[0])
-	}
-	for i := range reqs {
-		out[i] = result{rv: Status(cres[i].rv), took: time.Duration(cres[i].took_ns), session: uint(cres[i].session)}
-	}
+	return unsafe.Slice((*int32)(unsafe.Pointer(p)), int(n))
 }
 
 // disarm keeps lane's member from being started ahead until a request
@@ -126,7 +109,15 @@ func (l lanes) release() { C.hx_lanes_release(l.p) }
 func (l lanes) stuck() int { return int(C.hx_lanes_stuck(l.p)) }
 
 // headStart and headEnd are what capi.c does in C around a status call
-// about slot; the tests of the head start call them from Go, on a locked
-// thread, as a host's thread is.
-func headStart(slot uint) { C.hx_head_start(C.CK_SLOT_ID(slot)) }
-func headEnd()            { C.hx_head_end() }
+// about slot, for the tests of the head start (the head start in C memory,
+// as in the entry point's stack frame).
+func headStart(slot uint) HeadStart {
+	h := (*C.struct_hx_head)(C.calloc(1, C.sizeof_struct_hx_head))
+	C.hx_head_start(h, C.CK_SLOT_ID(slot))
+	return HeadStart{h}
+}
+
+func headEnd(head HeadStart) {
+	C.hx_head_end(head.h)
+	C.free(unsafe.Pointer(head.h))
+}

@@ -28,14 +28,6 @@ func newMember(serial uint64, text string, lane int) *member {
 	return &member{serial: serial, text: text, lane: lane, wake: make(chan struct{}, 1), ready: make(chan struct{})}
 }
 
-// readyState returns the channel closed when the current resolution ends,
-// and its generation.
-func (m *member) readyState() (chan struct{}, uint64) {
-	m.readyMu.Lock()
-	defer m.readyMu.Unlock()
-	return m.ready, m.readyGen
-}
-
 // unready makes the member wait for a new resolution (the host initialized
 // the module again: slots may have moved, sessions are gone). The next
 // status call kicks it and waits for it, as the first one does.
@@ -81,18 +73,6 @@ func (m *member) kick() {
 	}
 }
 
-// isReady reports whether the member's resolution has ended (the first, or
-// the one after the host initialized the module again).
-func (m *member) isReady() bool {
-	ready, _ := m.readyState()
-	select {
-	case <-ready:
-		return true
-	default:
-		return false
-	}
-}
-
 // instance is stage 1: the member's slot, token label and monitor session.
 type instance struct {
 	mu sync.Mutex
@@ -105,26 +85,6 @@ type instance struct {
 	// changed, when set, is told every new epoch, outside mu: the engine
 	// disarms the member's head start (lanes.h).
 	changed func(epoch uint64)
-}
-
-// instanceView is what a status call reads of an instance.
-type instanceView struct {
-	slot       uint
-	hasSlot    bool
-	label      string
-	serialText string // as the token reports it
-	session    uint
-	hasSession bool
-	epoch      uint64 // counts the changes of the instance
-}
-
-// usable reports whether stage 1 passes: in modeSession the member needs
-// its monitor session, otherwise only its slot.
-func (v instanceView) usable(md mode) bool {
-	if md == modeSession {
-		return v.hasSession
-	}
-	return v.hasSlot
 }
 
 func (in *instance) view() instanceView {
@@ -193,16 +153,6 @@ func (in *instance) forgetSession() bool {
 	return true
 }
 
-// read returns what a status call needs of the instance: its view, and,
-// once, what a host call on the member's slot answered (HostError).
-func (in *instance) read() (v instanceView, evidence Status, hasEvidence bool) {
-	in.mu.Lock()
-	defer in.mu.Unlock()
-	evidence, hasEvidence = in.evidence, in.hasEvidence
-	in.hasEvidence = false
-	return in.instanceView, evidence, hasEvidence
-}
-
 // witness records a host call's failure on slot: the next verdict reports
 // it, and the instance is dropped so that recovery resolves the member
 // again. It reports whether the member is on that slot.
@@ -245,21 +195,4 @@ func (in *instance) retryIn(now time.Time, interval time.Duration) time.Duration
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	return max(in.lastAttempt.Add(interval).Sub(now), 0)
-}
-
-// lastVerdict is the member's last reported status, for transitions.
-type lastVerdict struct {
-	mu     sync.Mutex
-	status Status
-	have   bool
-}
-
-// note records a verdict; it reports the previous one, whether this is the
-// first, and whether the verdict changed.
-func (lv *lastVerdict) note(status Status) (old Status, first, changed bool) {
-	lv.mu.Lock()
-	defer lv.mu.Unlock()
-	old, first = lv.status, !lv.have
-	lv.status, lv.have = status, true
-	return old, first, first || old != status
 }

@@ -85,14 +85,6 @@ func newSlotMap(mod *cryptoki.Module, wait time.Duration) *slotMap {
 	}
 }
 
-// lookup returns the token last seen in a slot.
-func (s *slotMap) lookup(slot uint) (slotToken, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, ok := s.tokens[slot]
-	return t, ok
-}
-
 // slotOf returns the slot whose token has the serial.
 func (s *slotMap) slotOf(serial uint64) (uint, bool) {
 	s.mu.Lock()

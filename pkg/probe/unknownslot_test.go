@@ -213,7 +213,7 @@ func TestFirstCallAsksASlotTheFirstRefreshListed(t *testing.T) {
 	close(release) // the slot list answers; slot 10's token is still on its way
 	a := <-got
 	require.NoError(t, a.err)
-	v := e.CheckSlot(10, a.g, time.Now().Add(2*time.Second), nil)
+	v := e.Check(a.g, time.Now().Add(2*time.Second), nil)
 	assert.Equal(t, repeat(StatusOK, 3), statuses(v))
 	assert.Equal(t, int32(1), f.Token(10).TokInfos.Load(), "the refresh took the status call's answer")
 }

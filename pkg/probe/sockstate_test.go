@@ -1,4 +1,4 @@
-package sockstate
+package probe
 
 import (
 	"context"
@@ -52,12 +52,12 @@ func serve(t *testing.T, network, address string) *server {
 	return s
 }
 
-func check(c *Checker, eps ...conf.Endpoint) []bool {
-	healthy, _ := checkFds(c, eps...)
+func sockCheck(c *sockChecker, eps ...conf.Endpoint) []bool {
+	healthy, _ := sockCheckFds(c, eps...)
 	return healthy
 }
 
-func checkFds(c *Checker, eps ...conf.Endpoint) ([]bool, []int) {
+func sockCheckFds(c *sockChecker, eps ...conf.Endpoint) ([]bool, []int) {
 	healthy, fds := make([]bool, len(eps)), make([]int, len(eps))
 	for i := range fds {
 		fds[i] = -2 // Check must set every entry
@@ -81,9 +81,9 @@ func TestCheckNamesTheDescriptorOfTheHealthyConnection(t *testing.T) {
 	srv := serve(t, "unix", path)
 	ep := conf.Endpoint{Network: "unix", Address: path}
 	other := conf.Endpoint{Network: "unix", Address: path + ".other"}
-	c := NewChecker([]conf.Endpoint{ep, other}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep, other}, time.Second)
 
-	healthy, fds := checkFds(c, ep, other)
+	healthy, fds := sockCheckFds(c, ep, other)
 	assert.Equal(t, []bool{false, false}, healthy)
 	assert.Equal(t, []int{-1, -1}, fds, "no connection: no descriptor")
 
@@ -91,16 +91,16 @@ func TestCheckNamesTheDescriptorOfTheHealthyConnection(t *testing.T) {
 	require.NoError(t, err)
 	defer client.Close()
 	peer := <-srv.conns
-	healthy, fds = checkFds(c, ep, other)
+	healthy, fds = sockCheckFds(c, ep, other)
 	assert.Equal(t, []bool{true, false}, healthy)
 	assert.Equal(t, []int{rawFd(t, client), -1}, fds, "the client's descriptor, found by the walk")
-	healthy, fds = checkFds(c, ep, other)
+	healthy, fds = sockCheckFds(c, ep, other)
 	assert.Equal(t, []bool{true, false}, healthy)
 	assert.Equal(t, []int{rawFd(t, client), -1}, fds, "the same descriptor, confirmed again")
 
 	require.NoError(t, peer.Close())
 	require.Eventually(t, func() bool {
-		healthy, fds = checkFds(c, ep, other)
+		healthy, fds = sockCheckFds(c, ep, other)
 		return !healthy[0]
 	}, 2*time.Second, 10*time.Millisecond)
 	assert.Equal(t, []int{-1, -1}, fds, "a hung-up connection names no descriptor")
@@ -111,14 +111,14 @@ func TestUnixConnectionHealthAndHangUp(t *testing.T) {
 	srv := serve(t, "unix", path)
 	ep := conf.Endpoint{Network: "unix", Address: path}
 	other := conf.Endpoint{Network: "unix", Address: path + ".other"}
-	c := NewChecker([]conf.Endpoint{ep, other}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep, other}, time.Second)
 
-	assert.Equal(t, []bool{false, false}, check(c, ep, other), "no connection: missing")
+	assert.Equal(t, []bool{false, false}, sockCheck(c, ep, other), "no connection: missing")
 	client, err := net.Dial("unix", path)
 	require.NoError(t, err)
 	defer client.Close()
 	peer := <-srv.conns
-	assert.Equal(t, []bool{true, false}, check(c, ep, other), "a live connection is healthy")
+	assert.Equal(t, []bool{true, false}, sockCheck(c, ep, other), "a live connection is healthy")
 	// Signals (the Go runtime preempts goroutines with SIGURG) interrupt
 	// poll with EINTR: they must not make a healthy connection flap.
 	stop := make(chan struct{})
@@ -133,14 +133,14 @@ func TestUnixConnectionHealthAndHangUp(t *testing.T) {
 		}
 	}()
 	for i := 0; i < 5000; i++ {
-		if h := check(c, ep); !h[0] {
+		if h := sockCheck(c, ep); !h[0] {
 			close(stop)
 			t.Fatalf("check %d: healthy connection reported down", i)
 		}
 	}
 	close(stop)
 	peer.Close()
-	require.Eventually(t, func() bool { return !check(c, ep)[0] }, time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return !sockCheck(c, ep)[0] }, time.Second, 10*time.Millisecond,
 		"the member hung up")
 	buf := make([]byte, 1)
 	client.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
@@ -152,7 +152,7 @@ func TestConcurrentChecksShareAScan(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "m.sock")
 	srv := serve(t, "unix", path)
 	ep := conf.Endpoint{Network: "unix", Address: path}
-	c := NewChecker([]conf.Endpoint{ep, ep}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep, ep}, time.Second)
 	assert.Len(t, c.eps, 1, "duplicates are scanned once")
 	client, err := net.Dial("unix", path)
 	require.NoError(t, err)
@@ -166,7 +166,7 @@ func TestConcurrentChecksShareAScan(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for k := 0; k < 200; k++ {
-				if h := check(c, ep); !h[0] {
+				if h := sockCheck(c, ep); !h[0] {
 					bad.Add(1)
 				}
 			}
@@ -185,14 +185,14 @@ func TestRememberedDescriptorIsVerified(t *testing.T) {
 	srvA, srvB := serve(t, "unix", pathA), serve(t, "unix", pathB)
 	a := conf.Endpoint{Network: "unix", Address: pathA}
 	b := conf.Endpoint{Network: "unix", Address: pathB}
-	c := NewChecker([]conf.Endpoint{a, b}, time.Second)
+	c := newSockChecker([]conf.Endpoint{a, b}, time.Second)
 
 	ca, err := net.Dial("unix", pathA)
 	require.NoError(t, err)
 	peerA := <-srvA.conns
 	defer peerA.Close()
-	assert.Equal(t, []bool{true, false}, check(c, a, b))
-	fdA := c.known[0]
+	assert.Equal(t, []bool{true, false}, sockCheck(c, a, b))
+	fdA := c.knownFd(0)
 	require.GreaterOrEqual(t, fdA, 0, "the healthy descriptor is remembered")
 
 	require.NoError(t, ca.Close())
@@ -201,21 +201,21 @@ func TestRememberedDescriptorIsVerified(t *testing.T) {
 	defer cb.Close()
 	peerB := <-srvB.conns
 	defer peerB.Close()
-	assert.Equal(t, []bool{false, true}, check(c, a, b), "descriptor %d now leads to b", fdA)
+	assert.Equal(t, []bool{false, true}, sockCheck(c, a, b), "descriptor %d now leads to b", fdA)
 }
 
 func TestTCPConnection(t *testing.T) {
 	srv := serve(t, "tcp", "127.0.0.1:0")
 	addr := srv.ln.Addr().String()
 	ep := conf.Endpoint{Network: "tcp", Address: addr}
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
 	client, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	defer client.Close()
 	peer := <-srv.conns
-	assert.Equal(t, []bool{true}, check(c, ep))
+	assert.Equal(t, []bool{true}, sockCheck(c, ep))
 	peer.Close()
-	require.Eventually(t, func() bool { return !check(c, ep)[0] }, time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return !sockCheck(c, ep)[0] }, time.Second, 10*time.Millisecond,
 		"FIN from the member: not ESTABLISHED")
 }
 
@@ -223,16 +223,16 @@ func TestHostNamesAreResolvedOnce(t *testing.T) {
 	srv := serve(t, "tcp", "127.0.0.1:0")
 	_, port, _ := net.SplitHostPort(srv.ln.Addr().String())
 	byName := conf.Endpoint{Network: "tcp", Address: "localhost:" + port}
-	c := NewChecker([]conf.Endpoint{byName}, 2*time.Second)
+	c := newSockChecker([]conf.Endpoint{byName}, 2*time.Second)
 	client, err := net.Dial("tcp", srv.ln.Addr().String())
 	require.NoError(t, err)
 	defer client.Close()
 	peer := <-srv.conns
 	defer peer.Close()
-	assert.Equal(t, []bool{true}, check(c, byName))
+	assert.Equal(t, []bool{true}, sockCheck(c, byName))
 
-	assert.Equal(t, []bool{false}, check(NewChecker(nil, time.Second), byName),
-		"an endpoint the Checker was not prepared for is down: no look-up inside a check")
+	assert.Equal(t, []bool{false}, sockCheck(newSockChecker(nil, time.Second), byName),
+		"an endpoint the checker was not prepared for is down: no look-up inside a check")
 }
 
 // The TCP branch, on real loopback connections: what the kernel says about
@@ -290,13 +290,13 @@ func buffered(t *testing.T, c net.Conn) int {
 
 func TestTCPEstablishedKeepsUnreadData(t *testing.T) {
 	client, peer, ep := tcpPair(t, "tcp", "127.0.0.1:0")
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
 	_, err := peer.Write([]byte("reply"))
 	require.NoError(t, err)
 	require.Eventually(t, func() bool { return buffered(t, client) == 5 }, time.Second, time.Millisecond)
 
 	require.Equal(t, uint8(stateEstablished), tcpState(t, client))
-	assert.Equal(t, []bool{true}, check(c, ep), "ESTABLISHED with a reply waiting: healthy")
+	assert.Equal(t, []bool{true}, sockCheck(c, ep), "ESTABLISHED with a reply waiting: healthy")
 	assert.Equal(t, 5, buffered(t, client), "the check read nothing")
 	buf := make([]byte, 16)
 	n, err := client.Read(buf)
@@ -306,12 +306,12 @@ func TestTCPEstablishedKeepsUnreadData(t *testing.T) {
 
 func TestTCPPeerClosedIsCloseWait(t *testing.T) {
 	client, peer, ep := tcpPair(t, "tcp", "127.0.0.1:0")
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
-	require.Equal(t, []bool{true}, check(c, ep))
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
+	require.Equal(t, []bool{true}, sockCheck(c, ep))
 
 	require.NoError(t, peer.Close()) // FIN: the member's server went away
 	require.Eventually(t, func() bool { return tcpState(t, client) == stateCloseWait }, time.Second, time.Millisecond)
-	assert.Equal(t, []bool{false}, check(c, ep), "CLOSE_WAIT: down")
+	assert.Equal(t, []bool{false}, sockCheck(c, ep), "CLOSE_WAIT: down")
 	client.SetReadDeadline(time.Now().Add(time.Second))
 	_, err := client.Read(make([]byte, 1))
 	assert.ErrorIs(t, err, io.EOF, "the end of the stream is still there for the owner")
@@ -319,15 +319,15 @@ func TestTCPPeerClosedIsCloseWait(t *testing.T) {
 
 func TestTCPResetLeavesTheErrorToTheOwner(t *testing.T) {
 	client, peer, ep := tcpPair(t, "tcp", "127.0.0.1:0")
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
-	require.Equal(t, []bool{true}, check(c, ep))
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
+	require.Equal(t, []bool{true}, sockCheck(c, ep))
 
 	// SO_LINGER 0: close sends RST, as a server killed with unread data does.
 	require.NoError(t, peer.(*net.TCPConn).SetLinger(0))
 	require.NoError(t, peer.Close())
 	require.Eventually(t, func() bool { return tcpState(t, client) == stateClose }, time.Second, time.Millisecond)
 	for i := 0; i < 3; i++ {
-		assert.Equal(t, []bool{false}, check(c, ep), "reset: down (check %d)", i)
+		assert.Equal(t, []bool{false}, sockCheck(c, ep), "reset: down (check %d)", i)
 	}
 	client.SetReadDeadline(time.Now().Add(time.Second))
 	_, err := client.Read(make([]byte, 1))
@@ -337,11 +337,11 @@ func TestTCPResetLeavesTheErrorToTheOwner(t *testing.T) {
 
 func TestTCPOwnShutdownIsDown(t *testing.T) {
 	client, _, ep := tcpPair(t, "tcp", "127.0.0.1:0")
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
-	require.Equal(t, []bool{true}, check(c, ep))
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
+	require.Equal(t, []bool{true}, sockCheck(c, ep))
 	require.NoError(t, client.(*net.TCPConn).CloseWrite())
 	require.Eventually(t, func() bool { return tcpState(t, client) == stateFinWait2 }, time.Second, time.Millisecond)
-	assert.Equal(t, []bool{false}, check(c, ep), "the module is closing its connection: FIN_WAIT2 is not usable")
+	assert.Equal(t, []bool{false}, sockCheck(c, ep), "the module is closing its connection: FIN_WAIT2 is not usable")
 }
 
 func TestTCPOverIPv6Loopback(t *testing.T) {
@@ -351,11 +351,11 @@ func TestTCPOverIPv6Loopback(t *testing.T) {
 	}
 	ln.Close()
 	client, peer, ep := tcpPair(t, "tcp6", "[::1]:0")
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
-	assert.Equal(t, []bool{true}, check(c, ep))
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
+	assert.Equal(t, []bool{true}, sockCheck(c, ep))
 	peer.Close()
 	require.Eventually(t, func() bool { return tcpState(t, client) == stateCloseWait }, time.Second, time.Millisecond)
-	assert.Equal(t, []bool{false}, check(c, ep))
+	assert.Equal(t, []bool{false}, sockCheck(c, ep))
 }
 
 // A TLS member is judged by the TCP connection under it: the check sees
@@ -383,16 +383,16 @@ func TestTLSIsJudgedByTheTCPUnderIt(t *testing.T) {
 	require.NoError(t, err)
 
 	ep := conf.Endpoint{Network: "tcp", Address: ln.Addr().String()}
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
 	time.Sleep(20 * time.Millisecond)
-	assert.Equal(t, []bool{true}, check(c, ep), "TLS session up: healthy")
+	assert.Equal(t, []bool{true}, sockCheck(c, ep), "TLS session up: healthy")
 	buf := make([]byte, 16)
 	n, err := client.Read(buf)
 	require.NoError(t, err)
 	assert.Equal(t, "record", string(buf[:n]), "the TLS record is intact for the owner")
 
 	require.NoError(t, peer.Close()) // close_notify, then FIN
-	require.Eventually(t, func() bool { return !check(c, ep)[0] }, time.Second, time.Millisecond,
+	require.Eventually(t, func() bool { return !sockCheck(c, ep)[0] }, time.Second, time.Millisecond,
 		"the member closed the TLS session: down")
 }
 
@@ -422,7 +422,7 @@ func selfSigned(t *testing.T) tls.Certificate {
 // peer without a zone name. The address and port decide.
 func TestLinkLocalZoneDoesNotMatter(t *testing.T) {
 	ep := conf.Endpoint{Network: "tcp", Address: "[fe80::1%lo]:1792"}
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
 	peer := &unix.SockaddrInet6{Port: 1792, ZoneId: 1, Addr: netip.MustParseAddr("fe80::1").As16()}
 	assert.True(t, c.matches(peer, ep), "fe80::1 on port 1792 is the member")
 	peer.Port = 1793
@@ -472,26 +472,26 @@ func TestUnresolvedNameIsLookedUpAgainInTheBackground(t *testing.T) {
 	_, port, _ := net.SplitHostPort(live.Address)
 	ep := conf.Endpoint{Network: "tcp", Address: "hsm.example:" + port}
 
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
 	c.relookup = 50 * time.Millisecond
 	require.Equal(t, 1, res.count(), "looked up once at start")
 	start := time.Now()
 	for i := 0; i < 200; i++ {
-		assert.Equal(t, []bool{false}, check(c, ep), "no address: no connection matches")
+		assert.Equal(t, []bool{false}, sockCheck(c, ep), "no address: no connection matches")
 	}
 	assert.Less(t, time.Since(start), 500*time.Millisecond, "checks do not wait for the resolver")
 	assert.LessOrEqual(t, res.count(), 1+int(time.Since(start)/c.relookup)+1,
 		"at most one look-up per interval, however many checks")
 
 	res.set(netip.MustParseAddr("127.0.0.1"))
-	require.Eventually(t, func() bool { return check(c, ep)[0] }, 2*time.Second, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return sockCheck(c, ep)[0] }, 2*time.Second, 5*time.Millisecond,
 		"once the name resolves, the connection counts")
 	n := res.count()
 	for i := 0; i < 50; i++ {
-		check(c, ep)
+		sockCheck(c, ep)
 	}
 	time.Sleep(2 * c.relookup)
-	check(c, ep)
+	sockCheck(c, ep)
 	assert.Equal(t, n, res.count(), "a healthy endpoint is not looked up again")
 }
 
@@ -501,10 +501,10 @@ func TestAddressLiteralsAreNeverLookedUp(t *testing.T) {
 	defer func(old func(context.Context, string, string) ([]netip.Addr, error)) { lookupNetIP = old }(lookupNetIP)
 	lookupNetIP = res.lookup
 	ep := conf.Endpoint{Network: "tcp", Address: "127.0.0.1:9"}
-	c := NewChecker([]conf.Endpoint{ep}, time.Second)
+	c := newSockChecker([]conf.Endpoint{ep}, time.Second)
 	c.relookup = time.Millisecond
 	for i := 0; i < 20; i++ {
-		check(c, ep)
+		sockCheck(c, ep)
 		time.Sleep(time.Millisecond)
 	}
 	assert.Zero(t, res.count())
