@@ -75,7 +75,7 @@ type slotKey struct {
 type lanes struct{ p *C.struct_hx_lanes }
 
 func newLanes(host unsafe.Pointer, n int, stuck time.Duration) (lanes, bool) {
-	p := C.hx_lanes_new((*C.struct_haext_host)(host), C.int(n), C.int64_t(stuck))
+	p := C.hx_lanes_new((*C.struct_haext_vendor)(host), C.int(n), C.int64_t(stuck))
 	return lanes{p}, p != nil
 }
 
