@@ -47,7 +47,7 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 # into it, so a host's dlclose must not unmap it.
 FRONT_SRC := $(wildcard internal/front/*.c)
 FRONT_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC $(P11FLAGS) -Iinternal/hostapi -Iinternal/front
-$(BUILD)/libhaext-pkcs11.so: $(FRONT_SRC) $(wildcard internal/front/*.h) internal/hostapi/hostapi.h \
+$(BUILD)/libhaext-pkcs11.so: $(FRONT_SRC) $(wildcard internal/front/*.h) internal/hostapi/hostapi.h internal/hostapi/call.h \
 		cmd/libhaext-pkcs11/exports.map
 	@mkdir -p $(BUILD)
 	$(CC) $(FRONT_CFLAGS) -shared -Wl,--version-script=cmd/libhaext-pkcs11/exports.map \
