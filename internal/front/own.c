@@ -41,8 +41,7 @@ static void own_close(CK_SESSION_HANDLE h)
     atomic_fetch_add(&st_own_closed, 1);
 }
 
-/* Locked, from here to front_own_returned. */
-
+/* Locked: s has no own session any more (the next borrow opens one). */
 static void forget(struct front_slot *s)
 {
     s->own_state = FRONT_OWN_NONE;
@@ -52,8 +51,8 @@ static void forget(struct front_slot *s)
     s->close_pending = 0;
 }
 
-/* Closes s's own session, open and lent to nobody; the lock is released
- * for the call. */
+/* Locked: closes s's own session, open and lent to nobody; the lock is
+ * released for the call. */
 static void close_open(struct front_slot *s)
 {
     CK_SESSION_HANDLE h = s->own;
@@ -64,7 +63,7 @@ static void close_open(struct front_slot *s)
     forget(s);
 }
 
-/* Lends s's own session, open. */
+/* Locked: lends s's own session, open. */
 static CK_RV lend_open(struct front_slot *s, CK_SESSION_HANDLE *out)
 {
     if (front_loans_add_own(s->own, s, s->own_tag) == NULL)
@@ -75,8 +74,9 @@ static CK_RV lend_open(struct front_slot *s, CK_SESSION_HANDLE *out)
     return CKR_OK;
 }
 
-/* Session h, just opened while s was FRONT_OWN_OPENING in epoch ep, is not
- * kept (finalized meanwhile, or the host wants it closed). */
+/* Locked: session h, just opened while s was FRONT_OWN_OPENING in epoch
+ * ep, is not kept (finalized meanwhile, or the host wants it closed); the
+ * lock is released for the call. */
 static void discard(struct front_slot *s, unsigned long ep, CK_SESSION_HANDLE h)
 {
     int mine = epoch == ep;
