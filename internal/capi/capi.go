@@ -75,7 +75,7 @@ var lib = service.New(service.Env{
 })
 
 // frontHost, when set (CA_HAExtAttachFront, front.go), is the struct
-// haext_host of the host's own instance of the vendor module that a front
+// haext_vendor of the host's own instance of the vendor module that a front
 // module forwards to: the library then opens none.
 var frontHost unsafe.Pointer
 
@@ -202,7 +202,7 @@ func haextSetFunctionList(list C.CK_FUNCTION_LIST_PTR, reason **C.char) (out C.C
 	if list == nil {
 		return C.CKR_ARGUMENTS_BAD
 	}
-	host := C.struct_haext_host{list: list}
+	host := C.struct_haext_vendor{list: list}
 	if err := lib.Lend(cryptoki.Lend(unsafe.Pointer(&host))); err != nil {
 		out, msg = returnValue(err), err.Error()
 		return out

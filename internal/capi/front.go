@@ -28,11 +28,11 @@ var (
 	applyMu sync.Mutex
 )
 
-// attachedHost is the struct haext_host of the front that attached itself,
+// attachedHost is the struct haext_vendor of the front that attached itself,
 // or nil.
 func attachedHost() unsafe.Pointer {
 	if f := attached.Load(); f != nil {
-		return unsafe.Pointer(f.host)
+		return unsafe.Pointer(f.vendor)
 	}
 	return nil
 }
@@ -53,7 +53,7 @@ func haextAttachFront(f *C.struct_haext_front, reason **C.char) (out C.CK_RV) {
 	msg := ""
 	defer func() { out = answer(out, msg, recover(), reason) }()
 	switch {
-	case f == nil || f.host == nil || f.wait == nil || f.poll == nil:
+	case f == nil || f.vendor == nil || f.wait == nil || f.poll == nil:
 		return C.CKR_ARGUMENTS_BAD
 	case f.abi != C.HAEXT_FRONT_ABI:
 		msg = fmt.Sprintf("front module ABI %d, this library speaks %d: install libhaext-pkcs11.so and "+
@@ -70,7 +70,7 @@ func haextAttachFront(f *C.struct_haext_front, reason **C.char) (out C.CK_RV) {
 		if lib.Engine() != nil {
 			// The host used this library beside the module first: move the
 			// engine to the host's instance.
-			if err := lib.Lend(cryptoki.Lend(unsafe.Pointer(f.host))); err != nil {
+			if err := lib.Lend(cryptoki.Lend(unsafe.Pointer(f.vendor))); err != nil {
 				out, msg = returnValue(err), err.Error()
 			}
 		}

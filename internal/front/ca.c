@@ -8,7 +8,7 @@
  * vendor call of its own. On that first call the front loads the vendor if
  * the host has not made it do so yet, loads libhaext.so (beside the front,
  * one directory up, then by its SONAME), and hands it struct haext_front
- * (hostapi.h) with CA_HAExtAttachFront; every CA_* call then goes to
+ * (hostapi.h, attach.c) with CA_HAExtAttachFront; every CA_* call then goes to
  * libhaext.so's own. A failed load is tried again on the next call.
  *
  * The last error: a call the front refuses itself keeps its reason here, per
@@ -21,7 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "state.h"
+#include "front.h"
 
 #define ENGINE_SONAME "libhaext.so.1"
 
@@ -35,7 +35,6 @@ static struct engine {
 static _Atomic int engine_loaded;
 static pthread_mutex_t engine_mu = PTHREAD_MUTEX_INITIALIZER;
 static char engine_why[1024]; /* why the last load failed; engine_mu */
-static struct haext_front attach_to;
 
 /* The reason of the calling thread's last CA_* call that the front refused
  * itself, or NULL: a constant, or engine_why. Not initial-exec TLS: the
@@ -76,11 +75,11 @@ static void *open_engine(char *why, size_t whylen)
 static int load_locked(void)
 {
     CK_RV (*attach)(const struct haext_front *);
-    const struct haext_host *host = haext_front_host();
+    const struct haext_front *front = front_attach();
     void *h;
     CK_RV rv;
-    if (host == NULL) {
-        snprintf(engine_why, sizeof engine_why, "%s", haext_front_error());
+    if (front == NULL) {
+        snprintf(engine_why, sizeof engine_why, "%s", front_vendor_error());
         return -1;
     }
     if ((h = open_engine(engine_why, sizeof engine_why)) == NULL)
@@ -100,8 +99,7 @@ static int load_locked(void)
                  "libhaext-pkcs11.so of the same version", ENGINE_SONAME);
         return -1;
     }
-    attach_to = (struct haext_front){HAEXT_FRONT_ABI, host, haext_front_wait, haext_front_poll};
-    if ((rv = attach(&attach_to)) != CKR_OK) {
+    if ((rv = attach(front)) != CKR_OK) {
         char msg[sizeof engine_why - 64];
         engine.last_error(msg, sizeof msg);
         snprintf(engine_why, sizeof engine_why, "libhaext-pkcs11: CA_HAExtAttachFront: 0x%lx: %s", (unsigned long)rv,
@@ -118,7 +116,7 @@ static int ready(CK_RV *rv)
 {
     int rc = 0;
     refused = NULL;
-    if (haext_front_threads_forbidden()) {
+    if (front_host_threads_forbidden()) {
         refused = threads_reason;
         *rv = CKR_FUNCTION_FAILED;
         return -1;
@@ -177,8 +175,8 @@ CK_RV CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList)
         return rv;
     if (pFunctionList == NULL)
         return engine.set_list(NULL); /* CKR_ARGUMENTS_BAD, with libhaext's reason */
-    if (pFunctionList == &haext_front_list || (void *)pFunctionList == (void *)&haext_front_list3 ||
-        pFunctionList == atomic_load_explicit(&haext_vendor, memory_order_acquire))
+    if (pFunctionList == &front_function_list || (void *)pFunctionList == (void *)&front_iface_list3 ||
+        pFunctionList == atomic_load_explicit(&front_vendor_list, memory_order_acquire))
         return CKR_OK;
     refused = "in front of the module, libhaext already uses the host's own instance of the vendor module; "
               "CA_SetHAExtFunctionList takes only the front's or the vendor's function list";

@@ -2,21 +2,22 @@
 // loads instead of its vendor's, seen from Go for tests.
 //
 // libhaext-pkcs11.so is built from this directory's C files alone, with no
-// Go in it (see the Makefile): plain C trampolines through the vendor's
-// CK_FUNCTION_LIST (front.c, iface.c), so no Go runs on the path of a host
-// call; the vendor found in C too (conf.c reads Chrystoki2/LibHAExtVendor,
-// else LibUNIX64, else LibUNIX of the same configuration file as pkg/conf)
-// and loaded with RTLD_DEEPBIND on the host's first C_GetFunctionList or
-// C_Initialize (vendor.c); and the CA_* calls (ca.c), which load libhaext.so
-// on the first of them and hand it struct haext_front
-// (internal/hostapi/hostapi.h). A host that never calls CA_* never has the
-// Go runtime in its process.
+// Go in it (see the Makefile; front.h lists the files in their layers):
+// plain C trampolines through the vendor's CK_FUNCTION_LIST (front.c,
+// iface.c), so no Go runs on the path of a host call; the vendor found in C
+// too (conf.c reads Chrystoki2/LibHAExtVendor, else LibUNIX64, else LibUNIX
+// of the same configuration file as pkg/conf) and loaded with RTLD_DEEPBIND
+// on the host's first C_GetFunctionList or C_Initialize (vendor.c); and the
+// CA_* calls (ca.c), which load libhaext.so on the first of them and hand
+// it struct haext_front (internal/hostapi/hostapi.h). A host that never
+// calls CA_* never has the Go runtime in its process.
 //
 // The front keeps, in C, what the engine needs to share the host's instance
-// of the vendor module (state.c): a gate that the host's C_Finalize closes
-// and waits on, the host's sessions and whether each is busy, sessions lent
-// for one call, and the events the engine applies (internal/capi/front.go).
-// This package exposes them to Go tests: Host, Wait and Poll, Stats, and
+// of the vendor module: a gate that the host's C_Finalize closes and waits
+// on (gate.c), the host's sessions and whether each is busy (table.c,
+// busy.c), sessions lent for one call (loans.c, own.c, lend.c), and the
+// events the engine applies (events.c; internal/capi/front.go). This
+// package exposes them to Go tests: Host, Wait and Poll, Stats, and
 // ParseConf, which tests compare with pkg/conf.
 package front
 
@@ -88,12 +89,12 @@ type Event struct {
 // Wait blocks until an event is queued, without taking it. Its goroutine
 // waits in C on a condition variable (one thread, no polling, no wakeups
 // while nothing happens).
-func Wait() { _ = C.haext_front_wait() }
+func Wait() { _ = C.front_events_wait() }
 
 // Poll returns the next event if one is queued.
 func Poll() (Event, bool) {
 	var ev C.struct_haext_front_event
-	if C.haext_front_poll(&ev) == 0 {
+	if C.front_events_poll(&ev) == 0 {
 		return Event{}, false
 	}
 	return event(ev), true
@@ -104,15 +105,15 @@ func event(ev C.struct_haext_front_event) Event {
 }
 
 // Host loads the vendor module if the host has not made the front load it
-// yet, and returns a pointer to the front's struct haext_host
+// yet, and returns a pointer to the front's struct haext_vendor
 // (internal/hostapi/hostapi.h): the vendor's function list and the hooks.
 // It stays valid for the life of the process. It returns an error naming
 // the configuration file and key when the vendor cannot be loaded; a later
 // call tries again.
 func Host() (unsafe.Pointer, error) {
-	h := C.haext_front_host()
+	h := C.front_attach_vendor()
 	if h == nil {
-		return nil, errors.New(C.GoString(C.haext_front_error()))
+		return nil, errors.New(C.GoString(C.front_vendor_error()))
 	}
 	return unsafe.Pointer(h), nil
 }
@@ -120,7 +121,7 @@ func Host() (unsafe.Pointer, error) {
 // VendorPath is the vendor module the front loads, as configured; empty
 // before the first load attempt.
 func VendorPath() string {
-	return C.GoString(C.haext_front_vendor_path())
+	return C.GoString(C.front_vendor_path())
 }
 
 // Stats are the front's counters.
@@ -140,8 +141,8 @@ type Stats struct {
 
 // ReadStats returns the front's counters.
 func ReadStats() Stats {
-	var st C.struct_haext_front_stats
-	C.haext_front_stats(&st)
+	var st C.struct_front_stats
+	C.front_attach_stats(&st)
 	return Stats{
 		OwnOpened:    uint64(st.own_opened),
 		OwnClosed:    uint64(st.own_closed),
@@ -162,11 +163,11 @@ type ConfKeys struct {
 // ParseConf runs the C reader of conf.c on the contents of a configuration
 // file. Tests compare it with pkg/conf.
 func ParseConf(data []byte) ConfKeys {
-	var k C.struct_haext_conf_keys
+	var k C.struct_front_conf_keys
 	p := C.CBytes(data)
 	defer C.free(p)
-	C.haext_conf_parse((*C.char)(p), C.size_t(len(data)), &k)
-	defer C.haext_conf_keys_free(&k)
+	C.front_conf_parse((*C.char)(p), C.size_t(len(data)), &k)
+	defer C.front_conf_keys_free(&k)
 	str := func(c *C.char, n C.size_t) *string {
 		if c == nil {
 			return nil

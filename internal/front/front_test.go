@@ -50,7 +50,7 @@ func TestHostLoadsVendorAndRetries(t *testing.T) {
 	assert.Equal(t, vendor, VendorPath())
 	h2, err := Host()
 	require.NoError(t, err)
-	assert.Equal(t, h, h2, "one struct haext_host per process")
+	assert.Equal(t, h, h2, "one struct haext_vendor per process")
 
 	_, ok := Poll()
 	assert.False(t, ok, "no event before the host's C_Initialize")

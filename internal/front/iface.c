@@ -5,25 +5,26 @@
  * The front offers "PKCS 11" 2.40 (front.c's list, the one
  * C_GetFunctionList returns) always, and "PKCS 11" 3.0 only when the vendor
  * offers 3.0 through its own C_GetInterface: a CK_FUNCTION_LIST_3_0 whose
- * 2.40 entries are front.c's and whose 3.0 entries are the trampolines
- * below, forwarding to the vendor's 3.0 list. The vendor is asked on the
- * host's first C_GetInterface or C_GetInterfaceList (vendor.c), so a host
- * that never asks sees the vendor get no call it did not make. The 3.0
- * default, when offered, is 3.0.
+ * 2.40 entries are the front's and whose 3.0 entries are the trampolines
+ * below, forwarding to the vendor's 3.0 list (front_vendor_copy3). The
+ * vendor is asked on the host's first C_GetInterface or
+ * C_GetInterfaceList (vendor.c), so a host that never asks sees the vendor
+ * get no call it did not make. The 3.0 default, when offered, is 3.0.
  *
  * The 3.0 functions all take a session (C_SessionCancel, the message
  * functions): they mark the thread busy and record failures like front.c's
- * session trampolines. C_LoginUser takes C_Login's path (state.c), which
+ * session trampolines. C_LoginUser takes C_Login's path (session.c), which
  * closes the front's own read-only session before an SO login. Only
  * C_GetInterfaceList and C_GetInterface are exported by name
  * (cmd/libhaext-pkcs11/exports.map).
  */
 #include <string.h>
 
+#include "functions.h"
 #include "state.h"
 
 /* The 3.0 functions whose first argument is a session, but C_LoginUser. */
-#define HAEXT_SESSION_FUNCTIONS_3_0(X) \
+#define FRONT_SESSION_FUNCTIONS_3_0(X) \
     X(C_SessionCancel, (CK_SESSION_HANDLE hSession, CK_FLAGS flags), (hSession, flags)) \
     X(C_MessageEncryptInit, (CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMech, CK_OBJECT_HANDLE hKey), \
       (hSession, pMech, hKey)) \
@@ -66,62 +67,54 @@
       CK_ULONG ulData, CK_BYTE_PTR pSig, CK_ULONG ulSig), (hSession, pParam, ulParamLen, pData, ulData, pSig, ulSig)) \
     X(C_MessageVerifyFinal, (CK_SESSION_HANDLE hSession), (hSession))
 
-CK_FUNCTION_LIST_3_0 haext_vcopy3 __attribute__((aligned(64)));
-
 /* Not exported (exports.map): reached through the 3.0 list only. */
 #define DECLARE(name, params, args) CK_RV name params;
-HAEXT_SESSION_FUNCTIONS_3_0(DECLARE)
+FRONT_SESSION_FUNCTIONS_3_0(DECLARE)
 CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
                   CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen);
 
-#define SESSION_TRAMPOLINE_3_0(name, params, args) HAEXT_SESSION_TRAMPOLINE(haext_vcopy3, name, params, args)
-HAEXT_SESSION_FUNCTIONS_3_0(SESSION_TRAMPOLINE_3_0)
+#define SESSION_TRAMPOLINE_3_0(name, params, args) FRONT_SESSION_TRAMPOLINE(front_vendor_copy3, name, params, args)
+FRONT_SESSION_FUNCTIONS_3_0(SESSION_TRAMPOLINE_3_0)
 
 CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
                   CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen)
 {
-    HAEXT_VENDOR_OR_RETURN(haext_vcopy3, f, C_LoginUser);
-    return haext_host_login_user(f, hSession, userType, pPin, ulPinLen, pUsername, ulUsernameLen);
+    FRONT_VENDOR_OR_RETURN(front_vendor_copy3, f, C_LoginUser);
+    return front_session_login_user(f, hSession, userType, pPin, ulPinLen, pUsername, ulUsernameLen);
 }
 
-#define LIST_ENTRY_3_0(name, params, args) .name = name,
-
-/* The 2.40 entries are haext_front_list's, copied in by haext_iface_set
- * before the list is offered. */
-CK_FUNCTION_LIST_3_0 haext_front_list3 = {
+/* The front's 3.0 list: the 2.40 entries are the front's, as in
+ * front_function_list. */
+CK_FUNCTION_LIST_3_0 front_iface_list3 = {
     .version = {3, 0},
+    FRONT_ENTRIES_240
     .C_GetInterfaceList = C_GetInterfaceList,
     .C_GetInterface = C_GetInterface,
     .C_LoginUser = C_LoginUser,
-    HAEXT_SESSION_FUNCTIONS_3_0(LIST_ENTRY_3_0)
+    FRONT_SESSION_FUNCTIONS_3_0(FRONT_LIST_ENTRY)
 };
 
+/* The interfaces, each with the flags the vendor's may have that the
+ * front keeps (CKF_INTERFACE_FORK_SAFE): [0] without, [1] with. */
 static CK_CHAR pkcs11_name[] = "PKCS 11";
-static CK_INTERFACE iface240 = {pkcs11_name, &haext_front_list, 0};
-static CK_INTERFACE iface30 = {pkcs11_name, &haext_front_list3, 0};
-/* Whether 3.0 is offered: written once by haext_iface_set, before
- * haext_vendor_interfaces returns to anyone. */
-static int has30;
+static CK_INTERFACE iface240[2] = {{pkcs11_name, &front_function_list, 0},
+                                   {pkcs11_name, &front_function_list, CKF_INTERFACE_FORK_SAFE}};
+static CK_INTERFACE iface30[2] = {{pkcs11_name, &front_iface_list3, 0},
+                                  {pkcs11_name, &front_iface_list3, CKF_INTERFACE_FORK_SAFE}};
 
-void haext_iface_set(CK_FUNCTION_LIST_3_0 *vendor3, CK_FLAGS flags3, CK_FLAGS flags240)
-{
-    iface240.flags = flags240 & CKF_INTERFACE_FORK_SAFE;
-    if (vendor3 == NULL)
-        return;
-    memcpy(&haext_front_list3, &haext_front_list, sizeof haext_front_list);
-    haext_front_list3.version = (CK_VERSION){3, 0};
-    memcpy(&haext_vcopy3, vendor3, sizeof haext_vcopy3);
-    iface30.flags = flags3 & CKF_INTERFACE_FORK_SAFE;
-    has30 = 1;
-}
-
-/* The interfaces offered, the default (the highest) first. */
+/* The interfaces offered, the default (the highest) first; the vendor is
+ * asked once (a vendor that asks the front in turn, from inside that very
+ * call, gets 2.40 alone). */
 static CK_ULONG offered(CK_INTERFACE_PTR out[2])
 {
+    static const struct front_vendor_ifaces asking;
+    const struct front_vendor_ifaces *v = front_vendor_interfaces();
     CK_ULONG n = 0;
-    if (has30)
-        out[n++] = &iface30;
-    out[n++] = &iface240;
+    if (v == NULL)
+        v = &asking;
+    if (v->has30)
+        out[n++] = &iface30[(v->flags3 & CKF_INTERFACE_FORK_SAFE) != 0];
+    out[n++] = &iface240[(v->flags240 & CKF_INTERFACE_FORK_SAFE) != 0];
     return n;
 }
 
@@ -131,9 +124,8 @@ CK_RV C_GetInterfaceList(CK_INTERFACE_PTR pInterfacesList, CK_ULONG_PTR pulCount
     CK_ULONG n, i;
     if (pulCount == NULL)
         return CKR_ARGUMENTS_BAD;
-    if (haext_front_load() != 0)
+    if (front_setup_load() != 0)
         return CKR_GENERAL_ERROR;
-    haext_vendor_interfaces();
     n = offered(list);
     if (pInterfacesList == NULL) {
         *pulCount = n;
@@ -160,9 +152,8 @@ CK_RV C_GetInterface(CK_UTF8CHAR_PTR pInterfaceName, CK_VERSION_PTR pVersion, CK
     CK_ULONG n, i;
     if (ppInterface == NULL)
         return CKR_ARGUMENTS_BAD;
-    if (haext_front_load() != 0)
+    if (front_setup_load() != 0)
         return CKR_GENERAL_ERROR;
-    haext_vendor_interfaces();
     n = offered(list);
     for (i = 0; i < n; i++) {
         const CK_VERSION *v = list[i]->pFunctionList; /* a list begins with its version */

@@ -1,103 +1,134 @@
 /*
- * call.h - how libhaext makes one vendor call, from any of its C code:
- * inside the fork fence (pkg/cryptoki/fence.c: fork() waits, briefly, for
- * the call to return, so that a child never inherits a lock the vendor took
- * for it), through the gate of a front module (hostapi.h), with SIGPIPE blocked on
- * the calling thread and a pending one drained before it is unblocked, so a
- * write to a dead member's socket inside the vendor never reaches the host.
+ * call.h - the one way libhaext's C code calls the vendor module, with
+ * call.c (the fence). Three parts, each for a reason of its own:
  *
- *   struct hx_sigpipe g;
- *   if (!hx_enter(host)) return CKR_HA_NO_INSTANCE-ish;
- *   hx_sigpipe_block(&g);
- *   rv = host->list->C_...(...);
- *   drained += hx_sigpipe_restore(&g);
- *   hx_leave(host);
+ *   the fence   fork() and exit() wait, briefly, for the call to return, so
+ *               that a child never inherits a lock the vendor took for it
+ *               and the vendor's destructors never run under it (call.c).
+ *               One per process: libhaext.so's. The front module
+ *               (libhaext-pkcs11.so) compiles this header but not call.c,
+ *               and makes no call inside the fence.
+ *   the gate    a front module's (hostapi.h: enter/leave): no call of
+ *               libhaext's while the host finalizes the module.
+ *   the guard   a SIGPIPE the call raises (a write to a dead member's
+ *               socket inside the vendor) never reaches the host's handler
+ *               or default action.
+ *
+ * Who uses what:
+ *
+ *   a Go thread (pkg/cryptoki)      hx_call_begin .. hx_call_end: all three.
+ *   a probe thread (pkg/probe)      hx_enter .. hx_leave: fence and gate, no
+ *                                   guard (below).
+ *   the front's own calls and its   hx_guard_begin .. hx_guard_end: on the
+ *   write to stderr                 host's threads, or inside a probe
+ *                                   thread's hx_enter already.
+ *
+ * The guard's one rule: block SIGPIPE, make the call, take one SIGPIPE if
+ * the call raised it (none was pending before), then unblock SIGPIPE again
+ * unless it was blocked before. Right on a host thread (a SIGPIPE that was
+ * pending before is the host's, left alone; one that the call raised is
+ * taken, even on a thread that blocks SIGPIPE to collect it) and on a Go
+ * thread. A probe thread makes no guard: every signal stays blocked on it
+ * for good, so a SIGPIPE a call raised stays pending there, directed at
+ * that thread alone, and no handler ever sees it; nothing to take, nothing
+ * to restore, and no system call on the status path.
  */
 #ifndef HAEXT_CALL_H
 #define HAEXT_CALL_H
 
+#include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <time.h>
-#include <pthread.h>
 
 #include "hostapi.h"
 
-/* The fork and exit fence (pkg/cryptoki/fence.c), one for the whole
- * process. hx_fence_enter returns 0, and makes no call, once exit() has
- * begun; every 1 is paired with one hx_fence_leave. hx_fence_setup
- * registers the fork and exit handlers: a loader calls it right after it
- * loaded the vendor module, so that the exit handler runs before the
- * vendor's destructors. hx_fence_set_stuck_ms: the age (statusTimeout)
- * past which exit() no longer waits for a call. */
+/* The fork and exit fence (call.c). hx_fence_enter returns 0, and makes no
+ * call, once exit() has begun; every 1 is paired with one hx_fence_leave.
+ * hx_fence_setup registers the fork and exit handlers: a loader calls it
+ * right after it loaded the vendor module, so that the exit handler runs
+ * before the vendor's destructors. hx_fence_set_stuck_ms: the age
+ * (statusTimeout) past which exit() no longer waits for a call. */
 void hx_fence_setup(void);
 void hx_fence_set_stuck_ms(long ms);
 int hx_fence_enter(void);
 void hx_fence_leave(void);
 
-static inline int hx_enter(const struct haext_host *h)
+/* Enters the fence and the gate of v: 1, or 0 and make no call. */
+static inline int hx_enter(const struct haext_vendor *v)
 {
     if (!hx_fence_enter()) {
         return 0;
     }
-    if (h->enter == NULL || h->enter()) {
+    if (v->enter == NULL || v->enter()) {
         return 1;
     }
     hx_fence_leave();
     return 0;
 }
 
-static inline void hx_leave(const struct haext_host *h)
+static inline void hx_leave(const struct haext_vendor *v)
 {
-    if (h->leave != NULL) {
-        h->leave();
+    if (v->leave != NULL) {
+        v->leave();
     }
     hx_fence_leave();
 }
 
-struct hx_sigpipe {
-    int was_blocked;
+/* The SIGPIPE guard: the thread's mask before, and whether a SIGPIPE was
+ * pending before (the host's, not ours to take). */
+struct hx_guard {
+    sigset_t old;
+    int was_pending;
 };
 
-static inline void hx_sigpipe_block(struct hx_sigpipe *g)
+static inline void hx_guard_begin(struct hx_guard *g)
 {
-    sigset_t set, old;
-    sigemptyset(&set);
-    sigaddset(&set, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &set, &old);
-    g->was_blocked = sigismember(&old, SIGPIPE);
+    sigset_t pipe, pending;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, &g->old);
+    sigemptyset(&pending);
+    sigpending(&pending);
+    g->was_pending = sigismember(&pending, SIGPIPE);
 }
 
-/* Drains this thread's pending SIGPIPEs and unblocks SIGPIPE again, unless
- * it was blocked before hx_sigpipe_block: a SIGPIPE pending on such a
- * thread may be its owner's (a host thread that blocks it to collect it),
- * so it is left alone. Returns how many were drained. Threads of
- * libhaext's own that keep SIGPIPE blocked (the lanes) drain with
- * hx_sigpipe_drain. */
-static inline int hx_sigpipe_drain(void)
+/* Takes the SIGPIPE the guarded call raised, if any, and restores SIGPIPE's
+ * bit of the mask. Returns 1 when it took one (SIGPIPE does not queue). */
+static inline int hx_guard_end(const struct hx_guard *g)
 {
-    sigset_t set;
+    sigset_t pipe;
     struct timespec zero = {0, 0};
-    int drained = 0;
-    sigemptyset(&set);
-    sigaddset(&set, SIGPIPE);
-    while (sigtimedwait(&set, NULL, &zero) == SIGPIPE) {
-        drained++;
+    int sig = -1;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    if (!g->was_pending) {
+        while ((sig = sigtimedwait(&pipe, NULL, &zero)) < 0 && errno == EINTR) {
+        }
     }
-    return drained;
+    if (!sigismember(&g->old, SIGPIPE)) {
+        pthread_sigmask(SIG_UNBLOCK, &pipe, NULL);
+    }
+    return sig == SIGPIPE;
 }
 
-static inline int hx_sigpipe_restore(const struct hx_sigpipe *g)
+/* One vendor call on a thread that may have SIGPIPE unblocked: fence, gate
+ * and guard. 1, or 0 and make no call. */
+static inline int hx_call_begin(const struct haext_vendor *v, struct hx_guard *g)
 {
-    sigset_t set;
-    int drained;
-    if (g->was_blocked) {
+    if (!hx_enter(v)) {
         return 0;
     }
-    drained = hx_sigpipe_drain();
-    sigemptyset(&set);
-    sigaddset(&set, SIGPIPE);
-    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
-    return drained;
+    hx_guard_begin(g);
+    return 1;
+}
+
+/* Returns what hx_guard_end does. */
+static inline int hx_call_end(const struct haext_vendor *v, const struct hx_guard *g)
+{
+    int taken = hx_guard_end(g);
+    hx_leave(v);
+    return taken;
 }
 
 #endif

@@ -1,4 +1,4 @@
-package hostapi
+package hostapi_test
 
 import (
 	"testing"
@@ -6,6 +6,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/libhaext/libhaext/internal/hostapi"
 	"github.com/libhaext/libhaext/pkg/cryptoki"
 )
 
@@ -26,14 +27,14 @@ func TestCKRTwinMatchesGo(t *testing.T) {
 		if name[:6] != "CKR_0x" {
 			named++
 		}
-		if !assert.Equal(t, cryptoki.ConnectionLost(rv), RVConnection(rv), "haext_rv_connection(%s)", name) ||
-			!assert.Equal(t, cryptoki.SessionDropped(rv), RVDropped(rv), "haext_rv_dropped(%s)", name) {
+		if !assert.Equal(t, cryptoki.ConnectionLost(rv), hostapi.RVConnection(rv), "haext_rv_connection(%s)", name) ||
+			!assert.Equal(t, cryptoki.SessionDropped(rv), hostapi.RVDropped(rv), "haext_rv_dropped(%s)", name) {
 			return
 		}
-		if RVConnection(rv) {
+		if hostapi.RVConnection(rv) {
 			conn++
 		}
-		if RVDropped(rv) {
+		if hostapi.RVDropped(rv) {
 			dropped++
 		}
 	}

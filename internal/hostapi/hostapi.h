@@ -5,7 +5,9 @@
  * call the host makes. It then uses the host's own instance of the vendor
  * module, never one of its own, and makes its lightweight call over a
  * session the host holds and is not using at that moment. The front fills
- * in a struct haext_host; the engine's C prober threads call through it.
+ * in a struct haext_vendor, the host's instance of the vendor module lent
+ * to libhaext: its function list, the gate, the loans and the host's slot
+ * list; the engine's probe threads call through it (call.h).
  *
  * Beside the vendor module there is no front: the engine fills in `list`
  * only (its own instance, or the one a host handed it with
@@ -19,7 +21,7 @@
 
 #include <p11-kit/pkcs11.h>
 
-struct haext_host {
+struct haext_vendor {
     /* The vendor function list the host's calls go to. */
     CK_FUNCTION_LIST_PTR list;
 
@@ -56,6 +58,10 @@ struct haext_host {
     CK_RV (*host_slots)(CK_SLOT_ID *list, CK_ULONG *count);
 };
 
+/* The old name, for pkg/probe/lanes.{c,h} until their split renames it
+ * (issue 18). Delete then. */
+#define haext_host haext_vendor
+
 /* The slot of a host error that names no slot (C_GetSlotList,
  * C_WaitForSlotEvent, C_Initialize). */
 #define HAEXT_SLOT_NONE (~(CK_SLOT_ID)0)
@@ -76,13 +82,13 @@ struct haext_front_event {
 
 /* What a front module (libhaext-pkcs11.so, plain C) hands libhaext.so when
  * it loads it, on the host's first CA_* call: CA_HAExtAttachFront. The
- * engine then uses host (the host's own instance, its gate and sessions)
+ * engine then uses vendor (the host's own instance, its gate and sessions)
  * and applies the events before every status call and as they come. Every
  * pointer stays valid for the life of the process. */
 #define HAEXT_FRONT_ABI 1
 struct haext_front {
     int abi; /* HAEXT_FRONT_ABI */
-    const struct haext_host *host;
+    const struct haext_vendor *vendor;
     /* Blocks until an event is queued, without taking it. */
     int (*wait)(void);
     /* Takes the next event if one is queued: 1, else 0. */

@@ -16,6 +16,12 @@
 // that the kernel's signal stays pending on that thread, where Do takes it
 // with sigtimedwait before the thread's mask is restored. No handler and no
 // default action ever sees it.
+//
+// The rule is the guard's of internal/hostapi/call.h, which libhaext's C
+// uses around a vendor call. This one stays apart because what it guards
+// is Go code, not one C call: fn runs between two cgo calls, on an OS
+// thread the goroutine must stay locked to, and it writes standard output
+// from Go, where no vendor call, fence or gate is involved.
 package nosigpipe
 
 /*

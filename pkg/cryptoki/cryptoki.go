@@ -14,15 +14,14 @@
 // as success. The package never unloads a module, and finalizes only one it
 // owns, on request (Restart).
 //
-// Every vendor call goes through the host's gate (internal/hostapi) and runs
-// with SIGPIPE blocked on its thread: a write to a dead member's socket
-// inside the module leaves the signal pending instead of running the host's
-// default action (terminate), and it is drained before the signal is
-// unblocked again. Every call is also made inside the fork fence
-// (fence.c): fork() waits, at most 500 ms, for libhaext's calls in flight,
-// so that a child never inherits a lock the vendor took for one of them.
-// The probe engine's own calls run on its C lanes, which use the same
-// helpers (internal/hostapi/call.h).
+// Every vendor call is made as internal/hostapi/call.h says: inside the fork
+// fence (call.c: fork() waits, at most 500 ms, for libhaext's calls in
+// flight, so that a child never inherits a lock the vendor took for one of
+// them), through the host's gate, and with SIGPIPE blocked on its thread: a
+// write to a dead member's socket inside the module leaves the signal
+// pending instead of running the host's default action (terminate), and
+// the guard takes it before the signal is unblocked again. The probe
+// engine's own calls run on its probe threads, through the same header.
 package cryptoki
 
 /*
@@ -43,6 +42,8 @@ import (
 	"sync/atomic"
 	"unsafe"
 
+	// The fork fence of call.h, one per process (call.c).
+	_ "github.com/libhaext/libhaext/internal/hostapi"
 	"github.com/miekg/pkcs11"
 )
 
@@ -79,8 +80,8 @@ func check(fn string, rv C.CK_RV) error {
 // every call. Its methods are safe for concurrent use, as far as the vendor
 // module is.
 type Module struct {
-	host *C.struct_haext_host // C memory: the lanes keep pointers to it
-	lent bool                 // the host lent it: never initialize it
+	host *C.struct_haext_vendor // C memory: the probe threads keep pointers to it
+	lent bool                   // the host lent it: never initialize it
 	// perCaller: the module gives every C_GetFunctionList caller its own
 	// instance, so this one is not the host's.
 	perCaller bool
@@ -103,7 +104,7 @@ func Open(path string) (*Module, error) {
 	var list C.CK_FUNCTION_LIST_PTR
 	var perCaller C.int
 	var why *C.char
-	if rv := C.hx_load(cpath, &handle, &list, &perCaller, &why); rv != C.CKR_OK {
+	if rv := C.cryptoki_load(cpath, &handle, &list, &perCaller, &why); rv != C.CKR_OK {
 		if why != nil {
 			return nil, fmt.Errorf("cryptoki: cannot load vendor module %s: %s", path, C.GoString(why))
 		}
@@ -129,24 +130,24 @@ func Attach(list unsafe.Pointer) (*Module, error) {
 }
 
 // Lend returns a Module over a function list the host initialized and
-// uses itself. host is a struct haext_host (internal/hostapi) whose hooks
+// uses itself. host is a struct haext_vendor (internal/hostapi) whose hooks
 // may be NULL; Lend copies it. The module is never initialized or
 // finalized here.
 func Lend(host unsafe.Pointer) *Module {
-	h := (*C.struct_haext_host)(host)
+	h := (*C.struct_haext_vendor)(host)
 	m := newModule(h.list, true)
 	*m.host = *h
 	return m
 }
 
 func newModule(list C.CK_FUNCTION_LIST_PTR, lent bool) *Module {
-	h := (*C.struct_haext_host)(C.calloc(1, C.sizeof_struct_haext_host))
+	h := (*C.struct_haext_vendor)(C.calloc(1, C.sizeof_struct_haext_vendor))
 	h.list = list
 	return &Module{host: h, lent: lent}
 }
 
-// Host returns the module's struct haext_host, for C code that calls the
-// module (the probe engine's lanes). It lives as long as the process.
+// Host returns the module's struct haext_vendor, for C code that calls the
+// module (the probe engine's probe threads). It lives as long as the process.
 func (m *Module) Host() unsafe.Pointer { return unsafe.Pointer(m.host) }
 
 // attach initializes the module unless it is initialized already.
@@ -160,7 +161,7 @@ func (m *Module) attach() error {
 // initialize calls C_Initialize; ALREADY_INITIALIZED means the host won a
 // race and owns the module.
 func (m *Module) initialize() error {
-	switch rv := C.hx_initialize(m.host); rv {
+	switch rv := C.cryptoki_initialize(m.host); rv {
 	case C.CKR_OK:
 		m.owner.Store(true)
 		return nil
@@ -176,7 +177,7 @@ func (m *Module) initialize() error {
 // Crush), so it may take a round trip or hang with the network.
 func (m *Module) Info() error {
 	var info C.CK_INFO
-	return check("C_GetInfo", C.hx_get_info(m.host, &info))
+	return check("C_GetInfo", C.cryptoki_get_info(m.host, &info))
 }
 
 // Owner reports whether this package initialized the module.
@@ -201,16 +202,16 @@ func (m *Module) Release() error {
 	if !m.owner.Swap(false) {
 		return nil
 	}
-	return check("C_Finalize", C.hx_finalize(m.host))
+	return check("C_Finalize", C.cryptoki_finalize(m.host))
 }
 
 // LendsSessions reports whether the host also lends its sessions for the
 // lightweight call (a front module does).
 func (m *Module) LendsSessions() bool { return m.host.borrow != nil }
 
-// sigpipesDrained returns how many SIGPIPEs this package's vendor calls
-// raised and drained, process-wide (the tests read it).
-func sigpipesDrained() uint64 { return uint64(C.hx_sigpipes_drained()) }
+// sigpipesTaken returns how many SIGPIPEs this package's vendor calls
+// raised and the guard took, process-wide (the tests read it).
+func sigpipesTaken() uint64 { return uint64(C.cryptoki_sigpipes_taken()) }
 
 // Reinitialize initializes the module again after a C_Finalize, when this
 // package initialized it in the first place. A module the host initialized
@@ -235,7 +236,7 @@ func (m *Module) Restart() error {
 	if !m.owner.Load() {
 		return errors.New("cryptoki: restart: the module is not this program's to finalize")
 	}
-	if err := check("C_Finalize", C.hx_finalize(m.host)); err != nil {
+	if err := check("C_Finalize", C.cryptoki_finalize(m.host)); err != nil {
 		return err
 	}
 	m.owner.Store(false)
@@ -247,7 +248,7 @@ func (m *Module) Restart() error {
 func (m *Module) Slots() ([]uint, error) {
 	for {
 		var n C.CK_ULONG
-		if err := check("C_GetSlotList", C.hx_slot_list(m.host, nil, &n)); err != nil {
+		if err := check("C_GetSlotList", C.cryptoki_slot_list(m.host, nil, &n)); err != nil {
 			return nil, err
 		}
 		if n == 0 {
@@ -255,7 +256,7 @@ func (m *Module) Slots() ([]uint, error) {
 		}
 		buf := make([]C.CK_SLOT_ID, n)
 		got := n
-		rv := C.hx_slot_list(m.host, &buf[0], &got)
+		rv := C.cryptoki_slot_list(m.host, &buf[0], &got)
 		if rv == C.CKR_BUFFER_TOO_SMALL {
 			continue // a slot appeared in between
 		}
@@ -274,7 +275,7 @@ func (m *Module) Slots() ([]uint, error) {
 // their blank padding removed.
 func (m *Module) Token(slot uint) (serial, label string, err error) {
 	var info C.CK_TOKEN_INFO
-	if err := check("C_GetTokenInfo", C.hx_token_info(m.host, C.CK_SLOT_ID(slot), &info)); err != nil {
+	if err := check("C_GetTokenInfo", C.cryptoki_token_info(m.host, C.CK_SLOT_ID(slot), &info)); err != nil {
 		return "", "", err
 	}
 	return padded(info.serialNumber[:]), padded(info.label[:]), nil
@@ -288,16 +289,16 @@ func padded(b []C.CK_UTF8CHAR) string {
 // OpenSession opens a read-only, not logged-in session.
 func (m *Module) OpenSession(slot uint) (uint, error) {
 	var h C.CK_SESSION_HANDLE
-	err := check("C_OpenSession", C.hx_open_session(m.host, C.CK_SLOT_ID(slot), &h))
+	err := check("C_OpenSession", C.cryptoki_open_session(m.host, C.CK_SLOT_ID(slot), &h))
 	return uint(h), err
 }
 
 // CloseSession closes a session.
 func (m *Module) CloseSession(session uint) error {
-	return check("C_CloseSession", C.hx_close_session(m.host, C.CK_SESSION_HANDLE(session)))
+	return check("C_CloseSession", C.cryptoki_close_session(m.host, C.CK_SESSION_HANDLE(session)))
 }
 
 // SessionInfo is the lightweight call, C_GetSessionInfo.
 func (m *Module) SessionInfo(session uint) error {
-	return check("C_GetSessionInfo", C.hx_session_info(m.host, C.CK_SESSION_HANDLE(session)))
+	return check("C_GetSessionInfo", C.cryptoki_session_info(m.host, C.CK_SESSION_HANDLE(session)))
 }

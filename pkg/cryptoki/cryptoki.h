@@ -4,15 +4,15 @@
 
 #include "call.h"
 
-unsigned long hx_sigpipes_drained(void);
-CK_RV hx_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, int *per_caller, const char **why);
-CK_RV hx_get_info(struct haext_host *h, CK_INFO *info);
-CK_RV hx_initialize(struct haext_host *h);
-CK_RV hx_finalize(struct haext_host *h);
-CK_RV hx_slot_list(struct haext_host *h, CK_SLOT_ID *slots, CK_ULONG *count);
-CK_RV hx_token_info(struct haext_host *h, CK_SLOT_ID slot, CK_TOKEN_INFO *info);
-CK_RV hx_open_session(struct haext_host *h, CK_SLOT_ID slot, CK_SESSION_HANDLE *session);
-CK_RV hx_close_session(struct haext_host *h, CK_SESSION_HANDLE session);
-CK_RV hx_session_info(struct haext_host *h, CK_SESSION_HANDLE session);
+unsigned long cryptoki_sigpipes_taken(void);
+CK_RV cryptoki_load(const char *path, void **handle, CK_FUNCTION_LIST_PTR *list, int *per_caller, const char **why);
+CK_RV cryptoki_get_info(struct haext_vendor *v, CK_INFO *info);
+CK_RV cryptoki_initialize(struct haext_vendor *v);
+CK_RV cryptoki_finalize(struct haext_vendor *v);
+CK_RV cryptoki_slot_list(struct haext_vendor *v, CK_SLOT_ID *slots, CK_ULONG *count);
+CK_RV cryptoki_token_info(struct haext_vendor *v, CK_SLOT_ID slot, CK_TOKEN_INFO *info);
+CK_RV cryptoki_open_session(struct haext_vendor *v, CK_SLOT_ID slot, CK_SESSION_HANDLE *session);
+CK_RV cryptoki_close_session(struct haext_vendor *v, CK_SESSION_HANDLE session);
+CK_RV cryptoki_session_info(struct haext_vendor *v, CK_SESSION_HANDLE session);
 
 #endif

@@ -80,6 +80,8 @@ static CK_RV call(struct haext_host *h, int mode, CK_SLOT_ID slot, CK_SESSION_HA
     CK_TOKEN_INFO ti;
     CK_RV rv;
 
+    /* The fence and the gate, no SIGPIPE guard: every signal stays blocked
+     * on a probe thread for good (call.h). */
     if (!hx_enter(h)) {
         return HX_RV_GATE;
     }

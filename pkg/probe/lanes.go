@@ -70,7 +70,7 @@ type lanes struct{ p *C.struct_hx_lanes }
 // newLanes starts n lanes over host, with stage 2's table for nfd
 // endpoints.
 func newLanes(host unsafe.Pointer, n, nfd int, stuck time.Duration) (lanes, bool) {
-	p := C.hx_lanes_new((*C.struct_haext_host)(host), C.int(n), C.int(nfd), C.int64_t(stuck))
+	p := C.hx_lanes_new((*C.struct_haext_vendor)(host), C.int(n), C.int(nfd), C.int64_t(stuck))
 	return lanes{p}, p != nil
 }
 

@@ -2,9 +2,10 @@
 # The front module (build/libhaext-pkcs11.so) with real consumers, side by
 # side with the vendor's module alone (`make test-front`, part of make test):
 #
+#  0. layers.sh: internal/front's files call only the layers below them.
 #  1. test_front.c: the front's C state (gate, session table, borrow, SO
 #     login, last close, fork, events) against SoftHSM2 behind pkcs11-spy,
-#     then the host's C_Finalize/C_Initialize loop under 4 prober threads
+#     then the host's C_Finalize/C_Initialize loop under 4 probe threads
 #     against SoftHSM2 directly for 10 s; then the 3.0 list's trampolines
 #     (busy marker, failures, C_LoginUser as C_Login) over
 #     test/shim/v3shim.c, a 3.0 vendor.
@@ -59,10 +60,12 @@ engine_so=$(ls /usr/lib/*/engines-3/pkcs11.so /usr/lib/*/engines-1.1/pkcs11.so 2
 # Build the C programs.
 mkdir -p "$build/consumers"
 p11=$(pkg-config --cflags p11-kit-1)
+# test_front links every file of the front but ca.c (it is the host: no CA_* of its own).
+front_c=$(ls "$top"/internal/front/*.c | grep -v '/ca\.c$')
 # shellcheck disable=SC2086
-"$cc" -std=gnu11 -O2 -g -Wall -Wextra -Werror -DHAEXT_FRONT_WAIT_MS=1000 $p11 -I"$top/include" \
+"$cc" -std=gnu11 -O2 -g -Wall -Wextra -Werror -DFRONT_WAIT_MS=1000 $p11 -I"$top/include" \
     -I"$top/internal/hostapi" -I"$top/internal/front" -I"$top/test/c" -o "$build/consumers/test_front" \
-    "$here/test_front.c" "$top"/internal/front/{front,state,conf,vendor,iface}.c "$top/test/c/harness.c" -ldl -lpthread
+    "$here/test_front.c" $front_c "$top/test/c/harness.c" -ldl -lpthread
 # shellcheck disable=SC2086
 "$cc" -std=c99 -O2 -g -Wall -Wextra -Werror $p11 -I"$top/include" -I"$top/internal/front" -I"$top/test/c" \
     -o "$build/consumers/test_iface" "$here/test_iface.c" "$top/test/c/harness.c" -ldl -lpthread
@@ -76,6 +79,10 @@ p11=$(pkg-config --cflags p11-kit-1)
 watch=$build/watchshim.so
 make -s -C "$top" BUILD="$build" "$watch"
 
+# 0. The front's shape: its files in layers (front.h), none over 400
+#    lines, no function over 60.
+check "internal/front: each file calls only the layers below it; files <= 400 lines, functions <= 60" \
+    bash "$here/layers.sh"
 
 # run_c NAME LABDIR CMD...: a C test program; adds its counts.
 run_c() {

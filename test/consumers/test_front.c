@@ -4,14 +4,14 @@
  *
  * This program is the host: it links internal/front's C files, so its own
  * C_* functions are the front's trampolines, and it takes the hooks of
- * struct haext_host (internal/hostapi/hostapi.h) the way the engine's C
- * prober threads will. The vendor it loads is pkcs11-spy.so
+ * struct haext_vendor (internal/hostapi/hostapi.h) the way the engine's C
+ * probe threads will. The vendor it loads is pkcs11-spy.so
  * (Chrystoki2/LibHAExtVendor), which logs every call the front makes to
  * SoftHSM2, so a check can count the front's own C_OpenSession calls.
  *
- * Built with HAEXT_FRONT_WAIT_MS=1000 (the wait bound) by run.sh. With the
+ * Built with FRONT_WAIT_MS=1000 (the wait bound) by run.sh. With the
  * argument finalize-loop, only the host's C_Finalize/C_Initialize loop
- * under 4 prober threads runs (run.sh: against SoftHSM2 directly, 10 s).
+ * under 4 probe threads runs (run.sh: against SoftHSM2 directly, 10 s).
  * With net-events, on the p11-kit lab: a member killed under the host.
  * With v3, the vendor is test/shim/v3shim.c (a 3.0 module over SoftHSM2,
  * V3SHIM_CANCEL_MS=300): the 3.0 list's trampolines and C_LoginUser.
@@ -35,7 +35,7 @@
 #define SO_PIN "12345678"
 #define USER_PIN "1234"
 
-static const struct haext_host *H;
+static const struct haext_vendor *H;
 static CK_FUNCTION_LIST_PTR V; /* the vendor's list (the spy's) */
 static CK_SLOT_ID slot_a, slot_b;
 
@@ -88,17 +88,17 @@ static int spy_has(const char *text)
     return found;
 }
 
-static struct haext_front_stats stats(void)
+static struct front_stats stats(void)
 {
-    struct haext_front_stats st;
-    haext_front_stats(&st);
+    struct front_stats st;
+    front_attach_stats(&st);
     return st;
 }
 
 static int next_event(int kind, CK_SLOT_ID slot, CK_RV *rv)
 {
     struct haext_front_event ev;
-    while (haext_front_poll(&ev)) {
+    while (front_events_poll(&ev)) {
         if (ev.kind == kind && (slot == HAEXT_SLOT_NONE || ev.slot == slot)) {
             if (rv != NULL)
                 *rv = ev.rv;
@@ -111,7 +111,7 @@ static int next_event(int kind, CK_SLOT_ID slot, CK_RV *rv)
 static void drain_events(void)
 {
     struct haext_front_event ev;
-    while (haext_front_poll(&ev)) {
+    while (front_events_poll(&ev)) {
     }
 }
 
@@ -121,7 +121,7 @@ static void drain_events(void)
 static CK_SESSION_HANDLE open_own(CK_SLOT_ID slot, CK_SESSION_HANDLE busy)
 {
     CK_SESSION_HANDLE h = CK_INVALID_HANDLE;
-    CK_SESSION_HANDLE prev = haext_busy_begin(busy);
+    CK_SESSION_HANDLE prev = front_busy_begin(busy);
     CK_RV rv;
     if (!H->enter())
         return CK_INVALID_HANDLE;
@@ -129,20 +129,20 @@ static CK_SESSION_HANDLE open_own(CK_SLOT_ID slot, CK_SESSION_HANDLE busy)
     if (rv == CKR_OK)
         H->give_back(h, CKR_OK);
     H->leave();
-    haext_busy_end(prev);
+    front_busy_end(prev);
     return rv == CKR_OK ? h : CK_INVALID_HANDLE;
 }
 
 static void test_load(void)
 {
     CK_FUNCTION_LIST_PTR l = NULL;
-    check(C_GetFunctionList(&l) == CKR_OK && l == &haext_front_list, "C_GetFunctionList returns the front's list");
+    check(C_GetFunctionList(&l) == CKR_OK && l == &front_function_list, "C_GetFunctionList returns the front's list");
     check(l != NULL && l->C_Sign == C_Sign && l->C_GetSessionInfo == C_GetSessionInfo && l->C_Login == C_Login &&
               l->C_WaitForSlotEvent == C_WaitForSlotEvent && l->C_Initialize == C_Initialize,
           "its entries are the front's own functions");
-    H = haext_front_host();
-    check(H != NULL && H->list != NULL && H->list != &haext_front_list, "haext_front_host: the vendor's list (%s)",
-          haext_front_vendor_path());
+    H = front_attach_vendor();
+    check(H != NULL && H->list != NULL && H->list != &front_function_list, "front_attach_vendor: the vendor's list (%s)",
+          front_vendor_path());
     V = H->list;
     check(l != NULL && l->version.major == 2 && l->version.minor == 40,
           "the front's list is version 2.40, the one it implements, whatever the vendor's (%u.%u)",
@@ -174,7 +174,7 @@ static void test_borrow(void)
 {
     CK_SESSION_HANDLE s1, got = 0, got2 = 0;
     long opens0 = spy_count("C_OpenSession");
-    struct haext_front_stats st0 = stats(), st;
+    struct front_stats st0 = stats(), st;
     CK_RV rv;
 
     check(C_OpenSession(slot_a, CKF_SERIAL_SESSION, NULL, NULL, &s1) == CKR_OK, "host opens a session on m00");
@@ -199,11 +199,11 @@ static void test_borrow(void)
     check(rv == CKR_OK && got == s1, "once given back, the host's session is lent again");
     H->give_back(got, CKR_OK);
     {
-        CK_SESSION_HANDLE prev = haext_busy_begin(s1); /* a host call in flight on s1 */
+        CK_SESSION_HANDLE prev = front_busy_begin(s1); /* a host call in flight on s1 */
         rv = H->borrow(slot_a, &got);
         check(rv == CKR_OK && got == got2, "while the host is in a call on it, the own session is lent instead");
         H->give_back(got, CKR_OK);
-        haext_busy_end(prev);
+        front_busy_end(prev);
     }
     H->leave();
     check(spy_count("C_OpenSession") == opens0 + 2,
@@ -238,7 +238,7 @@ static void *info_thread(void *arg)
 static void test_lend_waits(void)
 {
     CK_SESSION_HANDLE s, s2, got = 0, prev, prev2;
-    struct haext_front_stats st0 = stats();
+    struct front_stats st0 = stats();
     struct caller c;
     pthread_t t;
     CK_RV rv;
@@ -255,18 +255,18 @@ static void test_lend_waits(void)
     check(stats().host_waits == st0.host_waits + 1, "the front counted one host call that waited");
 
     check(C_OpenSession(slot_a, CKF_SERIAL_SESSION, NULL, NULL, &s2) == CKR_OK, "host opens a second session");
-    prev = haext_busy_begin(s);   /* a host call on s */
-    prev2 = haext_busy_begin(s2); /* and, from inside it (a callback), one on s2 */
+    prev = front_busy_begin(s);   /* a host call on s */
+    prev2 = front_busy_begin(s2); /* and, from inside it (a callback), one on s2 */
     rv = H->borrow(slot_a, &got);
     check(rv == CKR_OK && got != s && got != s2,
           "inside a call made from inside a call on the other, neither host session is lent (0x%lx)", got);
     H->give_back(got, CKR_OK);
-    haext_busy_end(prev2);
+    front_busy_end(prev2);
     check(prev == CK_INVALID_HANDLE && prev2 == s, "the inner call returns to the outer one");
     rv = H->borrow(slot_a, &got);
     check(rv == CKR_OK && got == s2, "back in the outer call on s, s2 is lent again, s is not");
     H->give_back(got, CKR_OK);
-    haext_busy_end(prev);
+    front_busy_end(prev);
     H->leave();
     C_CloseSession(s2);
     C_CloseSession(s);
@@ -437,7 +437,7 @@ static void test_host_errors(void)
     CK_SESSION_HANDLE s, s2;
     CK_SESSION_INFO si;
     CK_RV rv = 0, ev = 0;
-    struct haext_front_stats st0;
+    struct front_stats st0;
     drain_events();
     check(C_OpenSession(slot_a, CKF_SERIAL_SESSION, NULL, NULL, &s) == CKR_OK &&
               C_OpenSession(slot_a, CKF_SERIAL_SESSION, NULL, NULL, &s2) == CKR_OK,
@@ -458,19 +458,19 @@ static void test_host_errors(void)
 
 /* --- the host's C_Finalize/C_Initialize loop under libhaext's calls ------- */
 
-static volatile int stop_probers;
-static long prober_calls, prober_refused, prober_bad;
-static CK_RV prober_bad_rv;
-static const char *prober_bad_where = "";
-static pthread_mutex_t prober_mu = PTHREAD_MUTEX_INITIALIZER;
+static volatile int stop_probes;
+static long probe_calls, probe_refused, probe_bad;
+static CK_RV probe_bad_rv;
+static const char *probe_bad_where = "";
+static pthread_mutex_t probe_mu = PTHREAD_MUTEX_INITIALIZER;
 
-/* One of the engine's C prober threads: enter, borrow, one lightweight
+/* One of the engine's probe threads: enter, borrow, one lightweight
  * call on the vendor's list, give back, leave. */
-static void *prober(void *arg)
+static void *probe(void *arg)
 {
     CK_SLOT_ID slot = *(CK_SLOT_ID *)arg;
     long calls = 0, refused = 0, bad = 0;
-    while (!stop_probers) {
+    while (!stop_probes) {
         CK_SESSION_HANDLE h;
         CK_SESSION_INFO si;
         CK_RV rv;
@@ -486,21 +486,21 @@ static void *prober(void *arg)
             calls++;
             if (rv != CKR_OK || si.slotID != slot) {
                 bad++;
-                prober_bad_rv = rv;
-                prober_bad_where = rv != CKR_OK ? "C_GetSessionInfo" : "slot of the lent session";
+                probe_bad_rv = rv;
+                probe_bad_where = rv != CKR_OK ? "C_GetSessionInfo" : "slot of the lent session";
             }
         } else if (rv != CKR_FUNCTION_REJECTED) {
             bad++;
-            prober_bad_rv = rv;
-            prober_bad_where = "borrow";
+            probe_bad_rv = rv;
+            probe_bad_where = "borrow";
         }
         H->leave();
     }
-    pthread_mutex_lock(&prober_mu);
-    prober_calls += calls;
-    prober_refused += refused;
-    prober_bad += bad;
-    pthread_mutex_unlock(&prober_mu);
+    pthread_mutex_lock(&probe_mu);
+    probe_calls += calls;
+    probe_refused += refused;
+    probe_bad += bad;
+    pthread_mutex_unlock(&probe_mu);
     return NULL;
 }
 
@@ -512,9 +512,9 @@ static void test_finalize_loop(void)
     pthread_t t[4];
     long cycles = 0, init_bad = 0;
     int i;
-    stop_probers = 0;
+    stop_probes = 0;
     for (i = 0; i < 4; i++)
-        pthread_create(&t[i], NULL, prober, &slots[i]);
+        pthread_create(&t[i], NULL, probe, &slots[i]);
     t0 = now_ms();
     while (now_ms() - t0 < secs * 1000) {
         CK_SESSION_HANDLE h;
@@ -529,16 +529,16 @@ static void test_finalize_loop(void)
             C_CloseSession(h);
         cycles++;
     }
-    stop_probers = 1;
+    stop_probes = 1;
     for (i = 0; i < 4; i++)
         pthread_join(t[i], NULL);
     check(cycles > 20 && init_bad == 0,
           "%.0f s: %ld host C_Finalize/C_Initialize cycles, all CKR_OK, no crash", secs, cycles);
-    check(prober_calls > 100 && prober_bad == 0,
-          "4 threads made %ld calls on lent sessions meanwhile (%ld refused by the gate), none failed", prober_calls,
-          prober_refused);
-    if (prober_bad > 0)
-        note("%ld failed; the last: %s 0x%lx", prober_bad, prober_bad_where, prober_bad_rv);
+    check(probe_calls > 100 && probe_bad == 0,
+          "4 threads made %ld calls on lent sessions meanwhile (%ld refused by the gate), none failed", probe_calls,
+          probe_refused);
+    if (probe_bad > 0)
+        note("%ld failed; the last: %s 0x%lx", probe_bad, probe_bad_where, probe_bad_rv);
     drain_events();
 }
 
@@ -550,7 +550,7 @@ static void test_finalize_loop(void)
  * state was not reset. */
 static int child_work(int via_front)
 {
-    CK_FUNCTION_LIST_PTR f = via_front ? &haext_front_list : V;
+    CK_FUNCTION_LIST_PTR f = via_front ? &front_function_list : V;
     CK_SESSION_HANDLE h;
     CK_OBJECT_HANDLE key;
     CK_MECHANISM gen = {CKM_GENERIC_SECRET_KEY_GEN, NULL, 0}, mac = {CKM_SHA256_HMAC, NULL, 0};
@@ -559,9 +559,9 @@ static int child_work(int via_front)
     CK_ATTRIBUTE tmpl[] = {{CKA_VALUE_LEN, &len, sizeof len}, {CKA_SIGN, &yes, sizeof yes}};
     CK_BYTE sig[64];
     CK_RV rv;
-    struct haext_front_stats st;
+    struct front_stats st;
     if (via_front) {
-        haext_front_stats(&st);
+        front_attach_stats(&st);
         if (H->enter() != 0 || st.host_sessions != 0)
             return 99;
     }
@@ -617,11 +617,11 @@ static void test_overflow(void)
         C_Finalize(NULL);
         C_Initialize(NULL);
     }
-    first_overflow = haext_front_poll(&ev) && ev.kind == HAEXT_EV_OVERFLOW;
+    first_overflow = front_events_poll(&ev) && ev.kind == HAEXT_EV_OVERFLOW;
     check(first_overflow, "140 unread lifecycle events: the reader learns of the overflow first");
     drain_events();
     C_GetTokenInfo((CK_SLOT_ID)0x7ffffff0, NULL);
-    check(!haext_front_poll(&ev), "a non-connection error is no event");
+    check(!front_events_poll(&ev), "a non-connection error is no event");
 }
 
 /* --- PKCS#11 3.0 (the vendor is test/shim/v3shim.c) ------------------------ */
@@ -642,46 +642,13 @@ static void *cancel_thread(void *arg)
     return NULL;
 }
 
-static void test_v3(void)
+/* The 3.0 list's failures and C_LoginUser, on the host's session s. */
+static void test_v3_failures(CK_FUNCTION_LIST_3_0 *l3, CK_SESSION_HANDLE s)
 {
-    CK_INTERFACE_PTR i = NULL;
-    CK_VERSION v30 = {3, 0};
-    CK_FUNCTION_LIST_3_0 *l3;
-    CK_SESSION_HANDLE s, s2, got = 0, own, ro;
+    CK_SESSION_HANDLE s2, own, ro;
     CK_SESSION_INFO si;
-    struct canceller c;
-    struct haext_front_stats st0;
-    pthread_t t;
+    struct front_stats st0;
     CK_RV rv, ev = 0;
-
-    check(V->version.major == 3, "the vendor reports 3.0 (%u.%u)", V->version.major, V->version.minor);
-    rv = C_GetInterface((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &i, 0);
-    check(rv == CKR_OK && i != NULL && i->pFunctionList == &haext_front_list3,
-          "C_GetInterface(\"PKCS 11\", 3.0): the front's 3.0 list (0x%lx)", rv);
-    if (i == NULL || i->pFunctionList != &haext_front_list3)
-        return;
-    l3 = i->pFunctionList;
-
-    /* The busy marker of a 3.0 trampoline. */
-    check(C_OpenSession(slot_a, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) == CKR_OK,
-          "host opens a read-write session on m00");
-    c.l3 = l3;
-    c.h = s;
-    pthread_create(&t, NULL, cancel_thread, &c);
-    sleep_ms(100);
-    check(H->enter() == 1, "enter");
-    rv = H->borrow(slot_a, &got);
-    check(rv == CKR_OK && got != s && got != CK_INVALID_HANDLE,
-          "while the host is in C_SessionCancel on it (3.0 list), borrow lends the front's own session instead "
-          "(0x%lx)", got);
-    H->give_back(got, CKR_OK);
-    pthread_join(t, NULL);
-    check(c.rv == CKR_OK && c.ms >= 250, "C_SessionCancel: the vendor's CKR_OK after its 300 ms (%.0f ms, 0x%lx)",
-          c.ms, c.rv);
-    rv = H->borrow(slot_a, &got);
-    check(rv == CKR_OK && got == s, "once it returned, the host's session is lent again");
-    H->give_back(got, CKR_OK);
-    H->leave();
 
     /* A failure of a 3.0 trampoline is recorded. */
     drain_events();
@@ -706,6 +673,48 @@ static void test_v3(void)
     check(rv == CKR_SESSION_READ_ONLY_EXISTS,
           "control: then C_LoginUser(CKU_SO) is CKR_SESSION_READ_ONLY_EXISTS (0x%lx)", rv);
     V->C_CloseSession(ro);
+}
+
+static void test_v3(void)
+{
+    CK_INTERFACE_PTR i = NULL;
+    CK_VERSION v30 = {3, 0};
+    CK_FUNCTION_LIST_3_0 *l3;
+    CK_SESSION_HANDLE s, got = 0;
+    struct canceller c;
+    pthread_t t;
+    CK_RV rv;
+
+    check(V->version.major == 3, "the vendor reports 3.0 (%u.%u)", V->version.major, V->version.minor);
+    rv = C_GetInterface((CK_UTF8CHAR_PTR) "PKCS 11", &v30, &i, 0);
+    check(rv == CKR_OK && i != NULL && i->pFunctionList == &front_iface_list3,
+          "C_GetInterface(\"PKCS 11\", 3.0): the front's 3.0 list (0x%lx)", rv);
+    if (i == NULL || i->pFunctionList != &front_iface_list3)
+        return;
+    l3 = i->pFunctionList;
+
+    /* The busy marker of a 3.0 trampoline. */
+    check(C_OpenSession(slot_a, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s) == CKR_OK,
+          "host opens a read-write session on m00");
+    c.l3 = l3;
+    c.h = s;
+    pthread_create(&t, NULL, cancel_thread, &c);
+    sleep_ms(100);
+    check(H->enter() == 1, "enter");
+    rv = H->borrow(slot_a, &got);
+    check(rv == CKR_OK && got != s && got != CK_INVALID_HANDLE,
+          "while the host is in C_SessionCancel on it (3.0 list), borrow lends the front's own session instead "
+          "(0x%lx)", got);
+    H->give_back(got, CKR_OK);
+    pthread_join(t, NULL);
+    check(c.rv == CKR_OK && c.ms >= 250, "C_SessionCancel: the vendor's CKR_OK after its 300 ms (%.0f ms, 0x%lx)",
+          c.ms, c.rv);
+    rv = H->borrow(slot_a, &got);
+    check(rv == CKR_OK && got == s, "once it returned, the host's session is lent again");
+    H->give_back(got, CKR_OK);
+    H->leave();
+
+    test_v3_failures(l3, s);
     check(C_CloseSession(s) == CKR_OK, "host closes its session");
     drain_events();
 }
@@ -749,7 +758,7 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     test_load();
     if (H == NULL) {
-        note("vendor: %s", haext_front_error());
+        note("vendor: %s", front_vendor_error());
         return done();
     }
     test_initialize();

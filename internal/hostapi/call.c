@@ -1,5 +1,8 @@
 /*
- * fence.c - fork() never copies a vendor call of libhaext's half done.
+ * call.c - the fence of call.h: fork() never copies a vendor call of
+ * libhaext's half done, and exit() never runs the vendor's destructors
+ * under one. Compiled into libhaext.so only (package hostapi's cgo), so
+ * there is one fence per process; the front module does not compile it.
  *
  * A child of fork() gets a copy of every lock of the process in the state
  * it was in at that instant, and only the thread that forked. If one of
@@ -11,8 +14,8 @@
  * host that forks with none of its own threads inside the module must get a
  * child whose module works, as it would without libhaext.
  *
- * So every vendor call libhaext makes (call.h: hx_enter .. hx_leave) is
- * made inside the fence. A pthread_atfork prepare handler, registered when
+ * So every vendor call libhaext.so makes (call.h: hx_enter .. hx_leave)
+ * is made inside the fence. A pthread_atfork prepare handler, registered when
  * the first call is made (after the vendor module was loaded, so that it
  * runs before any handler the module registered), stops new calls from
  * starting and waits for the calls in flight to return; the parent and
