@@ -53,7 +53,7 @@ func haextAttachFront(f *C.struct_haext_front, reason **C.char) (out C.CK_RV) {
 	msg := ""
 	defer func() { out = answer(out, msg, recover(), reason) }()
 	switch {
-	case f == nil || f.vendor == nil || f.wait == nil || f.poll == nil:
+	case f == nil || f.vendor == nil || f.wait == nil || f.poll == nil || f.pending == nil:
 		return C.CKR_ARGUMENTS_BAD
 	case f.abi != C.HAEXT_FRONT_ABI:
 		msg = fmt.Sprintf("front module ABI %d, this library speaks %d: install libhaext-pkcs11.so and "+
@@ -88,8 +88,12 @@ func followFront(f *C.struct_haext_front) {
 	}
 }
 
-// applyFront hands every queued event to the engine.
+// applyFront hands every queued event to the engine. With none queued (the
+// front's count, read from Go) it makes no call into C.
 func applyFront(f *C.struct_haext_front) {
+	if atomic.LoadInt32((*int32)(unsafe.Pointer(f.pending))) == 0 {
+		return
+	}
 	applyMu.Lock()
 	defer applyMu.Unlock()
 	var ev C.struct_haext_front_event

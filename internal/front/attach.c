@@ -21,6 +21,7 @@ static const struct haext_front front = {
     .vendor = &vendor,
     .wait = front_events_wait,
     .poll = front_events_poll,
+    .pending = &front_events_pending,
 };
 
 const struct haext_vendor *front_attach_vendor(void)

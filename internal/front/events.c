@@ -16,6 +16,14 @@ static pthread_mutex_t ev_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ev_cv = PTHREAD_COND_INITIALIZER; /* never waited on with a deadline */
 static struct haext_front_event evq[EV_CAP];
 static int ev_head, ev_len, ev_overflow;
+/* ev_len + ev_overflow, for readers without the lock (struct haext_front). */
+int front_events_pending;
+
+/* ev_mu held. */
+static void count(void)
+{
+    __atomic_store_n(&front_events_pending, ev_len + ev_overflow, __ATOMIC_RELEASE);
+}
 
 void front_events_push(int kind, CK_SLOT_ID slot, CK_RV rv)
 {
@@ -37,6 +45,7 @@ void front_events_push(int kind, CK_SLOT_ID slot, CK_RV rv)
     }
     evq[(ev_head + ev_len) % EV_CAP] = (struct haext_front_event){kind, slot, rv};
     ev_len++;
+    count();
     pthread_cond_signal(&ev_cv);
     pthread_mutex_unlock(&ev_mu);
 }
@@ -72,6 +81,7 @@ int front_events_poll(struct haext_front_event *ev)
     int got;
     pthread_mutex_lock(&ev_mu);
     got = take(ev);
+    count();
     pthread_mutex_unlock(&ev_mu);
     return got;
 }
@@ -82,4 +92,5 @@ void front_events_reset(void)
     pthread_mutex_init(&ev_mu, NULL);
     pthread_cond_init(&ev_cv, NULL);
     ev_head = ev_len = ev_overflow = 0;
+    front_events_pending = 0;
 }

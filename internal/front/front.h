@@ -308,6 +308,10 @@ void front_gate_reset(void);
 
 /* Queues an event (hostapi.h's kinds). Host errors on one slot coalesce
  * while unread (the newest CK_RV wins), so the queue stays small. */
+/* How many events are queued (an overflow counts as one); written with
+ * atomic stores under the queue's lock, read without it (struct
+ * haext_front). */
+extern int front_events_pending;
 void front_events_push(int kind, CK_SLOT_ID slot, CK_RV rv);
 /* Blocks until an event is queued, without taking it; returns how many
  * are. */

@@ -85,7 +85,7 @@ struct haext_front_event {
  * engine then uses vendor (the host's own instance, its gate and sessions)
  * and applies the events before every status call and as they come. Every
  * pointer stays valid for the life of the process. */
-#define HAEXT_FRONT_ABI 1
+#define HAEXT_FRONT_ABI 2
 struct haext_front {
     int abi; /* HAEXT_FRONT_ABI */
     const struct haext_vendor *vendor;
@@ -93,6 +93,10 @@ struct haext_front {
     int (*wait)(void);
     /* Takes the next event if one is queued: 1, else 0. */
     int (*poll)(struct haext_front_event *ev);
+    /* How many events are queued (an overflow counts as one), kept by the
+     * front with atomic stores: a status call reads it, and calls poll only
+     * when it is not 0, so that it does not cross into C for nothing. */
+    const int *pending;
 };
 
 #endif
