@@ -41,7 +41,7 @@ const usage = `usage: hastatus [--json] [--group LABEL|SERIAL] [--timeout SECOND
 Shows every member of the configured HA groups: serial, token label, slot,
 status (alive, or down with the reason) and how long its check took.
 
-  --json              machine-readable output (schema in README.md)
+  --json              machine-readable output (schema in docs/HASTATUS.md)
   --group G           only the group with this label or serial
   --timeout SECONDS   overrides statusTimeout (1..60)
   --watch DURATION    check every DURATION (e.g. 1s) and print each change

@@ -59,7 +59,7 @@ func writeTable(w io.Writer, reports []report, timeout time.Duration) error {
 	return err
 }
 
-// jsonMember is one member in the --json output; see README.md.
+// jsonMember is one member in the --json output; see docs/HASTATUS.md.
 type jsonMember struct {
 	Serial     string   `json:"serial"`     // as configured
 	SerialDec  string   `json:"serial_dec"` // memberSerial, decimal

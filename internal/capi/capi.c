@@ -20,7 +20,7 @@
  *    the loading thread while the runtime starts, and restore the mask
  *    right after, so that the runtime's threads keep every signal blocked
  *    that a C library may block (the runtime unblocks a fixed few anyway;
- *    README, "Threads, signals and fork").
+ *    docs/ARCHITECTURE.md, "Threads, signals and fork").
  *
  *  - fork(). A child created after the library was loaded has none of the
  *    Go runtime's threads; Go code there hangs. A pthread_atfork child
