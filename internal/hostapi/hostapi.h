@@ -58,10 +58,6 @@ struct haext_vendor {
     CK_RV (*host_slots)(CK_SLOT_ID *list, CK_ULONG *count);
 };
 
-/* The old name, for pkg/probe/lanes.{c,h} until their split renames it
- * (issue 18). Delete then. */
-#define haext_host haext_vendor
-
 /* The slot of a host error that names no slot (C_GetSlotList,
  * C_WaitForSlotEvent, C_Initialize). */
 #define HAEXT_SLOT_NONE (~(CK_SLOT_ID)0)

@@ -74,7 +74,7 @@ void hx_lanes_release(struct hx_lanes *p)
 }
 
 /* The lightweight call itself, outside the pool's lock. */
-static CK_RV call(struct haext_host *h, int mode, CK_SLOT_ID slot, CK_SESSION_HANDLE session)
+static CK_RV call(struct haext_vendor *h, int mode, CK_SLOT_ID slot, CK_SESSION_HANDLE session)
 {
     CK_SESSION_INFO si;
     CK_TOKEN_INFO ti;

@@ -76,7 +76,7 @@ struct hx_head {
 /* Starts n lanes over host (which must outlive them), with a table of nfd
  * endpoints for stage 2. A round running for stuck_ns or longer is not
  * joined. Returns NULL when a thread could not be created. */
-struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int nfd, int64_t stuck_ns);
+struct hx_lanes *hx_lanes_new(struct haext_vendor *host, int n, int nfd, int64_t stuck_ns);
 /* Stage 2's table: per endpoint, the descriptor that last proved it
  * healthy, or -1; *n entries. Go writes it (atomic stores) and the head
  * start polls it. */

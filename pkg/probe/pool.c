@@ -40,7 +40,7 @@ void hx_lanes_destroy(struct hx_lanes *p)
     free(p);
 }
 
-struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int nfd, int64_t stuck_ns)
+struct hx_lanes *hx_lanes_new(struct haext_vendor *host, int n, int nfd, int64_t stuck_ns)
 {
     struct hx_lanes *p = alloc(n, nfd);
     sigset_t all, old;
@@ -57,7 +57,7 @@ struct hx_lanes *hx_lanes_new(struct haext_host *host, int n, int nfd, int64_t s
     p->host = host;
     p->stuck_ns = stuck_ns;
     p->n = n;
-    /* exit() waits for a call of libhaext's until it is this old (fence.c). */
+    /* exit() waits for a call of libhaext's until it is this old (internal/hostapi/call.c). */
     hx_fence_set_stuck_ms((long)(stuck_ns / 1000000));
     for (i = 0; i < n; i++) {
         p->lane[i].pool = p;

@@ -65,7 +65,7 @@ struct hx_plan {
 struct hx_lanes {
     pthread_mutex_t mu;
     pthread_cond_t go;
-    struct haext_host *host;
+    struct haext_vendor *host;
     int64_t stuck_ns;
     int stop;
     int alive;   /* lane threads not yet exited, plus the owner's hold */
