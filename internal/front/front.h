@@ -28,6 +28,7 @@
 #ifndef HAEXT_FRONT_H
 #define HAEXT_FRONT_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <time.h>
@@ -35,6 +36,16 @@
 #include "conf.h"
 #include "hostapi.h"
 #include "pkcs11v3.h"
+
+/* Initializes cv to time its waits on CLOCK_MONOTONIC (gate.c, loans.c). */
+static inline void front_cond_init(pthread_cond_t *cv)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &a);
+    pthread_condattr_destroy(&a);
+}
 
 /* How long the front waits, at most, for libhaext's own calls before it
  * forwards a host call that must not overlap them: C_Finalize (the gate),

@@ -19,18 +19,9 @@ static pthread_mutex_t gate_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t gate_cv; /* CLOCK_MONOTONIC: front_gate_init */
 static int gate_open, gate_inside;
 
-static void init_cond(pthread_cond_t *cv)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &a);
-    pthread_condattr_destroy(&a);
-}
-
 void front_gate_init(void)
 {
-    init_cond(&gate_cv);
+    front_cond_init(&gate_cv);
 }
 
 int front_gate_enter(void)
@@ -96,6 +87,6 @@ void front_gate_restore(int was_open)
 void front_gate_reset(void)
 {
     pthread_mutex_init(&gate_mu, NULL);
-    init_cond(&gate_cv);
+    front_cond_init(&gate_cv);
     gate_open = gate_inside = 0;
 }

@@ -26,18 +26,9 @@ static atomic_ulong st_host_waits;
  * of its own, away from anything written often. */
 _Alignas(64) atomic_uint front_loans_buckets[FRONT_LENT_BUCKETS];
 
-static void init_cond(pthread_cond_t *cv)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    pthread_cond_init(cv, &a);
-    pthread_condattr_destroy(&a);
-}
-
 void front_loans_init(void)
 {
-    init_cond(&lend_cv);
+    front_cond_init(&lend_cv);
 }
 
 void front_loans_lock(void)
@@ -181,7 +172,7 @@ void front_loans_stats(struct front_stats *st)
 void front_loans_reset(void)
 {
     pthread_mutex_init(&lend_mu, NULL);
-    init_cond(&lend_cv);
+    front_cond_init(&lend_cv);
     memset(loans, 0, sizeof loans);
     memset(front_loans_buckets, 0, sizeof front_loans_buckets);
     nloans = 0;
