@@ -74,11 +74,6 @@ var lib = service.New(service.Env{
 	Observe:    openHALog,
 })
 
-// frontHost, when set (CA_HAExtAttachFront, front.go), is the struct
-// haext_vendor of the host's own instance of the vendor module that a front
-// module forwards to: the library then opens none.
-var frontHost unsafe.Pointer
-
 func openModule(path string) (*cryptoki.Module, error) {
 	if h := attachedHost(); h != nil {
 		return cryptoki.Lend(h), nil

@@ -17,7 +17,7 @@
 // on (gate.c), the host's sessions and whether each is busy (table.c,
 // busy.c), sessions lent for one call (loans.c, own.c, lend.c), and the
 // events the engine applies (events.c; internal/capi/front.go). This
-// package exposes them to Go tests: Host, Wait and Poll, Stats, and
+// package exposes them to Go tests: Host, Poll, Stats, and
 // ParseConf, which tests compare with pkg/conf.
 package front
 
@@ -85,11 +85,6 @@ type Event struct {
 	// RV is the CK_RV of a HostError.
 	RV uint
 }
-
-// Wait blocks until an event is queued, without taking it. Its goroutine
-// waits in C on a condition variable (one thread, no polling, no wakeups
-// while nothing happens).
-func Wait() { _ = C.front_events_wait() }
 
 // Poll returns the next event if one is queued.
 func Poll() (Event, bool) {
