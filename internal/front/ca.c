@@ -21,7 +21,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "front.h"
+#include "ha.h"
 
 #define ENGINE_SONAME "libhaext.so.1"
 
@@ -116,6 +116,7 @@ static int ready(CK_RV *rv)
 {
     int rc = 0;
     refused = NULL;
+    front_haslot_why_clear();
     if (front_host_threads_forbidden()) {
         refused = threads_reason;
         *rv = CKR_FUNCTION_FAILED;
@@ -139,7 +140,7 @@ static int ready(CK_RV *rv)
         CK_RV rv; \
         if (ready(&rv) != 0) \
             return rv; \
-        return engine.field(slotId, pState); \
+        return engine.field(front_haslot_member_slot(slotId), pState); \
     }
 
 STATE_CALL(CA_GetCurrentHAState, current)
@@ -151,6 +152,8 @@ CK_ULONG CA_GetHAExtLastError(char *buf, CK_ULONG size)
 {
     const char *why = refused;
     size_t n;
+    if (why == NULL)
+        why = front_haslot_why(); /* a call the HA slot refused */
     if (why == NULL) {
         if (atomic_load(&engine_loaded))
             return engine.last_error(buf, size);

@@ -96,15 +96,23 @@ static int take(char **value, size_t len, char **module, size_t *module_len)
     return 1;
 }
 
-int front_conf_module(const char *path, char **module, const char **key, char *err, size_t errlen)
+int front_conf_read(const char *path, struct front_conf_keys *keys, char *err, size_t errlen)
 {
-    struct front_conf_keys keys;
-    size_t len = 0, module_len = 0;
+    size_t len = 0;
     char *data = read_file(path, &len, err, errlen);
     if (data == NULL)
         return -1;
-    front_conf_parse(data, len, &keys);
+    front_conf_parse(data, len, keys);
     free(data);
+    return 0;
+}
+
+int front_conf_module(const char *path, char **module, const char **key, char *err, size_t errlen)
+{
+    struct front_conf_keys keys;
+    size_t module_len = 0;
+    if (front_conf_read(path, &keys, err, errlen) != 0)
+        return -1;
     *module = NULL;
     if (take(&keys.vendor, keys.vendor_len, module, &module_len))
         *key = "Chrystoki2/LibHAExtVendor";

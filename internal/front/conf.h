@@ -37,6 +37,18 @@ struct front_conf_keys {
     char *unix64; /* Chrystoki2/LibUNIX64 */
     char *unix32; /* Chrystoki2/LibUNIX */
     size_t vendor_len, unix64_len, unix32_len; /* a value may hold a NUL byte */
+    /* Every key of the VirtualToken and HAConfiguration sections, in file
+     * order (the HA slot's, haconf.c; the last of repeated keys wins). */
+    struct front_conf_kv *ha;
+    size_t nha;
+};
+
+/* A key of the HA sections: FRONT_CONF_VT (VirtualToken) or FRONT_CONF_HA
+ * (HAConfiguration); key and value trimmed, NUL-terminated. */
+enum { FRONT_CONF_VT = 1, FRONT_CONF_HA = 2 };
+struct front_conf_kv {
+    int section;
+    char *key, *value;
 };
 
 /* Parses file contents (either format) into keys; free with
@@ -54,5 +66,9 @@ int front_conf_locate(char *path, size_t pathlen, char *err, size_t errlen);
  * not empty) in *module (malloc'd) and which key in *key. 0, or -1 and the
  * reason in err. */
 int front_conf_module(const char *path, char **module, const char **key, char *err, size_t errlen);
+
+/* Reads and parses the file at path (as front_conf_module does) into keys:
+ * 0, or -1 and the reason in err. */
+int front_conf_read(const char *path, struct front_conf_keys *keys, char *err, size_t errlen);
 
 #endif

@@ -1,6 +1,7 @@
 /*
- * conf_parse.c - the module keys of the Chrystoki2 section, read from the
- * configuration file's contents in C.
+ * conf_parse.c - the module keys of the Chrystoki2 section, and the keys of
+ * the VirtualToken and HAConfiguration sections (the HA slot's), read from
+ * the configuration file's contents in C.
  *
  * The front needs the vendor's path before any Go code has run (a host
  * calls C_GetFunctionList as soon as dlopen returns) and in a fork child,
@@ -34,10 +35,58 @@ static void set_value(char **dst, size_t *dlen, const char *p, size_t n)
         *dlen = n;
 }
 
-/* Records key = value of the Chrystoki2 section; pkg/conf trims values. */
-static void store(struct front_conf_keys *keys, str key, str val)
+/* Which section a header names: 0 (none of the front's), FRONT_CONF_VT,
+ * FRONT_CONF_HA, or SEC_CHRYSTOKI. */
+#define SEC_CHRYSTOKI 3
+static int section_of(str name)
+{
+    if (front_text_fold_eq(name, "chrystoki2"))
+        return SEC_CHRYSTOKI;
+    if (front_text_fold_eq(name, "virtualtoken"))
+        return FRONT_CONF_VT;
+    if (front_text_fold_eq(name, "haconfiguration"))
+        return FRONT_CONF_HA;
+    return 0;
+}
+
+static char *dup_str(str s)
+{
+    char *d = malloc(s.n + 1);
+    if (d != NULL) {
+        memcpy(d, s.p, s.n);
+        d[s.n] = '\0';
+    }
+    return d;
+}
+
+/* Records key = value of an HA section. */
+static void store_ha(struct front_conf_keys *keys, int sec, str key, str val)
+{
+    struct front_conf_kv *grown = realloc(keys->ha, (keys->nha + 1) * sizeof *grown);
+    char *k, *v;
+    if (grown == NULL)
+        return;
+    keys->ha = grown;
+    k = dup_str(front_text_trim(key));
+    v = dup_str(front_text_trim(val));
+    if (k == NULL || v == NULL) {
+        free(k);
+        free(v);
+        return;
+    }
+    keys->ha[keys->nha++] = (struct front_conf_kv){sec, k, v};
+}
+
+/* Records key = value of section sec; pkg/conf trims values. */
+static void store(struct front_conf_keys *keys, int sec, str key, str val)
 {
     val = front_text_trim(val);
+    if (sec == FRONT_CONF_VT || sec == FRONT_CONF_HA) {
+        store_ha(keys, sec, key, val);
+        return;
+    }
+    if (sec != SEC_CHRYSTOKI)
+        return;
     if (front_text_fold_eq(key, "libhaextvendor"))
         set_value(&keys->vendor, &keys->vendor_len, val.p, val.n);
     else if (front_text_fold_eq(key, "libunix64"))
@@ -69,7 +118,7 @@ static int looks_like_ini(str data)
 static void parse_brace(str data, struct front_conf_keys *keys)
 {
     str line;
-    int in_section = 0, chrystoki = 0;
+    int in_section = 0, sec = 0;
     if (front_text_has_prefix(data, "\xEF\xBB\xBF"))
         data = front_text_sub(data, 3, data.n);
     while (front_text_next_line(&data, &line, 0)) {
@@ -81,14 +130,14 @@ static void parse_brace(str data, struct front_conf_keys *keys)
         if (line.n == 0 || is_comment(line))
             continue;
         if (line.n == 1 && line.p[0] == '}') {
-            in_section = chrystoki = 0;
+            in_section = sec = 0;
             continue;
         }
         if (front_text_has_suffix(line, "{")) {
             str head = front_text_trim(front_text_sub(line, 0, line.n - 1));
             if (front_text_has_suffix(head, "=")) {
                 in_section = 1;
-                chrystoki = front_text_fold_eq(front_text_trim(front_text_sub(head, 0, head.n - 1)), "chrystoki2");
+                sec = section_of(front_text_trim(front_text_sub(head, 0, head.n - 1)));
                 continue;
             }
         }
@@ -99,8 +148,8 @@ static void parse_brace(str data, struct front_conf_keys *keys)
         val = front_text_trim(front_text_sub(line, (size_t)eq + 1, line.n));
         if (front_text_has_suffix(val, ";"))
             val = front_text_trim(front_text_sub(val, 0, val.n - 1));
-        if (chrystoki && key.n > 0)
-            store(keys, key, val);
+        if (sec != 0 && key.n > 0)
+            store(keys, sec, key, val);
     }
 }
 
@@ -218,7 +267,7 @@ static int ini_key(str line, str *key, size_t *offset)
 static void parse_ini(str data, struct front_conf_keys *keys)
 {
     str rest = data, line;
-    int chrystoki = 0;
+    int sec = 0;
     if (front_text_has_prefix(rest, "\xFE\xFF") || front_text_has_prefix(rest, "\xFF\xFE"))
         rest = front_text_sub(rest, 2, rest.n);
     else if (front_text_has_prefix(rest, "\xEF\xBB\xBF"))
@@ -234,15 +283,15 @@ static void parse_ini(str data, struct front_conf_keys *keys)
         if (line.p[0] == '[') {
             long close = front_text_index(line, "]", 1);
             if (close > 1)
-                chrystoki = front_text_fold_eq(front_text_sub(line, 1, (size_t)close), "chrystoki2");
+                sec = section_of(front_text_sub(line, 1, (size_t)close));
             continue;
         }
         if (ini_key(line, &key, &off) != 0)
             continue;
         if (ini_value(front_text_sub(line, off, line.n), &rest, &val, &vlen) != 0)
             continue;
-        if (chrystoki && key.n > 0 && val != NULL)
-            store(keys, key, (str){val, vlen});
+        if (sec != 0 && key.n > 0 && val != NULL)
+            store(keys, sec, key, (str){val, vlen});
         free(val);
     }
 }
@@ -264,5 +313,10 @@ void front_conf_keys_free(struct front_conf_keys *keys)
     free(keys->vendor);
     free(keys->unix64);
     free(keys->unix32);
+    for (size_t i = 0; i < keys->nha; i++) {
+        free(keys->ha[i].key);
+        free(keys->ha[i].value);
+    }
+    free(keys->ha);
     memset(keys, 0, sizeof *keys);
 }

@@ -106,17 +106,57 @@ CK_RV C_Finalize(CK_VOID_PTR pReserved)
     /* Every session is gone with the module's state. */
     front_table_forget_all();
     front_own_forget_all();
+    front_haslot_finalized();
     if (rv == CKR_OK)
         front_events_push(HAEXT_EV_FINALIZED, HAEXT_SLOT_NONE, rv);
     return rv;
 }
 
+/* The vendor's slots and the HA slots after them (only these under
+ * HAOnly): nha of them in ha. */
+static CK_RV with_ha(CK_FUNCTION_LIST_PTR v, CK_BBOOL present, CK_SLOT_ID_PTR list, CK_ULONG_PTR count,
+                     const CK_SLOT_ID *ha, int nha, int only)
+{
+    CK_SLOT_ID mine[FRONT_MAX_SLOTS];
+    CK_ULONG n = FRONT_MAX_SLOTS, total;
+    CK_RV rv = v->C_GetSlotList(present, mine, &n);
+    if (rv == CKR_BUFFER_TOO_SMALL)
+        rv = CKR_GENERAL_ERROR; /* more slots than the front keeps */
+    if (rv != CKR_OK)
+        return rv;
+    front_slotlist_remember(mine, n);
+    if (only)
+        n = 0;
+    total = n + (CK_ULONG)nha;
+    if (list != NULL && *count < total) {
+        *count = total;
+        return CKR_BUFFER_TOO_SMALL;
+    }
+    if (list != NULL) {
+        memcpy(list, mine, n * sizeof *mine);
+        memcpy(list + n, ha, (size_t)nha * sizeof *ha);
+    }
+    *count = total;
+    return CKR_OK;
+}
+
 CK_RV C_GetSlotList(CK_BBOOL tokenPresent, CK_SLOT_ID_PTR pSlotList, CK_ULONG_PTR pulCount)
 {
     CK_FUNCTION_LIST_PTR v = atomic_load_explicit(&front_vendor_list, memory_order_acquire);
+    CK_SLOT_ID ha[FRONT_HA_MAX_GROUPS];
+    int only = 0, nha;
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    nha = front_haslot_ids(ha, &only);
+    if (nha > 0 && pulCount == NULL)
+        return CKR_ARGUMENTS_BAD;
+    if (nha > 0) {
+        rv = with_ha(v, tokenPresent, pSlotList, pulCount, ha, nha, only);
+        if (haext_rv_connection(rv))
+            front_events_push(HAEXT_EV_HOST_ERROR, HAEXT_SLOT_NONE, rv);
+        return rv;
+    }
     rv = v->C_GetSlotList(tokenPresent, pSlotList, pulCount);
     if (rv == CKR_OK && pSlotList != NULL)
         front_slotlist_remember(pSlotList, *pulCount);

@@ -48,6 +48,8 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (FRONT_UNLIKELY(front_haslot_get(slotID) != NULL))
+        return front_haslot_open(slotID, flags, phSession);
     rv = v->C_OpenSession(slotID, flags, pApplication, Notify, phSession);
     if (rv == CKR_OK && phSession != NULL)
         front_table_add(slotID, *phSession);
@@ -64,6 +66,8 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (FRONT_UNLIKELY(FRONT_HA_TAGGED(hSession)) && front_haslot_session(hSession) != NULL)
+        return front_haslot_close(hSession);
     front_table_lock();
     e = front_table_find(hSession);
     if (e != NULL) {
@@ -94,6 +98,8 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (front_haslot_get(slotID) != NULL)
+        return front_haslot_close_all(slotID);
     front_table_lock();
     s = front_table_slot(slotID, 0);
     if (s != NULL)
@@ -133,6 +139,9 @@ static CK_RV login(CK_C_LoginUser login_user, CK_SESSION_HANDLE h, CK_USER_TYPE 
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (FRONT_HA_TAGGED(h) && front_haslot_session(h) != NULL)
+        return name != NULL ? front_haslot_refuse(CKR_FUNCTION_NOT_SUPPORTED, "C_LoginUser with a user name")
+                            : front_ha_C_Login(h, user, pin, len);
     if (user == CKU_SO) {
         /* A read-only session of the front's would make it fail with
          * CKR_SESSION_READ_ONLY_EXISTS: close it first. */
@@ -172,6 +181,9 @@ CK_RV C_InitToken(CK_SLOT_ID slotID, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen, CK
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
+    if (front_haslot_get(slotID) != NULL)
+        return front_haslot_refuse(CKR_FUNCTION_NOT_SUPPORTED,
+                                   "C_InitToken: token administration goes to each member's own slot");
     /* C_InitToken fails with CKR_SESSION_EXISTS while any session is open,
      * the front's own included. */
     front_table_lock();

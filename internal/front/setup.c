@@ -12,7 +12,7 @@
  */
 #include <pthread.h>
 
-#include "front.h"
+#include "ha.h"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -26,6 +26,7 @@ static void fork_child(void)
     front_events_reset();
     front_slotlist_reset();
     front_vendor_reset();
+    front_haslot_reset();
 }
 
 static void init(void)

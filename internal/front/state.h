@@ -29,6 +29,7 @@
 
 #include "ckr.h" /* haext_rv_connection, haext_rv_dropped */
 #include "front.h"
+#include "ha.h"
 
 #define FRONT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
@@ -71,9 +72,16 @@ static inline void front_busy_end(CK_SESSION_HANDLE prev)
 /* A trampoline for a function whose first argument is the session
  * hSession: the calling thread is marked busy on it for the vendor call,
  * and a failure is recorded (front_session_failed). */
-#define FRONT_SESSION_TRAMPOLINE(copy, name, params, args) \
+#define FRONT_SESSION_TRAMPOLINE(copy, name, params, args) FRONT_SESSION_TRAMPOLINE_HA(copy, name, params, args, \
+                                                                                   front_ha_##name args)
+
+/* The same, where an HA session's call goes to ha_call (ha.h): one compare
+ * of the handle's top bits on every call. */
+#define FRONT_SESSION_TRAMPOLINE_HA(copy, name, params, args, ha_call) \
     CK_RV name params \
     { \
+        if (FRONT_UNLIKELY(FRONT_HA_TAGGED(hSession)) && front_haslot_session(hSession) != NULL) \
+            return ha_call; \
         FRONT_VENDOR_OR_RETURN(copy, f, name); \
         CK_SESSION_HANDLE prev = front_busy_begin(hSession); \
         CK_RV rv = f args; \

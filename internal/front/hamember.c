@@ -1,0 +1,217 @@
+/*
+ * hamember.c - the members of the HA slots: which vendor slot each is,
+ * its sessions of ours (a pool), and which one gets the next operation.
+ * halogin.c logs them in, and brings back one that was lost.
+ *
+ * Every call here is made on the host's thread, for a call of the host's
+ * on an HA slot; the group's lock is never held across a vendor call.
+ */
+#include <string.h>
+#include <time.h>
+
+#include "ha.h"
+
+static struct front_ha_slot slots[FRONT_HA_MAX_GROUPS];
+static int nslots;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+atomic_ulong front_ha_failovers;
+
+static void setup(void)
+{
+    const struct front_ha_conf *c = front_haconf();
+    if (c == NULL)
+        return;
+    for (int i = 0; i < c->ngroups; i++) {
+        struct front_ha_slot *s = &slots[i];
+        s->g = &c->group[i];
+        s->index = i;
+        s->id = FRONT_HA_SLOT_BASE + (CK_SLOT_ID)c->group[i].nn;
+        s->nmembers = c->group[i].nmembers;
+        pthread_mutex_init(&s->mu, NULL);
+        for (int m = 0; m < s->nmembers; m++) {
+            s->m[m].serial = c->group[i].member[m];
+            s->m[m].standby = c->group[i].standby[m];
+        }
+    }
+    nslots = c->ngroups;
+}
+
+int front_hamember_count(void)
+{
+    pthread_once(&once, setup);
+    return nslots;
+}
+
+struct front_ha_slot *front_hamember_at(int i)
+{
+    return i >= 0 && i < front_hamember_count() ? &slots[i] : NULL;
+}
+
+struct front_ha_slot *front_hamember_slot(CK_SLOT_ID id)
+{
+    int n = front_hamember_count();
+    if (id < FRONT_HA_SLOT_BASE || id >= FRONT_HA_SLOT_BASE + FRONT_HA_MAX_GROUPS)
+        return NULL;
+    for (int i = 0; i < n; i++)
+        if (slots[i].id == id)
+            return &slots[i];
+    return NULL;
+}
+
+long front_hamember_now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
+    return (long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Records that slot id holds the token of serial ser, if it is a member. */
+static void learn(struct front_ha_slot *s, CK_SLOT_ID id, unsigned long long ser, const CK_TOKEN_INFO *ti)
+{
+    pthread_mutex_lock(&s->mu);
+    for (int m = 0; m < s->nmembers; m++) {
+        if (s->m[m].serial != ser || s->m[m].resolved)
+            continue;
+        s->m[m].slot = id;
+        s->m[m].ti = *ti;
+        s->m[m].resolved = 1;
+        atomic_store(&s->m[m].up, 1);
+        atomic_fetch_add(&s->m[m].gen, 1);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int all_resolved(struct front_ha_slot *s)
+{
+    int all = 1;
+    pthread_mutex_lock(&s->mu);
+    for (int m = 0; m < s->nmembers; m++)
+        all &= s->m[m].resolved;
+    pthread_mutex_unlock(&s->mu);
+    return all;
+}
+
+void front_hamember_resolve(struct front_ha_slot *s)
+{
+    CK_SLOT_ID ids[FRONT_MAX_SLOTS];
+    CK_ULONG n = FRONT_MAX_SLOTS;
+    if (all_resolved(s) || front_vendor_copy.C_GetSlotList == NULL)
+        return;
+    if (front_vendor_copy.C_GetSlotList(CK_FALSE, ids, &n) != CKR_OK)
+        return;
+    for (CK_ULONG i = 0; i < n; i++) {
+        CK_TOKEN_INFO ti;
+        unsigned long long ser;
+        if (front_vendor_copy.C_GetTokenInfo(ids[i], &ti) != CKR_OK)
+            continue;
+        if (front_haconf_serial(ti.serialNumber, sizeof ti.serialNumber, &ser) == 0)
+            learn(s, ids[i], ser, &ti);
+    }
+}
+
+/* Whether member m may get new work: up, logged in when the slot is, and
+ * not stuck (calls in flight, none answered for a second or the group's
+ * operation timeout). */
+static int usable(struct front_ha_slot *s, int m, long now)
+{
+    struct front_ha_member *x = &s->m[m];
+    long since, limit = s->g->op_timeout_ms > 0 ? s->g->op_timeout_ms : 1000;
+    if (!atomic_load_explicit(&x->up, memory_order_acquire))
+        return 0;
+    if (s->logged_in && !x->logged_in)
+        return 0;
+    since = atomic_load_explicit(&x->busy_since, memory_order_relaxed);
+    return since == 0 || now - since < limit;
+}
+
+int front_hamember_pick(struct front_ha_slot *s, front_ha_has has, void *arg, const int *skip)
+{
+    long now = front_hamember_now_ms();
+    for (int pass = 0; pass < 2; pass++) {
+        int best = -1, load = 0;
+        for (int m = 0; m < s->nmembers; m++) {
+            int l;
+            if (skip[m] || s->m[m].standby != pass || !usable(s, m, now))
+                continue;
+            if (has != NULL && !has(s, m, arg))
+                continue;
+            l = atomic_load_explicit(&s->m[m].inflight, memory_order_relaxed);
+            if (best < 0 || l < load) {
+                best = m;
+                load = l;
+            }
+        }
+        if (best >= 0) {
+            struct front_ha_member *x = &s->m[best];
+            if (atomic_fetch_add(&x->inflight, 1) == 0)
+                atomic_store_explicit(&x->busy_since, now, memory_order_relaxed);
+            return best;
+        }
+    }
+    return -1;
+}
+
+void front_hamember_done(struct front_ha_slot *s, int m)
+{
+    struct front_ha_member *x = &s->m[m];
+    atomic_fetch_add_explicit(&x->ops, 1, memory_order_relaxed);
+    /* An answer: the member is not stuck; the calls still out are as old
+     * as now, at worst. */
+    if (atomic_fetch_sub(&x->inflight, 1) == 1)
+        atomic_store_explicit(&x->busy_since, 0, memory_order_relaxed);
+    else
+        atomic_store_explicit(&x->busy_since, front_hamember_now_ms(), memory_order_relaxed);
+}
+
+CK_RV front_hamember_session(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
+{
+    struct front_ha_member *x = &s->m[m];
+    CK_SLOT_ID slot;
+    CK_RV rv;
+    pthread_mutex_lock(&s->mu);
+    if (x->nidle > 0) {
+        *out = x->idle[--x->nidle];
+        pthread_mutex_unlock(&s->mu);
+        return CKR_OK;
+    }
+    slot = x->slot;
+    pthread_mutex_unlock(&s->mu);
+    rv = front_vendor_copy.C_OpenSession(slot, CKF_SERIAL_SESSION, NULL, NULL, out);
+    if (rv == CKR_OK) {
+        pthread_mutex_lock(&s->mu);
+        x->open++;
+        pthread_mutex_unlock(&s->mu);
+    }
+    return rv;
+}
+
+void front_hamember_release(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, int failed)
+{
+    struct front_ha_member *x = &s->m[m];
+    pthread_mutex_lock(&s->mu);
+    if (!failed && s->sessions > 0 && x->nidle < FRONT_HA_POOL && atomic_load(&x->up)) {
+        x->idle[x->nidle++] = h;
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
+    x->open--;
+    pthread_mutex_unlock(&s->mu);
+    /* A session of a lost member may answer nothing useful; the close only
+     * frees what the module keeps. A healthy member's is closed when the
+     * pool is full or the host closed its last HA session. */
+    front_vendor_copy.C_CloseSession(h);
+}
+
+/* Takes member m's idle sessions out of the pool into out; returns how many. */
+int front_hamember_drain(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
+{
+    struct front_ha_member *x = &s->m[m];
+    int n;
+    pthread_mutex_lock(&s->mu);
+    n = x->nidle;
+    memcpy(out, x->idle, (size_t)n * sizeof *out);
+    x->nidle = 0;
+    x->open -= n;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}

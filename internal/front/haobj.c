@@ -1,0 +1,400 @@
+/*
+ * haobj.c - the objects of an HA slot: the front's handles, each mapped to
+ * one object per member. A token object is the same object on every member
+ * when its CKA_CLASS, CKA_KEY_TYPE, CKA_ID and CKA_LABEL are; it is looked
+ * up on a member when first needed there, and again after the member came
+ * back. An object that is missing or ambiguous (two matches) on a member is
+ * not on that member: its operations go to the others, and the drift is
+ * noted once per member and object (front_haobj_note). A session object
+ * made through the HA slot lives on the member that made it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ha.h"
+#include "state.h"
+
+#define MAX_VALUE 256 /* CKA_ID and CKA_LABEL bytes compared */
+
+enum { UNKNOWN, HAVE, MISSING, AMBIGUOUS };
+
+struct front_ha_obj {
+    int owner; /* -1: a token object; else the member of a session object */
+    CK_OBJECT_CLASS cls;
+    CK_KEY_TYPE kt;
+    CK_ULONG idlen, labellen;
+    unsigned char id[MAX_VALUE], label[MAX_VALUE];
+    CK_OBJECT_HANDLE real[FRONT_HA_MAX_MEMBERS];
+    unsigned long gen[FRONT_HA_MAX_MEMBERS];
+    unsigned char state[FRONT_HA_MAX_MEMBERS], noted[FRONT_HA_MAX_MEMBERS];
+};
+
+struct front_ha_objtab {
+    pthread_mutex_t mu;
+    struct front_ha_obj **o;
+    CK_ULONG n, cap;
+};
+
+static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
+static atomic_ulong drift;
+static char notes[32][160];
+static unsigned nnotes;
+
+static struct front_ha_objtab *table(struct front_ha_slot *s)
+{
+    pthread_mutex_lock(&tab_mu);
+    if (s->objs == NULL && (s->objs = calloc(1, sizeof *s->objs)) != NULL)
+        pthread_mutex_init(&s->objs->mu, NULL);
+    pthread_mutex_unlock(&tab_mu);
+    return s->objs;
+}
+
+/* Locked: the object of handle o, or NULL. */
+static struct front_ha_obj *get(struct front_ha_objtab *t, CK_OBJECT_HANDLE o)
+{
+    CK_ULONG i = (o & ~FRONT_HA_OBJ_TAG) - 1;
+    if ((o & 0xFF000000UL) != FRONT_HA_OBJ_TAG || o > 0xFFFFFFFFUL || i >= t->n)
+        return NULL;
+    return t->o[i];
+}
+
+/* Locked: adds x, returns its handle (0: no memory). */
+static CK_OBJECT_HANDLE add(struct front_ha_objtab *t, struct front_ha_obj *x)
+{
+    if (t->n == t->cap) {
+        CK_ULONG cap = t->cap ? t->cap * 2 : 64;
+        struct front_ha_obj **g = realloc(t->o, cap * sizeof *g);
+        if (g == NULL || cap > 0xFFFFFF)
+            return 0;
+        t->o = g;
+        t->cap = cap;
+    }
+    t->o[t->n++] = x;
+    return FRONT_HA_OBJ_TAG | t->n;
+}
+
+static void note(struct front_ha_slot *s, int m, const struct front_ha_obj *x, const char *what)
+{
+    char *n = notes[nnotes++ % 32];
+    snprintf(n, sizeof notes[0], "HA slot %lu (%s): member %llu: object class 0x%lx label \"%.*s\" is %s there",
+             (unsigned long)s->id, s->g->label, s->m[m].serial, (unsigned long)x->cls,
+             (int)(x->labellen > 64 ? 64 : x->labellen), (const char *)x->label, what);
+    atomic_fetch_add(&drift, 1);
+}
+
+unsigned long front_haobj_drift(void)
+{
+    return atomic_load(&drift);
+}
+
+const char *front_haobj_note(unsigned i)
+{
+    return i < nnotes && i + 32 >= nnotes ? notes[i % 32] : NULL;
+}
+
+/* Looks x up on member m (session h): HAVE, MISSING or AMBIGUOUS; or the
+ * vendor's failure in *rv. */
+static int lookup(const struct front_ha_obj *x, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *real, CK_RV *rv)
+{
+    CK_BBOOL tok = CK_TRUE;
+    CK_OBJECT_CLASS cls = x->cls;
+    CK_KEY_TYPE kt = x->kt;
+    CK_ATTRIBUTE t[] = {{CKA_TOKEN, &tok, sizeof tok},
+                        {CKA_CLASS, &cls, sizeof cls},
+                        {CKA_ID, (void *)x->id, x->idlen},
+                        {CKA_LABEL, (void *)x->label, x->labellen},
+                        {CKA_KEY_TYPE, &kt, sizeof kt}};
+    CK_OBJECT_HANDLE found[2];
+    CK_ULONG n = 0;
+    CK_ULONG nt = kt == (CK_KEY_TYPE)-1 ? 4 : 5;
+    *rv = front_vendor_copy.C_FindObjectsInit(h, t, nt);
+    if (*rv != CKR_OK)
+        return UNKNOWN;
+    *rv = front_vendor_copy.C_FindObjects(h, found, 2, &n);
+    front_vendor_copy.C_FindObjectsFinal(h);
+    if (*rv != CKR_OK)
+        return UNKNOWN;
+    *real = found[0];
+    return n == 1 ? HAVE : n == 0 ? MISSING : AMBIGUOUS;
+}
+
+CK_RV front_haobj_on(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *out)
+{
+    struct front_ha_objtab *t = table(s);
+    struct front_ha_obj *x, copy;
+    unsigned long gen = atomic_load(&s->m[m].gen);
+    CK_OBJECT_HANDLE real = CK_INVALID_HANDLE;
+    CK_RV rv;
+    int st;
+    if (t == NULL)
+        return CKR_HOST_MEMORY;
+    pthread_mutex_lock(&t->mu);
+    x = get(t, o);
+    if (x == NULL || (x->owner >= 0 && x->owner != m)) {
+        pthread_mutex_unlock(&t->mu);
+        return x == NULL ? CKR_OBJECT_HANDLE_INVALID : CKR_KEY_HANDLE_INVALID;
+    }
+    if (x->owner == m || (x->gen[m] == gen && x->state[m] != UNKNOWN)) {
+        st = x->owner == m ? HAVE : x->state[m];
+        *out = x->real[m];
+        pthread_mutex_unlock(&t->mu);
+        return st == HAVE ? CKR_OK : CKR_KEY_HANDLE_INVALID;
+    }
+    copy = *x;
+    pthread_mutex_unlock(&t->mu);
+    st = lookup(&copy, h, &real, &rv);
+    if (st == UNKNOWN)
+        return rv;
+    pthread_mutex_lock(&t->mu);
+    x->state[m] = (unsigned char)st;
+    x->gen[m] = gen;
+    x->real[m] = real;
+    if (st != HAVE && !x->noted[m]) {
+        x->noted[m] = 1;
+        note(s, m, x, st == MISSING ? "missing" : "ambiguous (two or more match)");
+    }
+    pthread_mutex_unlock(&t->mu);
+    *out = real;
+    return st == HAVE ? CKR_OK : CKR_KEY_HANDLE_INVALID;
+}
+
+int front_haobj_may_have(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m)
+{
+    struct front_ha_objtab *t = table(s);
+    struct front_ha_obj *x;
+    int may;
+    if (t == NULL)
+        return 0;
+    pthread_mutex_lock(&t->mu);
+    x = get(t, o);
+    may = x != NULL && (x->owner < 0 ? !(x->gen[m] == atomic_load(&s->m[m].gen) &&
+                                         (x->state[m] == MISSING || x->state[m] == AMBIGUOUS))
+                                     : x->owner == m);
+    pthread_mutex_unlock(&t->mu);
+    return may;
+}
+
+int front_haobj_owner(struct front_ha_slot *s, CK_OBJECT_HANDLE o)
+{
+    struct front_ha_objtab *t = table(s);
+    struct front_ha_obj *x;
+    int owner = -2;
+    if (t == NULL)
+        return -2;
+    pthread_mutex_lock(&t->mu);
+    if ((x = get(t, o)) != NULL)
+        owner = x->owner;
+    pthread_mutex_unlock(&t->mu);
+    return owner;
+}
+
+CK_OBJECT_HANDLE front_haobj_add_session(struct front_ha_slot *s, int m, CK_OBJECT_HANDLE real)
+{
+    struct front_ha_objtab *t = table(s);
+    struct front_ha_obj *x = calloc(1, sizeof *x);
+    CK_OBJECT_HANDLE o = 0;
+    if (t == NULL || x == NULL) {
+        free(x);
+        return 0;
+    }
+    x->owner = m;
+    x->real[m] = real;
+    x->state[m] = HAVE;
+    pthread_mutex_lock(&t->mu);
+    o = add(t, x);
+    pthread_mutex_unlock(&t->mu);
+    if (o == 0)
+        free(x);
+    return o;
+}
+
+/* Locked: the token object of identity id, added when new (0: no memory). */
+static CK_OBJECT_HANDLE identity(struct front_ha_objtab *t, const struct front_ha_obj *id)
+{
+    struct front_ha_obj *x;
+    CK_OBJECT_HANDLE o;
+    for (CK_ULONG i = 0; i < t->n; i++) {
+        x = t->o[i];
+        if (x != NULL && x->owner < 0 && x->cls == id->cls && x->kt == id->kt && x->idlen == id->idlen &&
+            x->labellen == id->labellen && memcmp(x->id, id->id, id->idlen) == 0 &&
+            memcmp(x->label, id->label, id->labellen) == 0)
+            return FRONT_HA_OBJ_TAG | (i + 1);
+    }
+    if ((x = malloc(sizeof *x)) == NULL)
+        return 0;
+    *x = *id;
+    memset(x->state, UNKNOWN, sizeof x->state);
+    memset(x->noted, 0, sizeof x->noted);
+    memset(x->gen, 0, sizeof x->gen);
+    if ((o = add(t, x)) == 0)
+        free(x);
+    return o;
+}
+
+/* Reads object real's identity on session h into id: 1 for a token object,
+ * 0 for a session object, -1 on failure. */
+static int read_identity(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE real, struct front_ha_obj *id)
+{
+    CK_BBOOL tok = CK_FALSE;
+    CK_ATTRIBUTE a[] = {{CKA_CLASS, &id->cls, sizeof id->cls},
+                        {CKA_KEY_TYPE, &id->kt, sizeof id->kt},
+                        {CKA_ID, id->id, sizeof id->id},
+                        {CKA_LABEL, id->label, sizeof id->label},
+                        {CKA_TOKEN, &tok, sizeof tok}};
+    CK_RV rv;
+    memset(id, 0, sizeof *id);
+    id->owner = -1;
+    rv = front_vendor_copy.C_GetAttributeValue(h, real, a, 5);
+    if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE)
+        return -1;
+    if (a[0].ulValueLen == CK_UNAVAILABLE_INFORMATION || a[2].ulValueLen > MAX_VALUE || a[3].ulValueLen > MAX_VALUE)
+        return -1;
+    if (a[1].ulValueLen == CK_UNAVAILABLE_INFORMATION)
+        id->kt = (CK_KEY_TYPE)-1;
+    id->idlen = a[2].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : a[2].ulValueLen;
+    id->labellen = a[3].ulValueLen == CK_UNAVAILABLE_INFORMATION ? 0 : a[3].ulValueLen;
+    return tok == CK_TRUE;
+}
+
+/* Records that member m has object real (searched with session h) and
+ * appends the front's handle to *out (deduplicated). seen marks the
+ * identities this search found on m, for ambiguity. */
+static void found_one(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE real,
+                      struct front_ha_objtab *t, CK_OBJECT_HANDLE **out, CK_ULONG *count)
+{
+    struct front_ha_obj id;
+    CK_OBJECT_HANDLE o = 0;
+    int tok = read_identity(h, real, &id);
+    CK_ULONG i;
+    if (tok < 0)
+        return;
+    pthread_mutex_lock(&t->mu);
+    if (tok) {
+        struct front_ha_obj *x;
+        if ((o = identity(t, &id)) != 0 && (x = get(t, o)) != NULL) {
+            int again = x->gen[m] == atomic_load(&s->m[m].gen) && x->state[m] == HAVE && x->real[m] != real;
+            x->state[m] = again ? AMBIGUOUS : HAVE;
+            x->real[m] = real;
+            x->gen[m] = atomic_load(&s->m[m].gen);
+        }
+    } else {
+        for (i = 0; i < t->n && o == 0; i++)
+            if (t->o[i] != NULL && t->o[i]->owner == m && t->o[i]->real[m] == real)
+                o = FRONT_HA_OBJ_TAG | (i + 1);
+    }
+    pthread_mutex_unlock(&t->mu);
+    for (i = 0; i < *count; i++)
+        if ((*out)[i] == o)
+            return;
+    if (o != 0 && (*count & 63) == 0) {
+        CK_OBJECT_HANDLE *g = realloc(*out, (*count + 64) * sizeof *g);
+        if (g == NULL)
+            return;
+        *out = g;
+    }
+    if (o != 0)
+        (*out)[(*count)++] = o;
+}
+
+/* Member m's part of a search: CKR_OK, or the vendor's answer. */
+static CK_RV find_on(struct front_ha_slot *s, int m, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n, CK_OBJECT_HANDLE **out,
+                     CK_ULONG *count)
+{
+    struct front_ha_objtab *t = table(s);
+    CK_OBJECT_HANDLE batch[64];
+    CK_SESSION_HANDLE h;
+    CK_ULONG got;
+    CK_RV rv = t == NULL ? CKR_HOST_MEMORY : front_hamember_session(s, m, &h);
+    if (rv != CKR_OK)
+        return rv;
+    rv = front_vendor_copy.C_FindObjectsInit(h, tmpl, n);
+    while (rv == CKR_OK) {
+        rv = front_vendor_copy.C_FindObjects(h, batch, 64, &got);
+        if (rv != CKR_OK || got == 0)
+            break;
+        for (CK_ULONG i = 0; i < got; i++)
+            found_one(s, m, h, batch[i], t, out, count);
+    }
+    if (rv == CKR_OK)
+        rv = front_vendor_copy.C_FindObjectsFinal(h);
+    front_hamember_release(s, m, h, haext_rv_connection(rv) || haext_rv_dropped(rv));
+    return rv;
+}
+
+/* After a search: a token object found on some members and not on member
+ * m, which answered, is missing there. */
+static void mark_missing(struct front_ha_slot *s, const int *answered, const CK_OBJECT_HANDLE *o, CK_ULONG n)
+{
+    struct front_ha_objtab *t = table(s);
+    pthread_mutex_lock(&t->mu);
+    for (CK_ULONG i = 0; i < n; i++) {
+        struct front_ha_obj *x = get(t, o[i]);
+        if (x == NULL || x->owner >= 0)
+            continue;
+        for (int m = 0; m < s->nmembers; m++) {
+            unsigned long gen = atomic_load(&s->m[m].gen);
+            if (!answered[m] || (x->gen[m] == gen && x->state[m] != UNKNOWN && x->state[m] != MISSING))
+                continue;
+            x->state[m] = MISSING;
+            x->gen[m] = gen;
+            if (!x->noted[m]) {
+                x->noted[m] = 1;
+                note(s, m, x, "missing");
+            }
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+CK_RV front_haobj_find(struct front_ha_slot *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG n, CK_OBJECT_HANDLE **out,
+                       CK_ULONG *count)
+{
+    int answered[FRONT_HA_MAX_MEMBERS] = {0}, any = 0;
+    CK_RV first = CKR_TOKEN_NOT_PRESENT;
+    *out = NULL;
+    *count = 0;
+    for (int m = 0; m < s->nmembers; m++) {
+        CK_RV rv;
+        if (!atomic_load(&s->m[m].up))
+            continue;
+        rv = find_on(s, m, tmpl, n, out, count);
+        if (haext_rv_connection(rv) || haext_rv_dropped(rv)) {
+            front_halogin_lost(s, m, "C_FindObjects", rv);
+            continue;
+        }
+        if (rv != CKR_OK && !any) {
+            first = rv; /* the template: every member would say the same */
+            break;
+        }
+        answered[m] = any = 1;
+    }
+    if (!any) {
+        free(*out);
+        *out = NULL;
+        *count = 0;
+        return first;
+    }
+    mark_missing(s, answered, *out, *count);
+    return CKR_OK;
+}
+
+void front_haobj_forget(struct front_ha_slot *s, int all)
+{
+    struct front_ha_objtab *t = table(s);
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->mu);
+    for (CK_ULONG i = 0; i < t->n; i++) {
+        struct front_ha_obj *x = t->o[i];
+        if (x == NULL)
+            continue;
+        if (x->owner >= 0) {
+            free(x); /* its handle stays unused: the front never reuses one */
+            t->o[i] = NULL;
+        } else if (all) {
+            memset(x->state, UNKNOWN, sizeof x->state);
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+}
