@@ -185,6 +185,17 @@ CK_ULONG CK_ENTRY CA_GetHAExtLastError(char *buf, CK_ULONG size);
  */
 CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList);
 
+/*
+ * The front module's own (libhaext-pkcs11.so; not in libhaext.so): what the
+ * HA slot slotId has done, as text, one fact per line:
+ *   slot ID label L serial S sessions N failovers N drift N
+ *   member SERIAL up|down [standby] ops N lost N inflight N   (per member)
+ *   drift TEXT                  (an object missing or ambiguous on a member)
+ * Copies it into buf as a NUL-terminated string, truncated to size bytes,
+ * and returns its full length; 0 when slotId is not an HA slot.
+ */
+CK_ULONG CK_ENTRY CA_HAExtGetHASlotReport(CK_SLOT_ID slotId, char *buf, CK_ULONG size);
+
 #ifdef __cplusplus
 }
 #endif

@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "ha.h"
@@ -184,4 +185,43 @@ CK_RV CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList)
     refused = "in front of the module, libhaext already uses the host's own instance of the vendor module; "
               "CA_SetHAExtFunctionList takes only the front's or the vendor's function list";
     return CKR_ARGUMENTS_BAD;
+}
+
+/* Appends to buf (size bytes, *at used so far) what fmt says; the full
+ * length is counted even past size. */
+static void say(char *buf, CK_ULONG size, CK_ULONG *at, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void say(char *buf, CK_ULONG size, CK_ULONG *at, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+    va_start(ap, fmt);
+    n = vsnprintf(buf != NULL && *at < size ? buf + *at : NULL, buf != NULL && *at < size ? size - *at : 0, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        *at += (CK_ULONG)n;
+}
+
+CK_ULONG CA_HAExtGetHASlotReport(CK_SLOT_ID slotId, char *buf, CK_ULONG size)
+{
+    struct front_ha_slot *s = front_haslot_get(slotId);
+    CK_ULONG at = 0;
+    if (buf != NULL && size > 0)
+        buf[0] = '\0';
+    if (s == NULL)
+        return 0;
+    say(buf, size, &at, "slot %lu label %s serial %s sessions %ld failovers %lu drift %lu\n", (unsigned long)s->id,
+        s->g->label, s->g->serial, s->sessions, (unsigned long)atomic_load(&front_ha_failovers),
+        front_haobj_drift());
+    for (int m = 0; m < s->nmembers; m++) {
+        struct front_ha_member *x = &s->m[m];
+        say(buf, size, &at, "member %s %s%s ops %lu lost %lu inflight %d\n", s->g->text[m],
+            atomic_load(&x->up) ? "up" : "down", x->standby ? " standby" : "", (unsigned long)atomic_load(&x->ops),
+            (unsigned long)atomic_load(&x->lost), atomic_load(&x->inflight));
+    }
+    for (unsigned i = 0; i < 32; i++) {
+        const char *n = front_haobj_note(i);
+        if (n != NULL)
+            say(buf, size, &at, "drift %s\n", n);
+    }
+    return at;
 }

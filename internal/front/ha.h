@@ -34,6 +34,7 @@ struct front_ha_group {
     int nmembers;
     unsigned long long member[FRONT_HA_MAX_MEMBERS]; /* serials, parsed as pkg/conf does */
     unsigned char standby[FRONT_HA_MAX_MEMBERS];     /* VirtualTokenNNLibHAExtStandby */
+    char text[FRONT_HA_MAX_MEMBERS][24];             /* the serials as written */
     long op_timeout_ms;                              /* VirtualTokenNNLibHAExtOpTimeout; 0: off */
 };
 
@@ -194,8 +195,10 @@ CK_RV front_haobj_find(struct front_ha_slot *s, CK_ATTRIBUTE_PTR t, CK_ULONG n, 
 CK_OBJECT_HANDLE front_haobj_add_session(struct front_ha_slot *s, int m, CK_OBJECT_HANDLE real);
 /* Forgets the session objects (the last HA session closed) or all. */
 void front_haobj_forget(struct front_ha_slot *s, int all);
-/* Drift reports so far (for tests and hastatus-like readers). */
+/* Drift reports so far, and the i-th note (the last 32 are kept; NULL for
+ * one not kept). */
 unsigned long front_haobj_drift(void);
+const char *front_haobj_note(unsigned i);
 
 /* --- haop.c: operations ----------------------------------------------------- */
 

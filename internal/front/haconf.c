@@ -72,7 +72,8 @@ static long number(const char *v, long dflt, long min, long max)
 }
 
 /* Splits a comma-separated list of serials; calls fn for each. */
-static void serials(const char *list, void (*fn)(struct front_ha_group *, unsigned long long), struct front_ha_group *g)
+static void serials(const char *list, void (*fn)(struct front_ha_group *, unsigned long long, struct front_str),
+                    struct front_ha_group *g)
 {
     const char *p = list;
     while (p != NULL && *p != '\0') {
@@ -80,22 +81,25 @@ static void serials(const char *list, void (*fn)(struct front_ha_group *, unsign
         size_t n = comma != NULL ? (size_t)(comma - p) : strlen(p);
         unsigned long long v;
         if (front_haconf_serial((const unsigned char *)p, n, &v) == 0)
-            fn(g, v);
+            fn(g, v, front_text_trim((str){p, n}));
         p = comma != NULL ? comma + 1 : NULL;
     }
 }
 
-static void add_member(struct front_ha_group *g, unsigned long long v)
+static void add_member(struct front_ha_group *g, unsigned long long v, str text)
 {
     for (int i = 0; i < g->nmembers; i++)
         if (g->member[i] == v)
             return;
-    if (g->nmembers < FRONT_HA_MAX_MEMBERS)
-        g->member[g->nmembers++] = v;
+    if (g->nmembers >= FRONT_HA_MAX_MEMBERS)
+        return;
+    snprintf(g->text[g->nmembers], sizeof g->text[0], "%.*s", (int)text.n, text.p);
+    g->member[g->nmembers++] = v;
 }
 
-static void mark_standby(struct front_ha_group *g, unsigned long long v)
+static void mark_standby(struct front_ha_group *g, unsigned long long v, str text)
 {
+    (void)text;
     for (int i = 0; i < g->nmembers; i++)
         if (g->member[i] == v)
             g->standby[i] = 1;

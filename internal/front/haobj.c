@@ -77,8 +77,8 @@ static CK_OBJECT_HANDLE add(struct front_ha_objtab *t, struct front_ha_obj *x)
 static void note(struct front_ha_slot *s, int m, const struct front_ha_obj *x, const char *what)
 {
     char *n = notes[nnotes++ % 32];
-    snprintf(n, sizeof notes[0], "HA slot %lu (%s): member %llu: object class 0x%lx label \"%.*s\" is %s there",
-             (unsigned long)s->id, s->g->label, s->m[m].serial, (unsigned long)x->cls,
+    snprintf(n, sizeof notes[0], "HA slot %lu (%s): member %s: object class 0x%lx label \"%.*s\" is %s there",
+             (unsigned long)s->id, s->g->label, s->g->text[m], (unsigned long)x->cls,
              (int)(x->labellen > 64 ? 64 : x->labellen), (const char *)x->label, what);
     atomic_fetch_add(&drift, 1);
 }

@@ -103,6 +103,7 @@ static CK_RV bind(struct front_ha_slot *s, struct front_ha_op *op, const char *f
             return rv;
         front_halogin_lost(s, m, fn, rv);
         op->skip[m] = 1;
+        atomic_fetch_add(&front_ha_failovers, 1);
     }
 }
 
@@ -245,11 +246,11 @@ CK_RV front_haop_call(struct front_ha_slot *s, struct front_ha_op *op, int kind,
         front_hamember_done(s, m);
         front_halogin_lost(s, m, "operation", rv);
         op->skip[m] = 1;
+        atomic_fetch_add(&front_ha_failovers, 1);
         if ((op->pinned && (op->updates > 0 || stage == FRONT_HA_UPDATE)) || bind(s, op, "operation") != CKR_OK) {
             clear(op);
             return CKR_DEVICE_ERROR;
         }
-        atomic_fetch_add(&front_ha_failovers, 1);
         if (stage == FRONT_HA_UPDATE) {
             op->updates++;
             return CKR_OK; /* the replay included this update's data */

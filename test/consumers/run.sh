@@ -147,7 +147,7 @@ side() {
 
 # --- 1. the front's C state --------------------------------------------------
 dir=$work/lab-state
-bash "$lab" up --dir "$dir" --mode direct --members 2 >/dev/null
+bash "$lab" up --dir "$dir" --mode direct --members 2 --ha-slot 0 >/dev/null
 conf_set "$dir" LibHAExtVendor "$spy"
 src=$(. "$dir/env" && echo "$HALAB_MODULE")
 run_c state "$dir" env PKCS11SPY="$src" PKCS11SPY_OUTPUT="$work/state.spy.log" FRONT_SPY_LOG="$work/state.spy.log" \
@@ -164,7 +164,7 @@ bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 # --- 2. consumers on SoftHSM2 -------------------------------------------------
 echo "== consumers, SoftHSM2"
 dir=$work/lab-direct
-bash "$lab" up --dir "$dir" --mode direct --members 2 >/dev/null
+bash "$lab" up --dir "$dir" --mode direct --members 2 --ha-slot 0 >/dev/null
 vendor=$(. "$dir/env" && echo "$HALAB_MODULE")
 in_lab "$dir" "$py" "$host_py" --module "$vendor" setup >/dev/null
 m00=$(in_lab "$dir" "$py" -c 'import PyKCS11,sys; p=PyKCS11.PyKCS11Lib(); p.load(sys.argv[1]); print([s for s in p.getSlotList(True) if p.getTokenInfo(s).label.strip()=="m00"][0])' "$vendor")
@@ -286,13 +286,13 @@ bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 
 # --- 5. consumers on the p11-kit lab -----------------------------------------
 dir=$work/lab-events
-bash "$lab" up --dir "$dir" --mode net --members 2 --timeout 2 >/dev/null
+bash "$lab" up --dir "$dir" --mode net --members 2 --timeout 2 --ha-slot 0 >/dev/null
 run_c net-events "$dir" env HALAB_LAB_SH="$lab" "$build/consumers/test_front" net-events
 bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 
 echo "== consumers, p11-kit lab (net)"
 dir=$work/lab-net
-bash "$lab" up --dir "$dir" --mode net --members 3 --timeout 2 >/dev/null
+bash "$lab" up --dir "$dir" --mode net --members 3 --timeout 2 --ha-slot 0 >/dev/null
 vendor=$(. "$dir/env" && echo "$HALAB_MODULE")
 in_lab "$dir" "$py" "$host_py" --module "$vendor" setup >/dev/null
 m00=$(in_lab "$dir" "$py" -c 'import PyKCS11,sys; p=PyKCS11.PyKCS11Lib(); p.load(sys.argv[1]); print([s for s in p.getSlotList(True) if p.getTokenInfo(s).label.strip()=="m00"][0])' "$vendor")
@@ -307,7 +307,7 @@ bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 # --- 6. lending: a session watch between the front and the vendor ---------
 for mode in direct net; do
     dir=$work/lab-lend-$mode
-    bash "$lab" up --dir "$dir" --mode "$mode" --members 2 --timeout 2 >/dev/null
+    bash "$lab" up --dir "$dir" --mode "$mode" --members 2 --timeout 2 --ha-slot 0 >/dev/null
     vendor=$(. "$dir/env" && echo "$HALAB_MODULE")
     conf_set "$dir" LibHAExtVendor "$watch"
     run_c "lend-$mode-control" "$dir" env WATCHSHIM_MODULE="$vendor" LEND_STORM_S=3 \

@@ -9,12 +9,10 @@
 #                                            the EC key, for the drift test)
 set -euo pipefail
 
-top=$(cd "$(dirname "$0")/../.." && pwd)
 dir=$1
 shift
 skip=""
 [ "${1:-}" = --skip ] && skip=$2
-lab() { bash "$top/test/lab/lab.sh" exec --dir "$dir" -- "$@"; }
 # shellcheck source=/dev/null
 . "$dir/env"
 k=$dir/hakeys
@@ -28,11 +26,16 @@ if [ ! -f "$k/rsa.der" ]; then
         openssl pkey -in "$k/$t.pem" -pubout -outform DER -out "$k/$t.pub.der"
     done
 fi
+# Each member's own SoftHSM2 store, written with SoftHSM2 itself (the
+# member's server, if any, reads the new objects from its store).
+softhsm=$(ls /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so 2>/dev/null | head -n 1)
 for i in $(seq 0 $((HALAB_MEMBERS - 1))); do
     tok=$(printf 'm%02d' "$i")
+    conf=$dir/members/$tok/softhsm2.conf
+    [ -f "$conf" ] || conf=$dir/softhsm2.conf
     p11() {
         local out
-        out=$(lab pkcs11-tool --module "$HALAB_MODULE" --token-label "$tok" --login --pin 1234 "$@" 2>&1) ||
+        out=$(SOFTHSM2_CONF=$conf pkcs11-tool --module "$softhsm" --token-label "$tok" --login --pin 1234 "$@" 2>&1) ||
             { echo "keys.sh: $tok: pkcs11-tool $*: $out" >&2; return 1; }
     }
     p11 --write-object "$k/rsa.der" --type privkey --id 01 --label ha-rsa --usage-sign --usage-decrypt

@@ -13,7 +13,7 @@
 #
 # Usage: lab.sh COMMAND [--dir DIR] [options]     (DIR may also be $HALAB_DIR)
 #   up --mode direct|net|tcp|tls|mixed --members N [--group-serial S] [--label L]
-#      [--timeout SEC] [--no-endpoints] [--delay-us N]
+#      [--timeout SEC] [--no-endpoints] [--delay-us N] [--ha-slot 0|1]
 #   down [--purge]
 #   exec -- CMD [ARGS...]
 #   status
@@ -299,7 +299,7 @@ main() {
 	[ $# -gt 0 ] || usage
 	local cmd=$1
 	shift
-	local mode="" members="" gserial=1000001 label=halab timeout=3 endpoints=1 purge=0 delay_us=""
+	local mode="" members="" gserial=1000001 label=halab timeout=3 endpoints=1 purge=0 delay_us="" ha_slot=""
 	local pos=()
 	while [ $# -gt 0 ]; do
 		case "$1" in
@@ -318,6 +318,7 @@ main() {
 		--no-endpoints) endpoints=0; shift ;;
 		--delay-us) [ $# -ge 2 ] || die "--delay-us needs a value"; delay_us=$2; shift 2 ;;
 		--delay-us=*) delay_us=${1#--delay-us=}; shift ;;
+		--ha-slot) [ $# -ge 2 ] || die "--ha-slot needs 0 or 1"; ha_slot=$2; shift 2 ;;
 		--purge) purge=1; shift ;;
 		-h | --help) usage ;;
 		--) shift; pos+=("$@"); break ;;
@@ -335,7 +336,7 @@ main() {
 	case "$cmd" in
 	up)
 		[ ${#pos[@]} -eq 0 ] || die "up: unexpected argument: ${pos[0]}"
-		cmd_up "$mode" "$members" "$gserial" "$label" "$timeout" "$endpoints" "$delay_us"
+		cmd_up "$mode" "$members" "$gserial" "$label" "$timeout" "$endpoints" "$delay_us" "$ha_slot"
 		;;
 	down)
 		[ ${#pos[@]} -eq 0 ] || die "down: unexpected argument: ${pos[0]}"

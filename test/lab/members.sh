@@ -44,7 +44,7 @@ up_cleanup() {
 }
 
 cmd_up() {
-	local mode=$1 members=$2 gserial=$3 label=$4 timeout=$5 endpoints=$6 delay_us=$7
+	local mode=$1 members=$2 gserial=$3 label=$4 timeout=$5 endpoints=$6 delay_us=$7 ha_slot=${8:-}
 	local idx name conf serials=()
 
 	[ -n "$mode" ] || die "up: --mode direct|net is required"
@@ -162,6 +162,7 @@ cmd_up() {
 		echo "}"
 		echo "HAConfiguration = {"
 		echo "   statusTimeout = $timeout;"
+		[ -z "$ha_slot" ] || echo "   LibHAExtHASlot = $ha_slot;"
 		echo "}"
 		if [ "$mode" != direct ] && [ "$endpoints" = 1 ]; then
 			echo "HAMemberEndpoints = {"
