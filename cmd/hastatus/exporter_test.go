@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -184,6 +185,9 @@ func TestExporterOverSoftHSM2(t *testing.T) {
 	assert.Contains(t, m, "go_goroutines")
 	assert.Contains(t, body, "# TYPE haext_check_duration_seconds histogram")
 	assert.Contains(t, body, "# HELP haext_member_up ")
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	assert.NoError(t, err)
+	assert.Empty(t, problems, "the metrics follow Prometheus's naming rules")
 
 	m, _, _ = scrape(t, e.base)
 	assert.Equal(t, 2.0, m["haext_checks_total"], "one check per scrape")
