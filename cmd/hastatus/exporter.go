@@ -144,7 +144,8 @@ func newExporter(c *checker, groups []conf.Group, timeout time.Duration, info ex
 		"When the check these metrics come from started, in seconds since the Unix epoch.", nil, nil)
 	x.timeoutDesc = prometheus.NewDesc("haext_status_timeout_seconds",
 		"statusTimeout: the longest a check, and so a scrape, waits for the members.", nil, nil)
-	x.infoLabels = []string{info.config, info.module, formatSeconds(timeout), strings.Join(x.names, ",")}
+	x.infoLabels = []string{strings.ToValidUTF8(info.config, "\uFFFD"), strings.ToValidUTF8(info.module, "\uFFFD"),
+		formatSeconds(timeout), strings.Join(x.names, ",")}
 	x.info = prometheus.NewDesc("haext_config_info",
 		"The configuration hastatus checks: its file, the vendor module, statusTimeout in seconds and the groups "+
 			"(their group label values, comma-separated). Always 1.",

@@ -334,3 +334,13 @@ func TestExporterConcurrentScrapesShareOneCheck(t *testing.T) {
 	}
 	assert.Equal(t, exitAlive, e.stop(t))
 }
+
+// Label values are UTF-8: a group label with a byte that is not gets
+// U+FFFD there, and the scrape still succeeds.
+func TestExporterLabelsAreUTF8(t *testing.T) {
+	dir := writeConf(t, softhsm, group(0, "pay\xffments", "1", serials[0]), "")
+	e := startExporter(t, dir, cryptoki.Open)
+	m, body, _ := scrape(t, e.base)
+	assert.Equal(t, 1.0, m[upKey("pay\uFFFDments", serials[0])], body)
+	assert.Equal(t, exitAlive, e.stop(t))
+}
