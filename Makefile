@@ -24,7 +24,7 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c test-front test-install fuzz bench install install-front uninstall clean FORCE
+.PHONY: all deps demo test test-go test-c test-front test-install test-exporter fuzz bench install install-front uninstall clean FORCE
 
 all: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 
@@ -96,7 +96,7 @@ demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
 TALLY := bash scripts/tally.sh
 test: deps
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/tally
-	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-install; \
+	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-install test-exporter; \
 	  rc=$$?; $(TALLY) --total $(BUILD)/tally; exit $$rc
 
 test-go:
@@ -119,6 +119,11 @@ test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 	$(TALLY) install bash test/install/run.sh
+
+# hastatus --listen, the Prometheus exporter, scraped with curl on the p11-kit
+# lab while a member hangs, resumes, dies and comes back (issue 20).
+test-exporter: $(BUILD)/hastatus
+	$(TALLY) exporter bash test/exporter/run.sh
 
 # The values haext.pc is made from, rewritten only when they change, so that
 # `make install PREFIX=/b` after `make install PREFIX=/a` installs a haext.pc

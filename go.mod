@@ -3,13 +3,25 @@ module github.com/libhaext/libhaext
 // 1.23: the runtime's timer semantics of Go 1.23 (asynctimerchan=0). Under
 // 1.22's, a timer already stopped still woke the process at its deadline:
 // an idle host woke statusTimeout after its last status call.
-go 1.23
+go 1.23.0
 
 require (
 	github.com/miekg/pkcs11 v1.1.2
+	github.com/prometheus/client_golang v1.23.2
 	github.com/stretchr/testify v1.12.1
-	golang.org/x/sys v0.30.0
+	golang.org/x/sys v0.35.0
 	gopkg.in/ini.v1 v1.67.3
 )
 
-require go.yaml.in/yaml/v3 v3.0.5 // indirect
+require (
+	github.com/beorn7/perks v1.0.1 // indirect
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/kr/text v0.2.0 // indirect
+	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/prometheus/client_model v0.6.2 // indirect
+	github.com/prometheus/common v0.66.1 // indirect
+	github.com/prometheus/procfs v0.16.1 // indirect
+	go.yaml.in/yaml/v2 v2.4.2 // indirect
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+	google.golang.org/protobuf v1.36.8 // indirect
+)

@@ -44,6 +44,9 @@ have_file /usr/include/openssl/engine.h || need+=(libssl-dev)
 # Debian 12 has it in bookworm-backports only: that source is added below.
 have_file '/usr/lib/*/ossl-modules/pkcs11.so' || need+=(pkcs11-provider)
 
+# hastatus --listen, the Prometheus exporter (test/exporter): scraped with curl.
+have_cmd curl || need+=(curl)
+
 if ! have_cmd go; then
     echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.23 or newer" >&2
     exit 1

@@ -5,6 +5,9 @@
 //
 // Exit status, as Nagios/Icinga checks expect: 0 every member alive, 1 some
 // down, 2 all down or no such group, 3 configuration or module error.
+//
+// With --listen HOST:PORT it is a Prometheus exporter instead (exporter.go):
+// it serves /metrics until interrupted, and exits 0 then, 3 on an error.
 package main
 
 import (
@@ -36,7 +39,7 @@ const (
 const SchemaVersion = 1
 
 const usage = `usage: hastatus [--json] [--group LABEL|SERIAL] [--timeout SECONDS]
-                [--watch DURATION] [--config FILE]
+                [--watch DURATION | --listen HOST:PORT] [--config FILE]
 
 Shows every member of the configured HA groups: serial, token label, slot,
 status (alive, or down with the reason) and how long its check took.
@@ -46,10 +49,14 @@ status (alive, or down with the reason) and how long its check took.
   --timeout SECONDS   overrides statusTimeout (1..60)
   --watch DURATION    check every DURATION (e.g. 1s) and print each change
                       with a timestamp until interrupted
+  --listen HOST:PORT  serve the state as Prometheus metrics on
+                      http://HOST:PORT/metrics until interrupted (one check
+                      per scrape, shared by concurrent scrapes)
   --config FILE       the configuration file (default: as libhaext.so finds it)
 
 Exit status: 0 all members alive, 1 some down, 2 all down or no such group,
-3 configuration or module error.
+3 configuration or module error. With --listen: 0 when interrupted, 3 on an
+error (a bad address, a port in use, the configuration, the module).
 `
 
 // system is what hastatus takes from its surroundings.
@@ -83,6 +90,7 @@ type options struct {
 	timeout string
 	watch   time.Duration
 	config  string
+	listen  string
 }
 
 func parseArgs(args []string, stderr io.Writer) (options, error) {
@@ -94,6 +102,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.timeout, "timeout", "", "")
 	fs.DurationVar(&o.watch, "watch", 0, "")
 	fs.StringVar(&o.config, "config", "", "")
+	fs.StringVar(&o.listen, "listen", "", "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stderr, usage)
@@ -105,6 +114,17 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.watch < 0 || (o.watch > 0 && o.watch < 100*time.Millisecond) {
 		return o, fmt.Errorf("--watch %v: use 100ms or more", o.watch)
+	}
+	if o.listen != "" {
+		switch {
+		case o.json:
+			return o, errors.New("--listen serves Prometheus metrics and cannot be combined with --json")
+		case o.watch > 0:
+			return o, errors.New("--listen checks at each scrape and cannot be combined with --watch")
+		}
+		if err := checkListen(o.listen); err != nil {
+			return o, err
+		}
 	}
 	return o, nil
 }
@@ -132,6 +152,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sys syste
 			return exitAllDown
 		}
 		groups = []conf.Group{g}
+	}
+	if o.listen != "" {
+		if err := export(ctx, o, cfg, groups, timeout, sys, stderr); err != nil {
+			return fail(err)
+		}
+		return exitAlive
 	}
 	c, err := startEngine(cfg, groups, timeout, sys, stderr)
 	if err != nil {
