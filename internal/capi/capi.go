@@ -85,10 +85,12 @@ func openModule(path string) (*cryptoki.Module, error) {
 // names, or the CK_RV and reason of the failure. On success the reason is
 // a notice the library has for the host (said once), or "".
 func state(slot uint, head *C.struct_hx_head, out []probe.Verdict) (service.Report, C.CK_RV, string) {
+	start := observeStart() // callback.go: only while a callback is registered
 	r, err := lib.State(slot, probe.HeadStartAt(unsafe.Pointer(head)), out)
 	if err != nil {
 		return r, returnValue(err), err.Error()
 	}
+	observe(start, r)
 	return r, C.CKR_OK, lib.TakeNotice()
 }
 
