@@ -192,7 +192,8 @@ CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList);
  * CK_HA_STATE_CALLBACK is called once for every change of one member's
  * status between two reports on a group: slotId is the slot the callback
  * was registered with, memberSerial the member's serial as text (as its
- * token reports it; NUL-terminated, valid only during the call), oldStatus
+ * token reports it, or as Chrystoki.conf writes it while the member was
+ * never found; NUL-terminated, valid only during the call), oldStatus
  * and newStatus its memberStatus in the earlier and the later report
  * (CKR_OK, a CKR_HA_* code or the vendor's CK_RV), ctx the registration's.
  *
@@ -222,7 +223,8 @@ typedef void (CK_ENTRY *CK_HA_STATE_CALLBACK)(CK_SLOT_ID slotId, const char *mem
  * Changes are found by comparing, per member serial, every report on the
  * group with the one before: the host's status calls (any thread, either
  * layout), and, when intervalMs is not 0, checks libhaext makes on its own
- * every intervalMs milliseconds (the first at once), through the same path
+ * every intervalMs milliseconds (the first at once; never two of a group
+ * at a time), through the same path
  * as a status call, so they add no call to a member that already has one in
  * flight. intervalMs 0: only the host's status calls are compared. The
  * first report after a group's registration only sets the statuses later
@@ -233,17 +235,23 @@ typedef void (CK_ENTRY *CK_HA_STATE_CALLBACK)(CK_SLOT_ID slotId, const char *mem
  * LIBHAEXT_CALLBACK_INTERVAL_MIN_MS..LIBHAEXT_CALLBACK_INTERVAL_MAX_MS;
  * CKR_SLOT_ID_INVALID when slotId names no configured group (unregistering
  * with the slot a callback was registered with always works);
- * CKR_FUNCTION_FAILED, CKR_GENERAL_ERROR as CA_GetCurrentHAState (also in a
- * child of fork(), where no callback is ever called); CKR_HOST_MEMORY when
- * the thread cannot be created. The reason is left for
- * CA_GetHAExtLastError.
+ * CKR_FUNCTION_FAILED and CKR_GENERAL_ERROR as CA_GetCurrentHAState (the
+ * slot list not read before statusTimeout, a configuration or module
+ * failure, or a call in a child that fork() created after the library was
+ * loaded: no callback is ever called in such a child, whatever the parent
+ * registered); CKR_HOST_MEMORY when the callback thread cannot be created.
+ * The reason is left for CA_GetHAExtLastError.
  *
  * When it returns, the replaced or unregistered fn is not running and will
  * not be called again (unless it is called from that fn itself), so ctx
  * may be freed. No thread and no timer of the callbacks' exists while no
  * callback is registered. Callbacks stay registered across the host's
- * C_Finalize and C_Initialize: a report after C_Finalize gives every
- * member CKR_HA_NO_INSTANCE, and those are changes too.
+ * C_Finalize and C_Initialize; where libhaext uses the host's instance (in
+ * front of the module, or after CA_SetHAExtFunctionList) a report after
+ * C_Finalize gives every member CKR_HA_NO_INSTANCE, and those are changes
+ * too. libhaext.so is never unloaded: unregister before the code of fn is
+ * (dlclose of the host's plugin), or before exit when fn uses what exit
+ * tears down.
  */
 CK_RV CK_ENTRY CA_HAExtSetStateCallback(CK_SLOT_ID slotId, CK_HA_STATE_CALLBACK fn, CK_ULONG intervalMs, void *ctx);
 

@@ -324,8 +324,6 @@ CK_RV haext_set_callback(CK_SLOT_ID slotId, CK_HA_STATE_CALLBACK fn, CK_ULONG in
     if (fn != NULL) {
         release_dispatcher();
     }
-    if (rv == CKR_OK) {
-        settle(reg.replaced);
-    }
+    settle(reg.replaced); /* also after a failure: a dispatcher started for nothing has ended */
     return rv;
 }
