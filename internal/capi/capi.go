@@ -8,7 +8,10 @@
 // -> haext_status: hx_head_start (pkg/probe/lanes.c), then haextState ->
 // report -> state -> service.State -> probe.Engine.Answer -> the lanes
 // (pkg/probe/lanes.c) -> C_GetSessionInfo; then hx_head_end
-// (docs/ARCHITECTURE.md, "The path of one call").
+// (docs/ARCHITECTURE.md, "The path of one call"). CA_HAExtSetStateCallback
+// is callback.go and callback.c: every report of a group with a callback is
+// compared with the one before (internal/notify), and the changes go to a C
+// thread of the library's, which calls the application.
 package capi
 
 /*
