@@ -20,7 +20,9 @@
  * replaced registration gets nothing after the call returned; interval 0:
  * changes only at the host's status calls; a fork child is refused and
  * runs no callback; after unregistering, no callback thread and no call
- * while members change; a callback that unregisters itself; over the
+ * while members change; a callback that unregisters itself; in front, the
+ * host's C_Finalize (every member CKR_HA_NO_INSTANCE) and C_Initialize
+ * (back to CKR_OK) with the callback registered; a killed member; over the
  * whole run, every call on libhaext's thread, never a host thread, with
  * every signal blocked, and per member each change starting where the last
  * ended, never from a status to itself.
@@ -68,7 +70,6 @@ struct rec {
     char comm[32];
 };
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static struct rec recs[NREC];
 static int nrec;
 static atomic_int slow_ms;     /* the callback sleeps this long */
@@ -167,7 +168,6 @@ static void on_change(CK_SLOT_ID slot, const char *serial, CK_RV old_status, CK_
     if (nrec < NREC) {
         recs[nrec++] = r;
     }
-    pthread_cond_broadcast(&cond);
     pthread_mutex_unlock(&mu);
     if (r.tag == tag_a && !asked_in_callback) { /* libhaext holds no lock of its own here */
         CK_HA_STATUS st;
@@ -193,8 +193,8 @@ static int count_recs(void)
 }
 
 /* Waits up to ms for a call, from index from on, about member m going
- * from old_status (or any when any_old) to a status that is CKR_OK (want_ok)
- * or not; returns its index or -1. */
+ * to a status that is CKR_OK (want_ok) or not; returns its index or -1,
+ * and the new status in *got. */
 static int await_change(int from, int m, int want_ok, long ms, CK_RV *got)
 {
     double deadline = now_ms() + ms;
@@ -394,7 +394,7 @@ int main(int argc, char **argv)
     check(rv == CKR_OK, "registered with intervalMs 200 (%s, %.1f ms)", status_name(rv), ms);
     n = await_callback_threads(1, 1000);
     check(n == 1, "one callback thread once a callback is registered (%d)", n);
-    sleep_ms(700);
+    sleep_ms(500);
     check(count_recs() == 0, "the baseline calls nothing while nothing changes (%d calls)", count_recs());
 
     /* Member 1 stops: the checks of libhaext's own find it, with no status
@@ -422,7 +422,6 @@ int main(int argc, char **argv)
     k = await_change(mark, 2, 0, (long)(timeout_ms + 4000), &got);
     check(k >= 0 && got == CKR_HA_TIMEOUT, "member 2 stopped: -> %s (the callback now sleeps 1 s)",
           k >= 0 ? status_name(got) : "nothing");
-    lab_do("cont", 2);
     calls = 0;
     t0 = now_ms();
     while (atomic_load(&in_callback) && now_ms() - t0 < 900) {
@@ -434,6 +433,7 @@ int main(int argc, char **argv)
     check(calls >= 5 && worst <= timeout_ms + 300,
           "status calls while the callback sleeps: %d, the slowest %.1f ms (statusTimeout %.0f ms)", calls, worst,
           timeout_ms);
+    lab_do("cont", 2);
     k = await_change(k >= 0 ? k + 1 : mark, 2, 1, 6000, &got);
     check(k >= 0, "member 2 resumed: -> CKR_OK, after the slow call");
     atomic_store(&slow_ms, 0);
@@ -468,7 +468,7 @@ int main(int argc, char **argv)
     sleep_ms(300); /* a check in flight ends */
     mark = count_recs();
     lab_do("stop", 1);
-    sleep_ms(1500);
+    sleep_ms(1000);
     n = count_recs() - mark;
     check(n == 0, "intervalMs 0: no call without a status call of the host's while member 1 is stopped (%d)", n);
     st = member_status(1, &ms);
@@ -494,12 +494,12 @@ int main(int argc, char **argv)
     lab_do("stop", 1);
     for (i = 0; i < 4; i++) {
         member_status(1, &ms);
-        sleep_ms(250);
+        sleep_ms(150);
     }
     lab_do("cont", 1);
     for (i = 0; i < 4; i++) {
         member_status(1, &ms);
-        sleep_ms(250);
+        sleep_ms(150);
     }
     n = count_recs() - mark;
     check(n == 0 && callback_threads() == 0,
@@ -520,7 +520,7 @@ int main(int argc, char **argv)
           "it was called (%s), its CA_HAExtSetStateCallback(NULL) returned %s, and the thread ended (%d)",
           k >= 0 ? status_name(got) : "nothing", status_name(self_unregister_rv), n);
     lab_do("cont", 1);
-    sleep_ms(800);
+    sleep_ms(500);
     check(count_recs() == mark + 1, "and it was called once (%d)", count_recs() - mark);
     ms = wait_all_ok(5000);
     check(ms >= 0, "every member CKR_OK again (%.0f ms)", ms);
