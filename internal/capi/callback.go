@@ -83,6 +83,9 @@ func haextSetCallback(slotID C.CK_SLOT_ID, doRegister C.int, intervalMs C.CK_ULO
 	return out
 }
 
+// setCallback registers or unregisters reg for the group slot names: an
+// unregistration with the slot of a registration needs no call to the
+// module; otherwise the slot is resolved as a status call would.
 func setCallback(slot uint, register bool, intervalMs uint64, reg *C.struct_hx_cb_reg) (C.CK_RV, string) {
 	if !register {
 		if g, ok := notifier.GroupOf(slot); ok {
