@@ -106,7 +106,8 @@ test-go:
 
 test-c: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/test_core $(BUILD)/test_faults $(BUILD)/test_login \
 	$(BUILD)/test_sigpipe $(BUILD)/test_capi $(BUILD)/test_sigwait \
-	$(BUILD)/test_net $(BUILD)/test_unknownslot $(BUILD)/libhaext-pkcs11.so $(BUILD)/delayshim.so
+	$(BUILD)/test_net $(BUILD)/test_unknownslot $(BUILD)/libhaext-pkcs11.so $(BUILD)/delayshim.so \
+	$(BUILD)/test_callback
 	$(TALLY) c bash test/c/run.sh
 
 # The front module with real consumers (PyKCS11, OpenSSL's pkcs11 engine)

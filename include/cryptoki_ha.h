@@ -196,6 +196,76 @@ CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList);
  */
 CK_ULONG CK_ENTRY CA_HAExtGetHASlotReport(CK_SLOT_ID slotId, char *buf, CK_ULONG size);
 
+/*
+ * libhaext's own addition: state-change callbacks (docs/API.md,
+ * "State-change callbacks").
+ *
+ * CK_HA_STATE_CALLBACK is called once for every change of one member's
+ * status between two reports on a group: slotId is the slot the callback
+ * was registered with, memberSerial the member's serial as text (as its
+ * token reports it, or as Chrystoki.conf writes it while the member was
+ * never found; NUL-terminated, valid only during the call), oldStatus
+ * and newStatus its memberStatus in the earlier and the later report
+ * (CKR_OK, a CKR_HA_* code or the vendor's CK_RV), ctx the registration's.
+ *
+ * It is called on a thread of libhaext's own, never on a thread of the
+ * host's, with every signal blocked, and never while libhaext holds a lock
+ * of its own: it may call CA_GetCurrentHAState and
+ * CA_HAExtSetStateCallback. One thread makes every call, one after the
+ * other, in the order the changes were found, so the changes of one member
+ * arrive in order and each one starts where the one before ended (oldStatus
+ * is the last call's newStatus; never oldStatus == newStatus). A slow
+ * callback delays only the calls after it: status calls and the checks go
+ * on, and their changes wait for it (if more than 1024 wait, a member's
+ * newer changes merge into its last waiting one, which keeps the chain).
+ */
+typedef void (CK_ENTRY *CK_HA_STATE_CALLBACK)(CK_SLOT_ID slotId, const char *memberSerial, CK_RV oldStatus,
+                                              CK_RV newStatus, void *ctx);
+
+/* The bounds of intervalMs other than 0. */
+#define LIBHAEXT_CALLBACK_INTERVAL_MIN_MS 100UL
+#define LIBHAEXT_CALLBACK_INTERVAL_MAX_MS 3600000UL
+
+/*
+ * Registers fn for the HA group that slotId names (any slot a status call
+ * accepts), replacing that group's earlier fn, ctx and interval; fn == NULL
+ * unregisters the group's callback (intervalMs and ctx are then ignored).
+ *
+ * Changes are found by comparing, per member serial, every report on the
+ * group with the one before: the host's status calls (any thread, either
+ * layout), and, when intervalMs is not 0, checks libhaext makes on its own
+ * every intervalMs milliseconds (the first at once; never two of a group
+ * at a time), through the same path
+ * as a status call, so they add no call to a member that already has one in
+ * flight. intervalMs 0: only the host's status calls are compared. The
+ * first report after a group's registration only sets the statuses later
+ * reports are compared with: it calls nothing (ask CA_GetCurrentHAState for
+ * the state at that moment). Re-registering keeps them.
+ *
+ * Returns CKR_OK; CKR_ARGUMENTS_BAD for an intervalMs other than 0 outside
+ * LIBHAEXT_CALLBACK_INTERVAL_MIN_MS..LIBHAEXT_CALLBACK_INTERVAL_MAX_MS;
+ * CKR_SLOT_ID_INVALID when slotId names no configured group (unregistering
+ * with the slot a callback was registered with always works);
+ * CKR_FUNCTION_FAILED and CKR_GENERAL_ERROR as CA_GetCurrentHAState (the
+ * slot list not read before statusTimeout, a configuration or module
+ * failure, or a call in a child that fork() created after the library was
+ * loaded: no callback is ever called in such a child, whatever the parent
+ * registered); CKR_HOST_MEMORY when the callback thread cannot be created.
+ * The reason is left for CA_GetHAExtLastError.
+ *
+ * When it returns, the replaced or unregistered fn is not running and will
+ * not be called again (unless it is called from that fn itself), so ctx
+ * may be freed. No thread and no timer of the callbacks' exists while no
+ * callback is registered. Callbacks stay registered across the host's
+ * C_Finalize and C_Initialize; where libhaext uses the host's instance (in
+ * front of the module, or after CA_SetHAExtFunctionList) a report after
+ * C_Finalize gives every member CKR_HA_NO_INSTANCE, and those are changes
+ * too. libhaext.so is never unloaded: unregister before the code of fn is
+ * (dlclose of the host's plugin), or before exit when fn uses what exit
+ * tears down.
+ */
+CK_RV CK_ENTRY CA_HAExtSetStateCallback(CK_SLOT_ID slotId, CK_HA_STATE_CALLBACK fn, CK_ULONG intervalMs, void *ctx);
+
 #ifdef __cplusplus
 }
 #endif

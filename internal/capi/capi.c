@@ -51,6 +51,7 @@
 #include <string.h>
 
 #include "_cgo_export.h"
+#include "callback.h" /* CA_HAExtSetStateCallback: callback.c */
 #include "lanes.h" /* the head start: pkg/probe/lanes.c, linked into the same library */
 
 /* Set in a child of fork() (pthread_atfork). */
@@ -232,5 +233,18 @@ CK_RV CK_ENTRY CA_SetHAExtFunctionList(CK_FUNCTION_LIST_PTR pFunctionList)
         return CKR_FUNCTION_FAILED;
     }
     rv = haextSetFunctionList(pFunctionList, &reason); /* before reason is read */
+    return haext_leave(&saved, rv, reason);
+}
+
+/* The state-change callbacks (callback.c, callback.go). */
+CK_RV CK_ENTRY CA_HAExtSetStateCallback(CK_SLOT_ID slotId, CK_HA_STATE_CALLBACK fn, CK_ULONG intervalMs, void *ctx)
+{
+    sigset_t saved;
+    char *reason = NULL;
+    CK_RV rv;
+    if (!haext_enter(&saved)) {
+        return CKR_FUNCTION_FAILED;
+    }
+    rv = haext_set_callback(slotId, fn, intervalMs, ctx, &reason); /* before reason is read */
     return haext_leave(&saved, rv, reason);
 }

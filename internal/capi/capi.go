@@ -8,7 +8,10 @@
 // -> haext_status: hx_head_start (pkg/probe/lanes.c), then haextState ->
 // report -> state -> service.State -> probe.Engine.Answer -> the lanes
 // (pkg/probe/lanes.c) -> C_GetSessionInfo; then hx_head_end
-// (docs/ARCHITECTURE.md, "The path of one call").
+// (docs/ARCHITECTURE.md, "The path of one call"). CA_HAExtSetStateCallback
+// is callback.go and callback.c: every report of a group with a callback is
+// compared with the one before (internal/notify), and the changes go to a C
+// thread of the library's, which calls the application.
 package capi
 
 /*
@@ -85,10 +88,12 @@ func openModule(path string) (*cryptoki.Module, error) {
 // names, or the CK_RV and reason of the failure. On success the reason is
 // a notice the library has for the host (said once), or "".
 func state(slot uint, head *C.struct_hx_head, out []probe.Verdict) (service.Report, C.CK_RV, string) {
+	start := observeStart() // callback.go: only while a callback is registered
 	r, err := lib.State(slot, probe.HeadStartAt(unsafe.Pointer(head)), out)
 	if err != nil {
 		return r, returnValue(err), err.Error()
 	}
+	observe(start, r)
 	return r, C.CKR_OK, lib.TakeNotice()
 }
 

@@ -27,11 +27,14 @@
 #define ENGINE_SONAME "libhaext.so.1"
 
 typedef CK_RV (*state_fn)(CK_SLOT_ID, void *);
+/* cryptoki_ha.h's CK_HA_STATE_CALLBACK (the front does not include it). */
+typedef void (*state_cb)(CK_SLOT_ID, const char *, CK_RV, CK_RV, void *);
 
 static struct engine {
     state_fn current, legacy, current_sa6, legacy_sa6;
     CK_ULONG (*last_error)(char *, CK_ULONG);
     CK_RV (*set_list)(CK_FUNCTION_LIST_PTR);
+    CK_RV (*set_callback)(CK_SLOT_ID, state_cb, CK_ULONG, void *); /* NULL: an older libhaext.so */
 } engine;
 static _Atomic int engine_loaded;
 static pthread_mutex_t engine_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -93,6 +96,7 @@ static int load_locked(void)
     engine.legacy_sa6 = (state_fn)dlsym(h, "CA_GetHAState_SA6");
     engine.last_error = (CK_ULONG(*)(char *, CK_ULONG))dlsym(h, "CA_GetHAExtLastError");
     engine.set_list = (CK_RV(*)(CK_FUNCTION_LIST_PTR))dlsym(h, "CA_SetHAExtFunctionList");
+    engine.set_callback = (CK_RV(*)(CK_SLOT_ID, state_cb, CK_ULONG, void *))dlsym(h, "CA_HAExtSetStateCallback");
     if (attach == NULL || engine.current == NULL || engine.legacy == NULL || engine.current_sa6 == NULL ||
         engine.legacy_sa6 == NULL || engine.last_error == NULL || engine.set_list == NULL) {
         snprintf(engine_why, sizeof engine_why,
@@ -224,4 +228,20 @@ CK_ULONG CA_HAExtGetHASlotReport(CK_SLOT_ID slotId, char *buf, CK_ULONG size)
             say(buf, size, &at, "drift %s\n", n);
     }
     return at;
+}
+
+/* The state-change callbacks run on libhaext.so's dispatcher thread, with
+ * every signal blocked; the front only forwards the registration. An
+ * older libhaext.so without the call: the other CA_* calls still work. */
+CK_RV CA_HAExtSetStateCallback(CK_SLOT_ID slotId, state_cb fn, CK_ULONG intervalMs, void *ctx)
+{
+    CK_RV rv;
+    if (ready(&rv) != 0)
+        return rv;
+    if (engine.set_callback == NULL) {
+        refused = "libhaext-pkcs11: " ENGINE_SONAME " lacks CA_HAExtSetStateCallback: install libhaext.so and "
+                  "libhaext-pkcs11.so of the same version";
+        return CKR_FUNCTION_NOT_SUPPORTED;
+    }
+    return engine.set_callback(front_haslot_member_slot(slotId), fn, intervalMs, ctx);
 }

@@ -102,6 +102,29 @@ func (s *Service) State(slot uint, head probe.HeadStart, out []probe.Verdict) (R
 	return Report{GroupSerial: serial, Verdicts: verdicts}, nil
 }
 
+// Group returns the serial of the group slot names, as a status call
+// would resolve it (the engine loaded on first use, the slot looked up by
+// probe.Engine.GroupForSlot), within statusTimeout; its errors are
+// State's. It checks no member (CA_HAExtSetStateCallback).
+func (s *Service) Group(slot uint) (uint64, error) {
+	start := time.Now()
+	if s.before != nil {
+		s.before()
+	}
+	eng, err := s.engine(start)
+	if err != nil {
+		return 0, err
+	}
+	g, err := eng.GroupForSlot(slot, start.Add(eng.Timeout()))
+	switch {
+	case errors.Is(err, probe.ErrUnknownSlot):
+		return 0, fmt.Errorf("slot %d: %w", slot, err)
+	case err != nil:
+		return 0, fmt.Errorf("slot %d: %w: %w", slot, ErrTransient, err)
+	}
+	return eng.Groups()[g].Serial, nil
+}
+
 // engine returns the running engine, loading it on first use. A failed load
 // is retried at most once per RetryInterval. The vendor module is loaded in
 // the background so that a hung C_Initialize holds no caller past its

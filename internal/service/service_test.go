@@ -108,3 +108,16 @@ func TestAHungModuleLoadHoldsNoCallerPastTheTimeout(t *testing.T) {
 	require.Eventually(t, func() bool { _, err := s.State(10, probe.HeadStart{}, nil); return err == nil },
 		3*time.Second, 50*time.Millisecond, "the load finishes in the background")
 }
+
+func TestGroupResolvesWithoutACheck(t *testing.T) {
+	var dir atomic.Value
+	dir.Store(t.TempDir())
+	writeConf(t, dir.Load().(string), good)
+	s := newService(&dir, func(string) (*cryptoki.Module, error) { return module() })
+	g, err := s.Group(10)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(42), g)
+	_, err = s.Group(8)
+	assert.ErrorIs(t, err, probe.ErrUnknownSlot)
+	assert.NotErrorIs(t, err, ErrTransient)
+}

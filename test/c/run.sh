@@ -140,6 +140,17 @@ for mode in beside front; do
 done
 bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
 
+# State-change callbacks (CA_HAExtSetStateCallback, issue 20 item 3): a host
+# counts the changes while members of the p11-kit lab are stopped, resumed
+# and killed, beside the module and in front of it (test_callback.c).
+dir=$work/lab-callback
+bash "$lab" up --dir "$dir" --mode net --members 3 --timeout "$timeout_s" >/dev/null
+for mode in beside front; do
+    run "callback-$mode" "$dir" env HALAB_LAB_SH="$lab" HALAB_TIMEOUT_MS=$((timeout_s * 1000)) \
+        HAEXT_FRONT="$build/libhaext-pkcs11.so" "$build/test_callback" "$mode"
+done
+bash "$lab" down --dir "$dir" >/dev/null 2>&1 || true
+
 # hastatus --watch while a member hangs and resumes (docs/HASTATUS.md shows this
 # by hand).
 check_line() { # check_line DESCRIPTION PATTERN FILE
