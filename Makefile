@@ -47,10 +47,13 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 # into it, so a host's dlclose must not unmap it.
 FRONT_SRC := $(wildcard internal/front/*.c)
 FRONT_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC $(P11FLAGS) -Iinternal/hostapi -Iinternal/front
+# Extra compiler and linker flags for the front, after its own (empty by
+# default; debian/rules gives Debian's hardening flags).
+FRONT_EXTRA ?=
 $(BUILD)/libhaext-pkcs11.so: $(FRONT_SRC) $(wildcard internal/front/*.h) $(wildcard internal/hostapi/*.h) \
 		cmd/libhaext-pkcs11/exports.map
 	@mkdir -p $(BUILD)
-	$(CC) $(FRONT_CFLAGS) -shared -Wl,--version-script=cmd/libhaext-pkcs11/exports.map \
+	$(CC) $(FRONT_CFLAGS) $(FRONT_EXTRA) -shared -Wl,--version-script=cmd/libhaext-pkcs11/exports.map \
 	    -Wl,-soname,libhaext-pkcs11.so -Wl,-z,nodelete -Wl,--no-undefined -o $@ $(FRONT_SRC) -ldl -lpthread
 	@want=$$(sed -n 's/^ *\(C_[A-Za-z]*\);$$/\1/p' cmd/libhaext-pkcs11/exports.map | sort); \
 	  got=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' | sort); \
