@@ -24,7 +24,7 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c test-front test-install fuzz bench install install-front uninstall clean FORCE
+.PHONY: all deps demo test test-go test-c test-front test-install test-deb fuzz bench install install-front uninstall clean FORCE
 
 all: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 
@@ -99,7 +99,7 @@ demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
 TALLY := bash scripts/tally.sh
 test: deps
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/tally
-	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-install; \
+	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-install test-deb; \
 	  rc=$$?; $(TALLY) --total $(BUILD)/tally; exit $$rc
 
 test-go:
@@ -122,6 +122,13 @@ test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 	$(TALLY) install bash test/install/run.sh
+
+# The Debian packages (debian/): built with dpkg-buildpackage in a copy of
+# the tree, lintian, installed, used on a SoftHSM2 group, then purged. Last
+# in make test: while they are installed, /usr/lib/<multiarch>/libhaext.so.1
+# is on the loader's default path (test/deb/run.sh).
+test-deb:
+	$(TALLY) deb bash test/deb/run.sh
 
 # The values haext.pc is made from, rewritten only when they change, so that
 # `make install PREFIX=/b` after `make install PREFIX=/a` installs a haext.pc
