@@ -79,12 +79,14 @@ for p in "${pkgs[@]}"; do
 done
 check "it builds ${pkgs[*]}" ls "${debs[@]}"
 
-# lintian: no errors; its warnings are shown.
-lintian --info "$work"/libhaext_"${version}"_*.changes "$work/libhaext_$version.dsc" \
-    >"$work/lintian.log" 2>&1 || true
+# lintian: no errors (exit status 0 with --fail-on error; a lintian that is
+# missing or breaks fails too); its other tags are shown.
+rc=0
+lintian --fail-on error --info "$work"/libhaext_"${version}"_*.changes "$work/libhaext_$version.dsc" \
+    >"$work/lintian.log" 2>&1 || rc=$?
 grep -v '^N:' "$work/lintian.log" | grep -v 'running with root privileges' | sed 's/^/# /' || true
-check "lintian reports no errors on the .changes and the .dsc" \
-    bash -c "! grep '^E:' '$work/lintian.log'"
+check "lintian reports no errors on the .changes and the .dsc (exit status $rc)" \
+    bash -c "[ $rc = 0 ] && ! grep '^E:' '$work/lintian.log'"
 
 export DEBIAN_FRONTEND=noninteractive
 installed=1
