@@ -24,7 +24,8 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c test-front test-install test-exporter fuzz bench install install-front uninstall clean FORCE
+.PHONY: all deps demo test test-go test-c test-front test-ha test-install test-exporter test-deb fuzz bench install \
+	install-front uninstall clean FORCE
 
 all: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 
@@ -47,10 +48,13 @@ $(BUILD)/libhaext.so: $(GOFILES) include/cryptoki_ha.h cmd/libhaext/exports.map
 # into it, so a host's dlclose must not unmap it.
 FRONT_SRC := $(wildcard internal/front/*.c)
 FRONT_CFLAGS := -std=gnu11 -O2 -g -Wall -Wextra -Werror -fPIC $(P11FLAGS) -Iinternal/hostapi -Iinternal/front
+# Extra compiler and linker flags for the front, after its own (empty by
+# default; debian/rules gives Debian's hardening flags).
+FRONT_EXTRA ?=
 $(BUILD)/libhaext-pkcs11.so: $(FRONT_SRC) $(wildcard internal/front/*.h) $(wildcard internal/hostapi/*.h) \
 		cmd/libhaext-pkcs11/exports.map
 	@mkdir -p $(BUILD)
-	$(CC) $(FRONT_CFLAGS) -shared -Wl,--version-script=cmd/libhaext-pkcs11/exports.map \
+	$(CC) $(FRONT_CFLAGS) $(FRONT_EXTRA) -shared -Wl,--version-script=cmd/libhaext-pkcs11/exports.map \
 	    -Wl,-soname,libhaext-pkcs11.so -Wl,-z,nodelete -Wl,--no-undefined -o $@ $(FRONT_SRC) -ldl -lpthread
 	@want=$$(sed -n 's/^ *\(C_[A-Za-z]*\);$$/\1/p' cmd/libhaext-pkcs11/exports.map | sort); \
 	  got=$$(nm -D --defined-only $@ | awk '{print $$3}' | grep -v '^CA_' | sort); \
@@ -96,7 +100,8 @@ demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
 TALLY := bash scripts/tally.sh
 test: deps
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/tally
-	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-install test-exporter; \
+	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-ha test-install \
+	  test-exporter test-deb; \
 	  rc=$$?; $(TALLY) --total $(BUILD)/tally; exit $$rc
 
 test-go:
@@ -118,6 +123,11 @@ test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.
 	$(TALLY) front bash test/consumers/run.sh
 	$(TALLY) harm bash test/consumers/harm.sh
 
+# The HA slot (issue 19) on the p11-kit lab and SoftHSM2: consumers on it,
+# signing threads while members die, failover in flight, drift, lifecycle.
+test-ha: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so
+	$(TALLY) ha bash test/ha/run.sh
+
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 	$(TALLY) install bash test/install/run.sh
 
@@ -125,6 +135,13 @@ test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 # lab while a member hangs, resumes, dies and comes back (issue 20).
 test-exporter: $(BUILD)/hastatus
 	$(TALLY) exporter bash test/exporter/run.sh
+
+# The Debian packages (debian/): built with dpkg-buildpackage in a copy of
+# the tree, lintian, installed, used on a SoftHSM2 group, then purged. Last
+# in make test: while they are installed, /usr/lib/<multiarch>/libhaext.so.1
+# is on the loader's default path (test/deb/run.sh).
+test-deb:
+	$(TALLY) deb bash test/deb/run.sh
 
 # The values haext.pc is made from, rewritten only when they change, so that
 # `make install PREFIX=/b` after `make install PREFIX=/a` installs a haext.pc

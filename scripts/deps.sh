@@ -47,6 +47,15 @@ have_file '/usr/lib/*/ossl-modules/pkcs11.so' || need+=(pkcs11-provider)
 # hastatus --listen, the Prometheus exporter (test/exporter): scraped with curl.
 have_cmd curl || need+=(curl)
 
+# The Debian packages (test/deb/run.sh): dpkg-buildpackage (dpkg-dev),
+# build-essential (dpkg-checkbuilddeps requires it), debhelper, lintian,
+# man-db (man -w finds the installed man page).
+have_cmd dpkg-buildpackage || need+=(dpkg-dev)
+have_file /usr/share/build-essential/list || need+=(build-essential)
+have_cmd dh || need+=(debhelper)
+have_cmd lintian || need+=(lintian)
+have_cmd man || need+=(man-db)
+
 if ! have_cmd go; then
     echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.23 or newer" >&2
     exit 1
