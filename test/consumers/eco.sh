@@ -37,6 +37,8 @@
 #
 # A consumer that is not installed fails its checks (scripts/deps.sh
 # installs them). Prints ok/not ok lines and a closing "N passed, N failed".
+# ECO_BENCH_LOOPS: signatures per cost measurement (500); ECO_KEEP=1: the
+# work folder and its labs are left for a look (stop them with lab.sh down).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
