@@ -24,8 +24,8 @@ SONAME   := libhaext.so.1
 GOFILES  := $(shell find cmd pkg internal \( -name '*.go' -o -name '*.c' -o -name '*.h' \) -not -name '*_test.go' 2>/dev/null) go.mod go.sum
 LDFLAGS  := -extldflags '-Wl,--version-script=$(CURDIR)/cmd/libhaext/exports.map -Wl,-soname,$(SONAME)'
 
-.PHONY: all deps demo test test-go test-c test-front test-ha test-install test-exporter test-deb fuzz bench install \
-	install-front uninstall clean FORCE
+.PHONY: all deps demo test test-go test-c test-front test-eco test-ha test-install test-exporter test-deb fuzz bench \
+	install install-front uninstall clean FORCE
 
 all: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 
@@ -100,8 +100,8 @@ demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
 TALLY := bash scripts/tally.sh
 test: deps
 	@mkdir -p $(BUILD) && rm -f $(BUILD)/tally
-	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-ha test-install \
-	  test-exporter test-deb; \
+	@HAEXT_TALLY=$(abspath $(BUILD))/tally $(MAKE) --no-print-directory test-go test-c test-front test-eco test-ha \
+	  test-install test-exporter test-deb; \
 	  rc=$$?; $(TALLY) --total $(BUILD)/tally; exit $$rc
 
 test-go:
@@ -127,6 +127,13 @@ test-front: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so $(BUILD)/delayshim.
 # signing threads while members die, failover in flight, drift, lifecycle.
 test-ha: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so
 	$(TALLY) ha bash test/ha/run.sh
+
+# The consumers a user runs (OpenSSL 3 with pkcs11-provider, Java SunPKCS11,
+# NSS's tools, GnuTLS, pkcs11-tool, a C host; p11-kit with the front
+# registered) through the front and through the vendor alone, side by side,
+# over SoftHSM2 and p11-kit-proxy (test/consumers/eco.sh).
+test-eco: $(BUILD)/libhaext-pkcs11.so $(BUILD)/libhaext.so
+	$(TALLY) eco bash test/consumers/eco.sh
 
 test-install: $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/libhaext-pkcs11.so
 	$(TALLY) install bash test/install/run.sh

@@ -56,6 +56,14 @@ have_cmd dh || need+=(debhelper)
 have_cmd lintian || need+=(lintian)
 have_cmd man || need+=(man-db)
 
+# The consumers of test/consumers/eco.sh, each through the front and through
+# the vendor alone: Java SunPKCS11 (javac, keytool), NSS's tools (certutil,
+# modutil, rsaperf), GnuTLS's tools (p11tool, certtool, gnutls-serv/-cli);
+# OpenSSL 3 with pkcs11-provider and pkcs11-tool are above.
+have_cmd javac || need+=(openjdk-17-jdk-headless)
+have_cmd certutil || need+=(libnss3-tools)
+have_cmd p11tool || need+=(gnutls-bin)
+
 if ! have_cmd go; then
     echo "deps: Go is not on PATH (expected /usr/local/go/bin); install Go 1.23 or newer" >&2
     exit 1
