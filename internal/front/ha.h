@@ -75,8 +75,11 @@ struct front_ha_member {
     int recovering;         /* a recovery thread runs for it */
     int nidle;
     CK_SESSION_HANDLE idle[FRONT_HA_POOL];
+    CK_SESSION_HANDLE anchor; /* the session that holds its login: never used, closed when idle */
     long open; /* sessions of ours open on it */
     CK_TOKEN_INFO ti; /* its token, as last seen (resolution, recovery) */
+    struct front_ha_worker *worker; /* with an operation timeout (hawork.c) */
+    atomic_int stuck;               /* a call of its worker outlived the timeout */
 };
 
 struct front_ha_slot;
@@ -144,6 +147,22 @@ int front_harec_start(struct front_ha_slot *s, int m, front_harec_fn fn);
 int front_harec_enter(void);
 void front_harec_leave(void);
 void front_harec_reset(void);
+
+/* --- hawork.c: the operation timeout ------------------------------------- */
+
+/* What a call left to its worker answers the host's thread: never returned
+ * to the host (a vendor-defined value). */
+#define FRONT_HA_TIMED_OUT ((CK_RV)0x8F000001UL)
+
+/* Runs fn(arg) on member m's worker and waits for it at most the group's
+ * operation timeout: 0 and fn's answer in *rv; -1 when it did not answer
+ * in time: the member is stuck until it does, and its worker then calls
+ * orphan(arg, answer), which owns arg. */
+typedef CK_RV (*front_hawork_fn)(void *arg);
+typedef void (*front_hawork_orphan)(void *arg, CK_RV rv);
+int front_hawork_run(struct front_ha_slot *s, int m, front_hawork_fn fn, front_hawork_orphan orphan, void *arg,
+                     CK_RV *rv);
+void front_hawork_reset(struct front_ha_member *x);
 
 /* --- halogin.c: login, loss and recovery ----------------------------------- */
 
@@ -251,14 +270,8 @@ CK_RV front_haop_init(struct front_ha_slot *s, struct front_ha_op *op, int kind,
 CK_RV front_haop_call(struct front_ha_slot *s, struct front_ha_op *op, int kind, int stage, struct front_ha_args *a);
 /* Ends the operation in progress, if any (its session closed). */
 void front_haop_end(struct front_ha_slot *s, struct front_ha_op *op);
-/* A call that is not part of an operation (C_GenerateRandom,
- * C_GetAttributeValue, C_WrapKey, ...): fn(session, handles, arg) on the
- * member picked for keys[0..nkeys) (the front's handles, mapped to that
- * member's in real[]), issued again on another member when it is lost. m
- * (if not NULL) gets the member it ran on. */
+/* A call of hakeys.c: fn(session, the keys' handles there, arg). */
 typedef CK_RV (*front_haop_fn)(CK_SESSION_HANDLE h, const CK_OBJECT_HANDLE *real, void *arg);
-CK_RV front_haop_once(struct front_ha_slot *s, const CK_OBJECT_HANDLE *keys, int nkeys, front_haop_fn fn, void *arg,
-                      int *m);
 
 /* --- haslot.c: the slots and the HA sessions ------------------------------- */
 

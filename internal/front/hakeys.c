@@ -16,6 +16,58 @@
     if (e == NULL) \
     return CKR_SESSION_HANDLE_INVALID
 
+static int failover_rv(CK_RV rv)
+{
+    return haext_rv_connection(rv) || haext_rv_dropped(rv);
+}
+
+static int has_key(struct front_ha_slot *s, int m, void *arg)
+{
+    return front_haobj_may_have(s, *(CK_OBJECT_HANDLE *)arg, m);
+}
+
+/* One call on the member picked for keys[0..nkeys) (the front's handles,
+ * mapped to that member's in real[]), issued again on the next member
+ * holding them when that member is lost; *where (if not NULL) gets the
+ * member it ran on. It waits for its member (no operation timeout). */
+static CK_RV once(struct front_ha_slot *s, const CK_OBJECT_HANDLE *keys, int nkeys, front_haop_fn fn, void *arg,
+                  int *where)
+{
+    int skip[FRONT_HA_MAX_MEMBERS] = {0};
+    CK_OBJECT_HANDLE key0 = nkeys > 0 ? keys[0] : CK_INVALID_HANDLE;
+    for (;;) {
+        CK_OBJECT_HANDLE real[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
+        CK_SESSION_HANDLE h;
+        int m = front_hamember_pick(s, nkeys > 0 ? has_key : NULL, &key0, skip);
+        CK_RV rv;
+        if (m < 0)
+            return CKR_DEVICE_ERROR;
+        rv = front_hamember_session(s, m, &h);
+        for (int i = 0; i < nkeys && i < 2 && rv == CKR_OK; i++)
+            rv = front_haobj_on(s, keys[i], m, h, &real[i]);
+        if (rv == CKR_OK)
+            rv = fn(h, real, arg);
+        else if (rv == CKR_KEY_HANDLE_INVALID) {
+            front_hamember_release(s, m, h, 0);
+            front_hamember_done(s, m);
+            skip[m] = 1; /* a second key this member lacks */
+            continue;
+        }
+        if (!failover_rv(rv)) {
+            front_hamember_release(s, m, h, failover_rv(rv));
+            front_hamember_done(s, m);
+            if (where != NULL)
+                *where = m;
+            return rv;
+        }
+        front_hamember_release(s, m, h, 1);
+        front_hamember_done(s, m);
+        front_halogin_lost(s, m, "call", rv);
+        skip[m] = 1;
+        atomic_fetch_add(&front_ha_failovers, 1);
+    }
+}
+
 /* Whether template t asks for a token object (CKA_TOKEN = TRUE). */
 static int token_template(CK_ATTRIBUTE_PTR t, CK_ULONG n)
 {
@@ -148,7 +200,7 @@ CK_RV front_ha_C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE 
     SESS(e);
     if (front_haobj_owner(e->s, o) == -2)
         return CKR_OBJECT_HANDLE_INVALID;
-    return front_haop_once(e->s, &o, 1, get_attr, &c, NULL);
+    return once(e->s, &o, 1, get_attr, &c, NULL);
 }
 
 CK_RV front_ha_C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE o, CK_ULONG_PTR n)
@@ -157,7 +209,7 @@ CK_RV front_ha_C_GetObjectSize(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE o, C
     SESS(e);
     if (front_haobj_owner(e->s, o) == -2)
         return CKR_OBJECT_HANDLE_INVALID;
-    return front_haop_once(e->s, &o, 1, get_size, &c, NULL);
+    return once(e->s, &o, 1, get_size, &c, NULL);
 }
 
 /* A call that changes object o: a session object's goes to its member. */
@@ -170,7 +222,7 @@ static CK_RV change(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE o, front_haop_f
         return CKR_OBJECT_HANDLE_INVALID;
     if (owner < 0)
         return prohibited();
-    return front_haop_once(e->s, &o, 1, fn, c, m);
+    return once(e->s, &o, 1, fn, c, m);
 }
 
 CK_RV front_ha_C_SetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_PTR t, CK_ULONG n)
@@ -216,7 +268,7 @@ static CK_RV make(CK_SESSION_HANDLE hSession, const CK_OBJECT_HANDLE *keys, int 
     for (int i = 0; i < nkeys; i++)
         if (front_haobj_owner(e->s, keys[i]) == -2)
             return CKR_KEY_HANDLE_INVALID;
-    rv = front_haop_once(e->s, keys, nkeys, fn, c, &m);
+    rv = once(e->s, keys, nkeys, fn, c, &m);
     if (rv == CKR_OK && ph2 != NULL && made(e->s, m, c->out2, ph2) != CKR_OK)
         return CKR_HOST_MEMORY;
     return rv == CKR_OK ? made(e->s, m, c->out, ph) : rv;
@@ -265,19 +317,19 @@ CK_RV front_ha_C_WrapKey(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR mech, CK_O
     SESS(e);
     if (front_haobj_owner(e->s, wk) == -2 || front_haobj_owner(e->s, k) == -2)
         return CKR_KEY_HANDLE_INVALID;
-    return front_haop_once(e->s, keys, 2, wrap, &c, NULL);
+    return once(e->s, keys, 2, wrap, &c, NULL);
 }
 
 CK_RV front_ha_C_SeedRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR p, CK_ULONG len)
 {
     struct call c = {.p = p, .len = len};
     SESS(e);
-    return front_haop_once(e->s, NULL, 0, seed, &c, NULL);
+    return once(e->s, NULL, 0, seed, &c, NULL);
 }
 
 CK_RV front_ha_C_GenerateRandom(CK_SESSION_HANDLE hSession, CK_BYTE_PTR p, CK_ULONG len)
 {
     struct call c = {.p = p, .len = len};
     SESS(e);
-    return front_haop_once(e->s, NULL, 0, random_bytes, &c, NULL);
+    return once(e->s, NULL, 0, random_bytes, &c, NULL);
 }

@@ -20,7 +20,34 @@ static int failover_rv(CK_RV rv)
     return haext_rv_connection(rv) || haext_rv_dropped(rv);
 }
 
-/* Logs member m in on a session of ours, kept in the pool. */
+/* Makes h member m's anchor, the session that keeps it logged in while
+ * the pool's sessions come and go (a member logs out when the last session
+ * of the application there closes), unless it has one: 1 when it did. */
+static int anchor(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h)
+{
+    int took;
+    pthread_mutex_lock(&s->mu);
+    took = s->m[m].anchor == CK_INVALID_HANDLE;
+    if (took)
+        s->m[m].anchor = h;
+    pthread_mutex_unlock(&s->mu);
+    return took;
+}
+
+/* Member m's anchor, taken out (CK_INVALID_HANDLE: none). */
+static CK_SESSION_HANDLE unanchor(struct front_ha_slot *s, int m)
+{
+    CK_SESSION_HANDLE h;
+    pthread_mutex_lock(&s->mu);
+    h = s->m[m].anchor;
+    s->m[m].anchor = CK_INVALID_HANDLE;
+    if (h != CK_INVALID_HANDLE)
+        s->m[m].open--;
+    pthread_mutex_unlock(&s->mu);
+    return h;
+}
+
+/* Logs member m in on a session of ours: its anchor, or one of the pool. */
 static CK_RV login_one(struct front_ha_slot *s, int m, CK_UTF8CHAR_PTR pin, CK_ULONG len)
 {
     CK_SESSION_HANDLE h;
@@ -30,6 +57,8 @@ static CK_RV login_one(struct front_ha_slot *s, int m, CK_UTF8CHAR_PTR pin, CK_U
     rv = front_vendor_copy.C_Login(h, CKU_USER, pin, len);
     if (rv == CKR_USER_ALREADY_LOGGED_IN)
         rv = CKR_OK;
+    if (rv == CKR_OK && anchor(s, m, h))
+        return rv;
     front_hamember_release(s, m, h, failover_rv(rv));
     return rv;
 }
@@ -131,9 +160,12 @@ void front_halogin_idle(struct front_ha_slot *s)
     front_hapin_drop(s->index);
     for (int m = 0; m < s->nmembers; m++) {
         int n = front_hamember_drain(s, m, idle);
+        CK_SESSION_HANDLE a = unanchor(s, m);
         set_logged_in(s, m, 0);
         for (int i = 0; i < n; i++)
             front_vendor_copy.C_CloseSession(idle[i]);
+        if (a != CK_INVALID_HANDLE)
+            front_vendor_copy.C_CloseSession(a); /* the last: the member logs out */
     }
 }
 
@@ -144,7 +176,7 @@ static int attempt(struct front_ha_slot *s, int m)
     struct front_ha_member *x = &s->m[m];
     CK_UTF8CHAR pin[256];
     CK_TOKEN_INFO ti;
-    CK_SESSION_HANDLE h, old[FRONT_HA_POOL];
+    CK_SESSION_HANDLE h, old[FRONT_HA_POOL + 1];
     unsigned long long ser;
     long len;
     int n, back;
@@ -159,6 +191,8 @@ static int attempt(struct front_ha_slot *s, int m)
         /* The sessions kept from before may be dead: the new one keeps the
          * member's login while they are closed. */
         n = front_hamember_drain(s, m, old);
+        if ((old[n] = unanchor(s, m)) != CK_INVALID_HANDLE)
+            n++;
         for (int i = 0; i < n; i++)
             front_vendor_copy.C_CloseSession(old[i]);
         len = s->logged_in ? front_hapin_get(s->index, pin) : -1;
@@ -174,8 +208,9 @@ static int attempt(struct front_ha_slot *s, int m)
         x->ti = ti;
         pthread_mutex_unlock(&s->mu);
         atomic_fetch_add(&x->gen, 1); /* its objects are matched again */
+        if (!anchor(s, m, h))
+            front_hamember_release(s, m, h, 0);
         atomic_store(&x->up, 1);
-        front_hamember_release(s, m, h, 0);
     }
     front_harec_leave();
     return back;
@@ -215,9 +250,12 @@ static void forget(int child)
         for (int m = 0; m < s->nmembers; m++) {
             struct front_ha_member *x = &s->m[m];
             x->resolved = x->logged_in = x->nidle = 0;
+            x->anchor = CK_INVALID_HANDLE;
             x->open = 0;
-            if (child)
+            if (child) {
                 x->recovering = 0;
+                front_hawork_reset(x);
+            }
             atomic_store(&x->up, 0);
             atomic_store(&x->inflight, 0);
             atomic_store(&x->busy_since, 0);

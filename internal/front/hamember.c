@@ -29,6 +29,7 @@ static void setup(void)
         s->nmembers = c->group[i].nmembers;
         pthread_mutex_init(&s->mu, NULL);
         for (int m = 0; m < s->nmembers; m++) {
+            s->m[m].anchor = CK_INVALID_HANDLE;
             s->m[m].serial = c->group[i].member[m];
             s->m[m].standby = c->group[i].standby[m];
         }
@@ -118,7 +119,7 @@ static int usable(struct front_ha_slot *s, int m, long now)
     long since, limit = s->g->op_timeout_ms > 0 ? s->g->op_timeout_ms : 1000;
     if (!atomic_load_explicit(&x->up, memory_order_acquire))
         return 0;
-    if (s->logged_in && !x->logged_in)
+    if ((s->logged_in && !x->logged_in) || atomic_load_explicit(&x->stuck, memory_order_relaxed))
         return 0;
     since = atomic_load_explicit(&x->busy_since, memory_order_relaxed);
     return since == 0 || now - since < limit;
@@ -194,7 +195,8 @@ void front_hamember_release(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h,
         pthread_mutex_unlock(&s->mu);
         return;
     }
-    x->open--;
+    if (--x->open <= 0)
+        atomic_fetch_add(&x->gen, 1); /* its last session: a module may forget the object handles (SoftHSM2 does) */
     pthread_mutex_unlock(&s->mu);
     /* A session of a lost member may answer nothing useful; the close only
      * frees what the module keeps. A healthy member's is closed when the
@@ -212,6 +214,8 @@ int front_hamember_drain(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
     memcpy(out, x->idle, (size_t)n * sizeof *out);
     x->nidle = 0;
     x->open -= n;
+    if (n > 0 && x->open <= 0)
+        atomic_fetch_add(&x->gen, 1);
     pthread_mutex_unlock(&s->mu);
     return n;
 }

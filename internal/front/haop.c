@@ -54,17 +54,26 @@ static CK_RV vendor_update(int kind, CK_SESSION_HANDLE h, CK_BYTE_PTR p, CK_ULON
 
 /* Starts op on member m: a session, the key there, the Init, the updates
  * kept. CKR_OK, or the answer that stopped it. */
-static CK_RV start_on(struct front_ha_slot *s, struct front_ha_op *op, int m)
+static CK_RV start_direct(struct front_ha_slot *s, struct front_ha_op *op, int m)
 {
     CK_OBJECT_HANDLE real = CK_INVALID_HANDLE;
     CK_SESSION_HANDLE h;
     CK_RV rv = front_hamember_session(s, m, &h);
     if (rv != CKR_OK)
         return rv;
-    if (op->key != CK_INVALID_HANDLE)
-        rv = front_haobj_on(s, op->key, m, h, &real);
-    if (rv == CKR_OK)
-        rv = vendor_init(op->kind, h, &op->mech, real);
+    for (int again = 1; rv == CKR_OK; again = 0) {
+        if (op->key != CK_INVALID_HANDLE)
+            rv = front_haobj_on(s, op->key, m, h, &real);
+        if (rv == CKR_OK)
+            rv = vendor_init(op->kind, h, &op->mech, real);
+        if (!again || (rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID) ||
+            front_haobj_owner(s, op->key) != -1)
+            break;
+        /* The member forgot the handle it gave (its sessions were all
+         * closed meanwhile): its objects are looked up again, once. */
+        atomic_fetch_add(&s->m[m].gen, 1);
+        rv = CKR_OK;
+    }
     if (rv == CKR_OK && op->blen > 0)
         rv = vendor_update(op->kind, h, op->buf, op->blen);
     if (rv != CKR_OK) {
@@ -76,10 +85,68 @@ static CK_RV start_on(struct front_ha_slot *s, struct front_ha_op *op, int m)
     return CKR_OK;
 }
 
-/* Binds op to the best member for it, trying the next one while members
- * are lost: CKR_OK, the answer of the member that decided, or, when no
- * usable member holds the key, CKR_KEY_HANDLE_INVALID (no member has it)
- * or CKR_DEVICE_ERROR. */
+/* A start left to a member's worker (hawork.c): its own copy of op. */
+struct start_job {
+    struct front_ha_slot *s;
+    int m;
+    struct front_ha_op op;
+};
+
+static void free_start(struct start_job *j)
+{
+    free(j->op.mech.pParameter);
+    free(j->op.buf);
+    free(j);
+}
+
+static CK_RV start_fn(void *arg)
+{
+    struct start_job *j = arg;
+    return start_direct(j->s, &j->op, j->m);
+}
+
+static void start_orphan(void *arg, CK_RV rv)
+{
+    struct start_job *j = arg;
+    if (rv == CKR_OK)
+        front_hamember_release(j->s, j->m, j->op.real, 1);
+    free_start(j);
+}
+
+/* start_direct, on the member's worker with an operation timeout. */
+static CK_RV start_on(struct front_ha_slot *s, struct front_ha_op *op, int m)
+{
+    struct start_job *j;
+    CK_RV rv;
+    if (s->g->op_timeout_ms <= 0)
+        return start_direct(s, op, m);
+    if ((j = calloc(1, sizeof *j)) == NULL)
+        return CKR_HOST_MEMORY;
+    *j = (struct start_job){s, m, *op};
+    j->op.mech.pParameter = NULL;
+    j->op.buf = NULL;
+    if ((op->mech.ulParameterLen > 0 && (j->op.mech.pParameter = malloc(op->mech.ulParameterLen)) == NULL) ||
+        (op->blen > 0 && (j->op.buf = malloc(op->blen)) == NULL)) {
+        free_start(j);
+        return CKR_HOST_MEMORY;
+    }
+    if (op->mech.ulParameterLen > 0)
+        memcpy(j->op.mech.pParameter, op->mech.pParameter, op->mech.ulParameterLen);
+    if (op->blen > 0)
+        memcpy(j->op.buf, op->buf, op->blen);
+    if (front_hawork_run(s, m, start_fn, start_orphan, j, &rv) != 0)
+        return FRONT_HA_TIMED_OUT;
+    if (rv == CKR_OK) {
+        op->m = m;
+        op->real = j->op.real;
+    }
+    free_start(j);
+    return rv;
+}
+
+/* Binds op to the best member for it, the next while members are lost or
+ * stuck: CKR_OK, the deciding member's answer, or (no usable member holds
+ * the key) CKR_KEY_HANDLE_INVALID (none has it) or CKR_DEVICE_ERROR. */
 static CK_RV bind(struct front_ha_slot *s, struct front_ha_op *op, const char *fn)
 {
     for (;;) {
@@ -95,6 +162,11 @@ static CK_RV bind(struct front_ha_slot *s, struct front_ha_op *op, const char *f
         if (rv == CKR_OK)
             return CKR_OK;
         front_hamember_done(s, m);
+        if (rv == FRONT_HA_TIMED_OUT) {
+            op->skip[m] = 1; /* stuck, not lost: no recovery thread to get stuck too */
+            atomic_fetch_add(&front_ha_failovers, 1);
+            continue;
+        }
         if (rv == CKR_KEY_HANDLE_INVALID && op->key != CK_INVALID_HANDLE && !front_haobj_may_have(s, op->key, m)) {
             op->skip[m] = 1; /* not on that member after all */
             continue;
@@ -183,6 +255,73 @@ static CK_RV vendor_call(int kind, int stage, CK_SESSION_HANDLE h, struct front_
     }
 }
 
+/* A call left to a member's worker: its own copy of the data in, its own
+ * buffer out (copied to the host's when it answered in time). */
+struct call_job {
+    struct front_ha_slot *s;
+    int m, kind, stage, has_out;
+    CK_SESSION_HANDLE h;
+    unsigned char *in, *out;
+    CK_ULONG inlen, outlen;
+};
+
+static void free_call(struct call_job *j)
+{
+    free(j->in);
+    free(j->out);
+    free(j);
+}
+
+static CK_RV call_fn(void *arg)
+{
+    struct call_job *j = arg;
+    struct front_ha_args a = {j->in, j->inlen, j->has_out ? j->out : NULL, &j->outlen};
+    return vendor_call(j->kind, j->stage, j->h, &a);
+}
+
+static void call_orphan(void *arg, CK_RV rv)
+{
+    struct call_job *j = arg;
+    (void)rv;
+    front_hamember_release(j->s, j->m, j->h, 1);
+    free_call(j);
+}
+
+/* vendor_call on op's session, on the member's worker when the group has
+ * an operation timeout: FRONT_HA_TIMED_OUT when it did not answer in time
+ * (the session is then the worker's). */
+static CK_RV call_on(struct front_ha_slot *s, struct front_ha_op *op, int kind, int stage, struct front_ha_args *a)
+{
+    int verify = kind == FRONT_HA_OP_VERIFY;
+    struct call_job *j;
+    CK_RV rv;
+    if (s->g->op_timeout_ms <= 0)
+        return vendor_call(kind, stage, op->real, a);
+    if ((j = calloc(1, sizeof *j)) == NULL)
+        return CKR_HOST_MEMORY;
+    *j = (struct call_job){.s = s, .m = op->m, .kind = kind, .stage = stage, .h = op->real, .inlen = a->inlen};
+    j->outlen = a->outlen != NULL ? *a->outlen : 0;
+    j->has_out = a->out != NULL;
+    if ((a->in != NULL && (j->in = malloc(a->inlen + 1)) == NULL) ||
+        (j->has_out && (j->out = malloc(j->outlen + 1)) == NULL)) {
+        free_call(j);
+        return CKR_HOST_MEMORY;
+    }
+    if (a->in != NULL && a->inlen > 0)
+        memcpy(j->in, a->in, a->inlen);
+    if (verify && j->has_out && j->outlen > 0)
+        memcpy(j->out, a->out, j->outlen); /* the signature to check */
+    if (front_hawork_run(s, op->m, call_fn, call_orphan, j, &rv) != 0)
+        return FRONT_HA_TIMED_OUT;
+    if (!verify && a->outlen != NULL && (rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL)) {
+        if (rv == CKR_OK && a->out != NULL && j->outlen <= *a->outlen)
+            memcpy(a->out, j->out, j->outlen);
+        *a->outlen = j->outlen;
+    }
+    free_call(j);
+    return rv;
+}
+
 /* Whether the operation goes on after answer rv (PKCS#11 5.2: a length
  * query or CKR_BUFFER_TOO_SMALL keeps it; any other end ends it). */
 static int goes_on(int kind, int stage, CK_RV rv, const struct front_ha_args *a)
@@ -232,19 +371,21 @@ CK_RV front_haop_call(struct front_ha_slot *s, struct front_ha_op *op, int kind,
     if (stage == FRONT_HA_UPDATE)
         keep(op, a);
     for (;;) {
-        CK_RV rv = vendor_call(kind, stage, op->real, a);
+        CK_RV rv = call_on(s, op, kind, stage, a);
         int m = op->m;
-        if (!failover_rv(rv)) {
+        if (rv != FRONT_HA_TIMED_OUT && !failover_rv(rv)) {
             if (stage == FRONT_HA_UPDATE && rv == CKR_OK)
                 op->updates++;
             if (!goes_on(kind, stage, rv, a))
                 front_haop_end(s, op);
             return rv;
         }
-        /* Its member is lost: the next one, from the Init. */
-        front_hamember_release(s, m, op->real, 1);
+        /* Its member is lost (or stuck): the next one, from the Init. */
+        if (rv != FRONT_HA_TIMED_OUT) {
+            front_hamember_release(s, m, op->real, 1);
+            front_halogin_lost(s, m, "operation", rv);
+        }
         front_hamember_done(s, m);
-        front_halogin_lost(s, m, "operation", rv);
         op->skip[m] = 1;
         atomic_fetch_add(&front_ha_failovers, 1);
         if ((op->pinned && (op->updates > 0 || stage == FRONT_HA_UPDATE)) || bind(s, op, "operation") != CKR_OK) {
@@ -255,43 +396,5 @@ CK_RV front_haop_call(struct front_ha_slot *s, struct front_ha_op *op, int kind,
             op->updates++;
             return CKR_OK; /* the replay included this update's data */
         }
-    }
-}
-
-CK_RV front_haop_once(struct front_ha_slot *s, const CK_OBJECT_HANDLE *keys, int nkeys, front_haop_fn fn, void *arg,
-                      int *where)
-{
-    int skip[FRONT_HA_MAX_MEMBERS] = {0};
-    CK_OBJECT_HANDLE key0 = nkeys > 0 ? keys[0] : CK_INVALID_HANDLE;
-    for (;;) {
-        CK_OBJECT_HANDLE real[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
-        CK_SESSION_HANDLE h;
-        int m = front_hamember_pick(s, nkeys > 0 ? has_key : NULL, &key0, skip);
-        CK_RV rv;
-        if (m < 0)
-            return CKR_DEVICE_ERROR;
-        rv = front_hamember_session(s, m, &h);
-        for (int i = 0; i < nkeys && i < 2 && rv == CKR_OK; i++)
-            rv = front_haobj_on(s, keys[i], m, h, &real[i]);
-        if (rv == CKR_OK)
-            rv = fn(h, real, arg);
-        else if (rv == CKR_KEY_HANDLE_INVALID) {
-            front_hamember_release(s, m, h, 0);
-            front_hamember_done(s, m);
-            skip[m] = 1; /* a second key this member lacks */
-            continue;
-        }
-        if (!failover_rv(rv)) {
-            front_hamember_release(s, m, h, failover_rv(rv));
-            front_hamember_done(s, m);
-            if (where != NULL)
-                *where = m;
-            return rv;
-        }
-        front_hamember_release(s, m, h, 1);
-        front_hamember_done(s, m);
-        front_halogin_lost(s, m, "call", rv);
-        skip[m] = 1;
-        atomic_fetch_add(&front_ha_failovers, 1);
     }
 }

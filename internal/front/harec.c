@@ -5,7 +5,7 @@
  *
  * Their vendor calls are the front's own, made inside two fences: the gate
  * (the host's C_Finalize waits for them, gate.c) and an exit fence of this
- * file's: its atexit handler, registered when the first thread starts (so
+ * file's: its atexit handler, registered on the first call inside it (so
  * after the vendor was loaded, and run before the vendor's destructors),
  * closes the fence and waits for the calls inside it, 2 s at most (one
  * stuck in a hung member never returns).
@@ -37,12 +37,21 @@ static void at_exit(void)
     pthread_mutex_unlock(&rec_mu);
 }
 
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static void init(void)
+{
+    front_cond_init(&rec_cv);
+}
+
 int front_harec_enter(void)
 {
     int ok;
     if (!front_gate_enter())
         return 0;
+    pthread_once(&once, init);
     pthread_mutex_lock(&rec_mu);
+    if (!rec_registered)
+        rec_registered = atexit(at_exit) == 0; /* after the vendor's load: run before its destructors */
     ok = !rec_closed;
     if (ok)
         rec_inside++;
@@ -94,12 +103,6 @@ static void *run(void *arg)
     return NULL;
 }
 
-static pthread_once_t once = PTHREAD_ONCE_INIT;
-static void init(void)
-{
-    front_cond_init(&rec_cv);
-}
-
 /* A detached thread running job j, with every signal blocked from its
  * first instruction (the host's mask is never touched). */
 static int spawn(struct job *j)
@@ -120,7 +123,6 @@ static int spawn(struct job *j)
 int front_harec_start(struct front_ha_slot *s, int m, front_harec_fn fn)
 {
     struct job *j;
-    pthread_once(&once, init);
     pthread_mutex_lock(&s->mu);
     if (s->m[m].recovering) {
         pthread_mutex_unlock(&s->mu);
@@ -132,10 +134,6 @@ int front_harec_start(struct front_ha_slot *s, int m, front_harec_fn fn)
         return -1;
     }
     *j = (struct job){s, m, fn};
-    pthread_mutex_lock(&rec_mu);
-    if (!rec_registered)
-        rec_registered = atexit(at_exit) == 0;
-    pthread_mutex_unlock(&rec_mu);
     if (spawn(j) != 0) {
         free(j);
         pthread_mutex_unlock(&s->mu);
