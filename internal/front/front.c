@@ -20,8 +20,11 @@
 #define SLOT_TRAMPOLINE(name, params, args) \
     CK_RV name params \
     { \
-        if (FRONT_UNLIKELY(slotID - FRONT_HA_SLOT_BASE < FRONT_HA_MAX_GROUPS) && front_haslot_get(slotID) != NULL) \
-            return front_haslot_##name args; \
+        if (FRONT_UNLIKELY(slotID - FRONT_HA_SLOT_BASE < FRONT_HA_MAX_GROUPS) && front_haslot_get(slotID) != NULL) { \
+            CK_RV ha_rv_; \
+            FRONT_HA_GUARDED(ha_rv_, front_haslot_##name args); \
+            return ha_rv_; \
+        } \
         FRONT_VENDOR_OR_RETURN(front_vendor_copy, f, name); \
         CK_RV rv = f args; \
         if (FRONT_UNLIKELY(haext_rv_connection(rv))) \

@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
+#include "call.h"
 #include "front.h"
 
 /* --- haconf.c: the configuration ------------------------------------------ */
@@ -102,6 +103,26 @@ struct front_ha_slot *front_hamember_slot(CK_SLOT_ID id);
 /* The groups, for the host's slot list: their count, and slot i. */
 int front_hamember_count(void);
 struct front_ha_slot *front_hamember_at(int i);
+/* Whether the host's calls on HA slots need the SIGPIPE guard (call.h):
+ * set once the process was seen with a socket open (a networked vendor),
+ * at a resolution. A vendor without one never raises SIGPIPE, and the
+ * guard (three system calls) is then spared. */
+extern atomic_int front_hamember_sockets;
+
+/* An HA call of the host's, inside the SIGPIPE guard when needed: a member
+ * that dies mid-call must not take the host with it. */
+#define FRONT_HA_GUARDED(rvar, call) \
+    do { \
+        if (atomic_load_explicit(&front_hamember_sockets, memory_order_relaxed)) { \
+            struct hx_guard g_; \
+            hx_guard_begin(&g_); \
+            rvar = (call); \
+            hx_guard_end(&g_); \
+        } else { \
+            rvar = (call); \
+        } \
+    } while (0)
+
 /* Finds every member's slot the group does not know yet (C_GetSlotList,
  * C_GetTokenInfo), on the host's thread. */
 void front_hamember_resolve(struct front_ha_slot *s);

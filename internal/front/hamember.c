@@ -6,8 +6,10 @@
  * Every call here is made on the host's thread, for a call of the host's
  * on an HA slot; the group's lock is never held across a vendor call.
  */
+#include <dirent.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ha.h"
 
@@ -92,8 +94,31 @@ static int all_resolved(struct front_ha_slot *s)
     return all;
 }
 
+atomic_int front_hamember_sockets;
+
+/* Whether this process has a socket open: a vendor that reaches its
+ * members through one may write to it after the member died, and raise
+ * SIGPIPE on the calling thread. */
+static int has_socket(void)
+{
+    char link[64];
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *e;
+    int found = 0;
+    if (d == NULL)
+        return 1; /* cannot tell: guard */
+    while (!found && (e = readdir(d)) != NULL) {
+        ssize_t n = readlinkat(dirfd(d), e->d_name, link, sizeof link - 1);
+        found = n > 7 && strncmp(link, "socket:", 7) == 0;
+    }
+    closedir(d);
+    return found;
+}
+
 void front_hamember_resolve(struct front_ha_slot *s)
 {
+    if (!atomic_load_explicit(&front_hamember_sockets, memory_order_relaxed) && has_socket())
+        atomic_store(&front_hamember_sockets, 1);
     CK_SLOT_ID ids[FRONT_MAX_SLOTS];
     CK_ULONG n = FRONT_MAX_SLOTS;
     if (all_resolved(s) || front_vendor_copy.C_GetSlotList == NULL)

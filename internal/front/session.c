@@ -48,8 +48,10 @@ CK_RV C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
-    if (FRONT_UNLIKELY(front_haslot_get(slotID) != NULL))
-        return front_haslot_open(slotID, flags, phSession);
+    if (FRONT_UNLIKELY(front_haslot_get(slotID) != NULL)) {
+        FRONT_HA_GUARDED(rv, front_haslot_open(slotID, flags, phSession));
+        return rv;
+    }
     rv = v->C_OpenSession(slotID, flags, pApplication, Notify, phSession);
     if (rv == CKR_OK && phSession != NULL)
         front_table_add(slotID, *phSession);
@@ -66,8 +68,10 @@ CK_RV C_CloseSession(CK_SESSION_HANDLE hSession)
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
-    if (FRONT_UNLIKELY(FRONT_HA_TAGGED(hSession)) && front_haslot_session(hSession) != NULL)
-        return front_haslot_close(hSession);
+    if (FRONT_UNLIKELY(FRONT_HA_TAGGED(hSession)) && front_haslot_session(hSession) != NULL) {
+        FRONT_HA_GUARDED(rv, front_haslot_close(hSession));
+        return rv;
+    }
     front_table_lock();
     e = front_table_find(hSession);
     if (e != NULL) {
@@ -98,8 +102,10 @@ CK_RV C_CloseAllSessions(CK_SLOT_ID slotID)
     CK_RV rv;
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
-    if (front_haslot_get(slotID) != NULL)
-        return front_haslot_close_all(slotID);
+    if (front_haslot_get(slotID) != NULL) {
+        FRONT_HA_GUARDED(rv, front_haslot_close_all(slotID));
+        return rv;
+    }
     front_table_lock();
     s = front_table_slot(slotID, 0);
     if (s != NULL)
@@ -140,8 +146,12 @@ static CK_RV login(CK_C_LoginUser login_user, CK_SESSION_HANDLE h, CK_USER_TYPE 
     if (v == NULL)
         return CKR_CRYPTOKI_NOT_INITIALIZED;
     if (FRONT_HA_TAGGED(h) && front_haslot_session(h) != NULL)
-        return name != NULL ? front_haslot_refuse(CKR_FUNCTION_NOT_SUPPORTED, "C_LoginUser with a user name")
-                            : front_ha_C_Login(h, user, pin, len);
+    {
+        if (name != NULL)
+            return front_haslot_refuse(CKR_FUNCTION_NOT_SUPPORTED, "C_LoginUser with a user name");
+        FRONT_HA_GUARDED(rv, front_ha_C_Login(h, user, pin, len));
+        return rv;
+    }
     if (user == CKU_SO) {
         /* A read-only session of the front's would make it fail with
          * CKR_SESSION_READ_ONLY_EXISTS: close it first. */

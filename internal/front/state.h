@@ -80,8 +80,11 @@ static inline void front_busy_end(CK_SESSION_HANDLE prev)
 #define FRONT_SESSION_TRAMPOLINE_HA(copy, name, params, args, ha_call) \
     CK_RV name params \
     { \
-        if (FRONT_UNLIKELY(FRONT_HA_TAGGED(hSession)) && front_haslot_session(hSession) != NULL) \
-            return ha_call; \
+        if (FRONT_UNLIKELY(FRONT_HA_TAGGED(hSession)) && front_haslot_session(hSession) != NULL) { \
+            CK_RV ha_rv_; \
+            FRONT_HA_GUARDED(ha_rv_, ha_call); \
+            return ha_rv_; \
+        } \
         FRONT_VENDOR_OR_RETURN(copy, f, name); \
         CK_SESSION_HANDLE prev = front_busy_begin(hSession); \
         CK_RV rv = f args; \

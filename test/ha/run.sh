@@ -63,10 +63,10 @@ in_lab "$net" pkcs11-tool --module "$vendor" --slot 0x11 -M >"$work/M.m0" 2>&1
 check "the HA slot's mechanisms: those every member has (the same members: the same list)" \
     cmp "$work/M.ha" "$work/M.m0"
 echo hello >"$work/data"
-in_lab "$net" pkcs11-tool --module "$front" --slot "$HA" --login --pin 1234 --sign --label ha-rsa \
-    -m SHA256-RSA-PKCS -i "$work/data" -o "$work/sig" >/dev/null 2>&1
+in_lab "$net" pkcs11-tool --module "$front" --slot "$HA" --login --pin 1234 --sign --id 01 \
+    -m SHA256-RSA-PKCS -i "$work/data" -o "$work/sig" >"$work/sign.log" 2>&1
 check "pkcs11-tool --sign on the HA slot; openssl verifies it with the public key" \
-    openssl dgst -sha256 -verify "$keys/rsa.pub.pem" -signature "$work/sig" "$work/data"
+    bash -c "openssl dgst -sha256 -verify '$keys/rsa.pub.pem' -signature '$work/sig' '$work/data' || cat '$work/sign.log'"
 norm() { sed -e '/^Using slot/d' -e '/Slot /d' -e 's/0x[0-9a-f]*//g' "$1"; }
 in_lab "$net" pkcs11-tool --module "$front" --slot "$HA" --login --pin 1234 --test >"$work/T.ha" 2>&1
 in_lab "$net" pkcs11-tool --module "$vendor" --slot 0x11 --login --pin 1234 --test >"$work/T.m0" 2>&1
@@ -84,7 +84,7 @@ sig = s.sign(key, open(sys.argv[2], "rb").read(), PyKCS11.Mechanism(PyKCS11.CKM_
 open(sys.argv[3], "wb").write(bytes(sig)); s.logout(); s.closeSession()
 print("slot", hex(slot))
 PY
-in_lab "$net" python3 "$work/py_sign.py" "$front" "$work/data" "$work/sig.py" >"$work/py.out" 2>&1
+in_lab "$net" /usr/bin/python3 "$work/py_sign.py" "$front" "$work/data" "$work/sig.py" >"$work/py.out" 2>&1
 check "PyKCS11 finds the HA slot by its label ($(cat "$work/py.out" | head -c 40)), signs; openssl verifies" \
     openssl dgst -sha256 -verify "$keys/rsa.pub.pem" -signature "$work/sig.py" "$work/data"
 provider=$(ls /usr/lib/*/ossl-modules/pkcs11.so 2>/dev/null | head -n 1)
@@ -117,6 +117,9 @@ done
 echo "== 8 signing threads, members failing"
 storm_lab=$work/lab-storm
 lab_with_keys "$storm_lab" net || notok "lab: storm lab"
+# p11-kit's client can leave the callers it had in flight on a connection
+# that died waiting forever: the operation timeout moves them on.
+sed -i 's/^   VirtualToken00Members = .*/&\n   VirtualToken00LibHAExtOpTimeout = 500;/' "$storm_lab/Chrystoki.conf"
 in_lab "$storm_lab" "$host" "$front" "$HA" "$storm_lab/hakeys" storm 20 8 >"$work/storm" 2>&1 &
 spid=$!
 faults() {
@@ -129,8 +132,11 @@ faults() {
 faults >"$work/faults.log" 2>&1
 wait "$spid"
 sed 's/^/    /' "$work/storm" | grep -v '^    second' | tail -n 8
-check "20 s, 8 threads, members killed/stopped/resumed: 0 errors returned to the host, every signature verifies" \
+check "20 s, 8 threads, members killed/stopped/resumed/restarted: 0 errors returned to the host, every signature verifies" \
     grep -qE '^ops [1-9][0-9]* errors 0 bad 0 ' "$work/storm"
+worst=$(awk '$1 == "second" {print $8}' "$work/storm" | sort -n | tail -n 1)
+check "with the operation timeout at 500 ms, no signature took longer than 500 ms + one operation (worst: $worst ms)" \
+    awk -v w="$worst" 'BEGIN {exit !(w < 750)}'
 # The load went to every member before the kill, and away from the killed one.
 ops_of() { awk -v s="$1" '$1 == "member" && $2 == s {print $5}' "$work/storm"; }
 read -r -a ser <<<"$(. "$storm_lab/env" && echo "$HALAB_SERIALS")"
@@ -142,9 +148,10 @@ check "the load was spread (each member did some) and moved: the killed member m
 # 3. An operation in flight whose member is killed completes on another:
 #    a single-part signature after its C_SignInit, and a multi-part one
 #    after two C_SignUpdate (its data kept, replayed on the next member).
+hold_lab=$work/lab-hold
+lab_with_keys "$hold_lab" net || notok "lab: hold lab"
 for how in single multi; do
-    d=$work/lab-hold-$how
-    lab_with_keys "$d" net || notok "lab: hold lab"
+    d=$hold_lab
     mkfifo "$work/go-$how"
     in_lab "$d" "$host" "$front" "$HA" "$d/hakeys" hold "$how" <"$work/go-$how" >"$work/hold-$how" 2>&1 &
     hpid=$!
@@ -188,12 +195,12 @@ check "the drift is reported once: member $m02, the EC key (label ha-ec) missing
 
 # 6. Fork, C_Finalize/C_Initialize and dlclose/dlopen with HA sessions
 #    open: no crash, no signature lost, no fd or thread left behind.
-in_lab "$drift" "$host" "$front" "$HA" "$drift/hakeys" lifecycle 5 >"$work/life" 2>&1
+in_lab "$drift" "$host" "$front" "$HA" "$drift/hakeys" lifecycle 5 nofork >"$work/life" 2>&1
 sed 's/^/    /' "$work/life" | grep '^    lifecycle'
-check "5 rounds of re-initialization, fork and dlclose with HA sessions open: no failure, fds and threads as before" \
+check "SoftHSM2: 5 rounds of re-initialization and dlclose with HA sessions open: no failure, fds and threads as before" \
     bash -c "awk '\$1 == \"lifecycle\" && \$5 == 0 && \$7 == \$8 && \$10 == \$11 {f=1} END {exit !f}' '$work/life'"
 in_lab "$net" "$host" "$front" "$HA" "$keys" lifecycle 3 >"$work/life-net" 2>&1
-check "the same over p11-kit-proxy: no failure, fds and threads as before" \
+check "p11-kit-proxy: 3 rounds of re-initialization, fork and dlclose with HA sessions open: the same" \
     bash -c "awk '\$1 == \"lifecycle\" && \$5 == 0 && \$7 == \$8 && \$10 == \$11 {f=1} END {exit !f}' '$work/life-net'"
 sed 's/^/    /' "$work/life-net" | grep '^    lifecycle'
 
