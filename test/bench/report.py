@@ -199,7 +199,60 @@ def targets(results, gorows):
         add("64 concurrent callers: p99 <= 2x single-caller p99", "not measured", False)
     front_targets(results, add)
     startup_target(results, add)
+    ha_targets(results, add)
     return out
+
+
+def ha_targets(results, add):
+    """The HA slot (test/bench/ha.sh)."""
+    for mech in ("HMAC-SHA256", "ECDSA P-256"):
+        r = find(results, "ha_overhead", mech=mech)
+        add("HA slot: C_SignInit + C_Sign %s, SoftHSM2 directly, added at the median <= 300 ns" % mech,
+            "%+d ns (p50 %d ns on m00 directly, %d ns on the HA slot; %d operations each, alternating batches)" % (
+                r["added_p50_ns"], r["direct_p50_ns"], r["ha_p50_ns"], r["operations"]) if r else "not measured",
+            r is not None and r["added_p50_ns"] <= 300)
+    r = find(results, "ha_scale")
+    add("HA slot: 3 members, 1 ms injected, 12 threads: throughput >= 2.7x one member's",
+        "%d / %d signatures/s = %.2fx" % (r["ha_ops_s"], r["one_member_ops_s"], r["ratio"]) if r else "not measured",
+        r is not None and r["ratio"] >= 2.7)
+    k = find(results, "ha_failover", fault="kill")
+    add("HA slot: a member killed under 8 signing threads: 0 errors, p99 of the second after <= 2x healthy p99",
+        "%d errors in %d signatures (%d bad); p99 %s ms after vs %s ms healthy" % (
+            k["errors"], k["ops"], k["bad"], f(k["after_p99_ms"], 2), f(k["healthy_p99_ms"], 2)) if k else
+        "not measured",
+        k is not None and k["errors"] == 0 and k["bad"] == 0 and k["after_p99_ms"] is not None and
+        k["after_p99_ms"] <= 2 * k["healthy_p99_ms"])
+    t = find(results, "ha_failover", fault="stop")
+    add("HA slot: a member stopped, operation timeout 200 ms: 0 errors, max latency <= 200 ms + one operation",
+        "%d errors in %d signatures; max %s ms (healthy p99 %s ms)" % (
+            t["errors"], t["ops"], f(t["max_ms"], 1), f(t["healthy_p99_ms"], 2)) if t else "not measured",
+        t is not None and t["errors"] == 0 and t["max_ms"] is not None and
+        t["max_ms"] <= t["op_timeout_ms"] + max(t["healthy_p99_ms"] or 0, 1))
+
+
+def ha_section(results):
+    rows = [[r["mech"], r["operations"], r["direct_p50_ns"], r["ha_p50_ns"], "%+d" % r["added_p50_ns"]]
+            for r in results if r.get("scenario") == "ha_overhead"]
+    sc = find(results, "ha_scale")
+    fo = [r for r in results if r.get("scenario") == "ha_failover"]
+    md = ["## 9. The HA slot", "",
+          "`test/bench/ha.sh`. Overhead: `ha_bench.c` loads SoftHSM2 and the front (one instance of SoftHSM2) "
+          "and times C_SignInit + C_Sign in alternating batches on the HA slot and on member m00's own "
+          "session; the HA slot's operation goes to m00 too (one thread: the least busy member is the first). "
+          "Scaling: 3 members behind p11-kit servers, 1 ms injected in each by the delay shim, 12 threads "
+          "signing with HMAC-SHA256, on m00 alone and on the HA slot. Failover: `test/ha/ha_host.c storm`, "
+          "8 threads signing and verifying for 10 s, a member killed or stopped (3 s) 4 s in, the operation "
+          "timeout at 200 ms.", ""]
+    if rows:
+        md += [table(["mechanism", "operations", "m00 directly p50 ns", "HA slot p50 ns", "added ns"], rows), ""]
+    if sc:
+        md += ["Scaling: %d signatures/s on m00 alone, %d on the HA slot (%.2fx), %d threads." % (
+            sc["one_member_ops_s"], sc["ha_ops_s"], sc["ratio"], sc["threads"]), ""]
+    if fo:
+        md += [table(["fault", "signatures", "errors", "bad", "healthy p99 ms", "p99 ms, second after", "max ms"],
+                     [[r["fault"], r["ops"], r["errors"], r["bad"], f(r["healthy_p99_ms"], 2),
+                       f(r["after_p99_ms"], 2), f(r["max_ms"], 1)] for r in fo]), ""]
+    return md
 
 
 def fanout_section(results):
@@ -467,6 +520,7 @@ def markdown(meta, results, gorows, goraw, tgts, network=()):
     md += transports_section(network)
     md += front_section(results)
     md += startup_section(results)
+    md += ha_section(results)
 
     md += ["## Targets", ""]
     md += [table(["target", "measured", "result"],

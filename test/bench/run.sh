@@ -256,6 +256,10 @@ with open(sys.argv[2], "a") as out:
 EOF
 down "$dir"
 
+# 9. The HA slot (issue 19): overhead, scaling, failover.
+# shellcheck source=ha.sh
+. "$here/ha.sh"
+
 # 5. Report.
 finished=$(date +%s)
 "$python" "$here/report.py" --results "$results" --net-results "$netresults" --go-bench "$gobench" \
