@@ -91,8 +91,15 @@ $(BUILD)/watchshim.so: test/shim/watchshim.c test/shim/shim.h
 $(BUILD)/ha_state: examples/ha_state.c include/cryptoki_ha.h $(BUILD)/libhaext.so
 	$(CC) $(CFLAGS) -o $@ examples/ha_state.c -L$(BUILD) -l:libhaext.so -Wl,-rpath,'$$ORIGIN'
 
-demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state
+demo: deps $(BUILD)/libhaext.so $(BUILD)/hastatus $(BUILD)/ha_state $(BUILD)/libhaext-pkcs11.so $(BUILD)/ha_host
 	@bash test/lab/demo.sh
+
+# A host of the HA slot (test/ha/ha_host.c): make demo signs with it while
+# a member is killed.
+$(BUILD)/ha_host: test/ha/ha_host.c
+	@mkdir -p $(BUILD)
+	$(CC) -std=gnu11 -O2 -g -Wall -Wextra -Werror -Wno-deprecated-declarations $(P11FLAGS) -o $@ $< \
+	    -ldl -lpthread -lcrypto
 
 # Every runner of make test ends with "N passed, N failed" (go test's
 # packages are counted), recorded by scripts/tally.sh; make test ends with

@@ -26,3 +26,26 @@ echo "The operator's view, build/hastatus:"
 bash "$lab" exec --dir "$dir" -- "$top/build/hastatus"
 echo
 echo "Try it yourself:  . $dir/env && $top/build/hastatus --json"
+
+# The HA slot: the same kind of group behind p11-kit servers (one process
+# per member, so one can be killed), every member holding the same keys,
+# through the front module. The group is one slot; a member killed while 4
+# threads sign costs the application nothing.
+ha=$top/build/demo-ha-lab
+bash "$lab" up --dir "$ha" --mode net --members 3 --group-serial 1000002 --label demo-ha >/dev/null
+bash "$top/test/ha/keys.sh" "$ha"
+sed -i 's/^   VirtualToken00Members = .*/&\n   VirtualToken00LibHAExtOpTimeout = 500;/' "$ha/Chrystoki.conf"
+front=$top/build/libhaext-pkcs11.so
+echo
+echo "The HA slot: the group demo-ha as one slot, through the front ($front):"
+bash "$lab" exec --dir "$ha" -- pkcs11-tool --module "$front" -L 2>/dev/null | grep -A3 '0x48410000' | sed 's/^/    /'
+echo
+echo "4 threads sign on the HA slot for 6 s (every signature verified); member m00 is killed 2 s in:"
+bash "$lab" exec --dir "$ha" -- "$top/build/ha_host" "$front" 0x48410000 "$ha/hakeys" storm 6 4 >"$ha/signing.txt" 2>&1 &
+pid=$!
+sleep 2
+bash "$lab" kill --dir "$ha" 0 >/dev/null
+wait "$pid" || true
+grep -v '^second' "$ha/signing.txt" | sed 's/^/    /'
+echo
+echo "(ops: signatures made; errors: failures the application saw; bad: signatures that did not verify)"
