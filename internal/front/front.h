@@ -8,22 +8,30 @@
  *
  * Layers, lowest first. A file calls only files before it in this list, so
  * no two files call each other (test/consumers/layers.sh checks it):
- * conf_text.c (text as Go sees it) <- conf_parse.c (the Chrystoki2 keys)
- * <- conf.c (finding and reading the file; conf.h) <- vendor.c (loading
+ * conf_text.c (text as Go sees it) <- conf_parse.c (the Chrystoki2 keys,
+ * and the HA sections' keys) <- conf.c (finding and reading the file;
+ * conf.h) <- haconf.c (the HA slot's configuration) <- vendor.c (loading
  * the vendor; its lists) <- busy.c (which session each host thread is in
  * a call on) <- table.c (the host's sessions) <- loans.c (sessions lent
  * right now) <- own.c (the front's own sessions) <- lend.c (borrow,
  * give_back) <- gate.c (libhaext's calls against the host's C_Finalize) <-
  * events.c (what the host did, for the engine) <- slotlist.c (the host's
- * C_GetSlotList answer) <- setup.c (first use, the fork child) <- host.c
- * (C_Initialize, C_Finalize, C_GetSlotList) <- session.c (C_OpenSession,
- * C_CloseSession, C_CloseAllSessions, C_Login, C_InitToken) <- front.c
- * (the trampolines, the 2.40 list) <- iface.c (the 3.0 interfaces) <-
- * attach.c (what libhaext.so gets) <- ca.c (the CA_* calls).
+ * C_GetSlotList answer) <- the HA slot (ha.h): hapin.c (the kept PIN) <-
+ * harec.c (recovery threads, the exit fence) <- hawork.c (the operation
+ * timeout's workers) <- hamember.c (members, their sessions, which one
+ * works) <- halogin.c (login, loss, recovery) <- haobj.c (objects) <-
+ * haop.c (operations, failover) <- haslot.c (the slots, HA sessions) <-
+ * hasess.c, hakeys.c (the host's calls on HA sessions) <- setup.c (first
+ * use, the fork child) <- host.c (C_Initialize, C_Finalize,
+ * C_GetSlotList) <- session.c (C_OpenSession, C_CloseSession,
+ * C_CloseAllSessions, C_Login, C_InitToken) <- front.c (the trampolines,
+ * the 2.40 list) <- iface.c (the 3.0 interfaces) <- attach.c (what
+ * libhaext.so gets) <- ca.c (the CA_* calls).
  *
  * Names: front_<file>_ for what a file offers the files after it
- * (conf_text.c: front_text_; conf_parse.c and conf.c: front_conf_), FRONT_
- * for macros; hostapi.h's haext_ and call.h's hx_ are those units'.
+ * (conf_text.c: front_text_; conf_parse.c and conf.c: front_conf_; the HA
+ * session handlers of hasess.c and hakeys.c: front_ha_C_*), FRONT_ for
+ * macros; hostapi.h's haext_ and call.h's hx_ are those units'.
  */
 #ifndef HAEXT_FRONT_H
 #define HAEXT_FRONT_H
