@@ -44,6 +44,7 @@ struct front_ha_conf {
     int ha_only;           /* HAConfiguration/HAOnly */
     int keep_pin;          /* HAConfiguration/LibHAExtKeepPIN (default 1) */
     unsigned long replay;  /* HAConfiguration/LibHAExtReplayLimit, bytes (default 1 MiB) */
+    char log_dir[512];     /* HAConfiguration/haLogPath when haLogStatus = enabled, else "" */
     int ngroups;
     struct front_ha_group group[FRONT_HA_MAX_GROUPS];
     char why[256]; /* the first key ignored, and why; "" when none */
@@ -143,6 +144,13 @@ long front_hamember_now_ms(void);
 /* Takes member m's idle sessions out of the pool into out (room for
  * FRONT_HA_POOL); returns how many. */
 int front_hamember_drain(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out);
+
+/* --- hanote.c: the HA log's lines of the HA slot ------------------------- */
+
+/* Appends one line to the HA log (haLogPath/haErrorLog.txt, as the engine
+ * writes it: time first), when the configuration enables it; printf-like.
+ * Nothing goes to standard output or error. */
+void front_hanote(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* --- hapin.c: the PIN, kept for members that come back -------------------- */
 

@@ -130,6 +130,14 @@ static int build_group(const struct front_conf_keys *k, int nn, struct front_ha_
     return g->nmembers > 0;
 }
 
+/* haLogPath when haLogStatus is enabled (the engine's keys). */
+static void log_dir(const struct front_conf_keys *k, struct front_ha_conf *c)
+{
+    const char *status = value_of(k, FRONT_CONF_HA, "halogstatus"), *path = value_of(k, FRONT_CONF_HA, "halogpath");
+    if (status != NULL && path != NULL && front_text_fold_eq((str){status, strlen(status)}, "enabled"))
+        snprintf(c->log_dir, sizeof c->log_dir, "%s", path);
+}
+
 void front_haconf_build(const struct front_conf_keys *k, struct front_ha_conf *c)
 {
     memset(c, 0, sizeof *c);
@@ -139,6 +147,7 @@ void front_haconf_build(const struct front_conf_keys *k, struct front_ha_conf *c
     for (int nn = 0; nn < FRONT_HA_MAX_GROUPS; nn++)
         if (build_group(k, nn, &c->group[c->ngroups]))
             c->ngroups++;
+    log_dir(k, c);
     c->enabled = c->ngroups > 0 && number(value_of(k, FRONT_CONF_HA, "libhaexthaslot"), 1, 0, 1) == 1;
 }
 

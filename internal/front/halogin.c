@@ -211,6 +211,8 @@ static int attempt(struct front_ha_slot *s, int m)
         if (!anchor(s, m, h))
             front_hamember_release(s, m, h, 0);
         atomic_store(&x->up, 1);
+        front_hanote("group=\"%s\" group_serial=%s member=%s event=back (logged in: %s)", s->g->label, s->g->serial,
+                     s->g->text[m], x->logged_in ? "yes" : "no");
     }
     front_harec_leave();
     return back;
@@ -219,9 +221,10 @@ static int attempt(struct front_ha_slot *s, int m)
 void front_halogin_lost(struct front_ha_slot *s, int m, const char *fn, CK_RV rv)
 {
     struct front_ha_member *x = &s->m[m];
-    (void)fn;
     if (atomic_exchange(&x->up, 0)) {
         atomic_fetch_add(&x->lost, 1);
+        front_hanote("group=\"%s\" group_serial=%s member=%s event=lost function=%s rv=0x%lx (operations move to "
+                     "the other members)", s->g->label, s->g->serial, s->g->text[m], fn, (unsigned long)rv);
         /* The engine's verdict changes at once: the host-evidence path. */
         front_events_push(HAEXT_EV_HOST_ERROR, x->slot, rv);
     }

@@ -81,20 +81,19 @@ static void note(struct front_ha_slot *s, int m, const struct front_ha_obj *x, c
              (unsigned long)s->id, s->g->label, s->g->text[m], (unsigned long)x->cls,
              (int)(x->labellen > 64 ? 64 : x->labellen), (const char *)x->label, what);
     atomic_fetch_add(&drift, 1);
+    front_hanote("group=\"%s\" group_serial=%s member=%s event=drift object_class=0x%lx label=\"%.*s\" (%s there: "
+                 "its operations go to the other members)", s->g->label, s->g->serial, s->g->text[m],
+                 (unsigned long)x->cls, (int)(x->labellen > 64 ? 64 : x->labellen), (const char *)x->label, what);
 }
 
-unsigned long front_haobj_drift(void)
-{
-    return atomic_load(&drift);
-}
+unsigned long front_haobj_drift(void) { return atomic_load(&drift); }
 
 const char *front_haobj_note(unsigned i)
 {
     return i < nnotes && i + 32 >= nnotes ? notes[i % 32] : NULL;
 }
 
-/* Looks x up on member m (session h): HAVE, MISSING or AMBIGUOUS; or the
- * vendor's failure in *rv. */
+/* x on member m (session h): HAVE, MISSING, AMBIGUOUS; or UNKNOWN, *rv. */
 static int lookup(const struct front_ha_obj *x, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *real, CK_RV *rv)
 {
     CK_BBOOL tok = CK_TRUE;

@@ -23,10 +23,7 @@ static int failover_rv(CK_RV rv)
     return haext_rv_connection(rv) || haext_rv_dropped(rv);
 }
 
-static int has_key(struct front_ha_slot *s, int m, void *arg)
-{
-    return front_haobj_may_have(s, *(CK_OBJECT_HANDLE *)arg, m);
-}
+static int has_key(struct front_ha_slot *s, int m, void *arg) { return front_haobj_may_have(s, *(CK_OBJECT_HANDLE *)arg, m); }
 
 /* The vendor's Init of kind on session h. */
 static CK_RV vendor_init(int kind, CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
@@ -163,6 +160,8 @@ static CK_RV bind(struct front_ha_slot *s, struct front_ha_op *op, const char *f
             return CKR_OK;
         front_hamember_done(s, m);
         if (rv == FRONT_HA_TIMED_OUT) {
+            front_hanote("group=\"%s\" group_serial=%s member=%s event=stuck (no answer in %ld ms: no work until it "
+                         "answers)", s->g->label, s->g->serial, s->g->text[m], s->g->op_timeout_ms);
             op->skip[m] = 1; /* stuck, not lost: no recovery thread to get stuck too */
             atomic_fetch_add(&front_ha_failovers, 1);
             continue;
@@ -322,8 +321,8 @@ static CK_RV call_on(struct front_ha_slot *s, struct front_ha_op *op, int kind, 
     return rv;
 }
 
-/* Whether the operation goes on after answer rv (PKCS#11 5.2: a length
- * query or CKR_BUFFER_TOO_SMALL keeps it; any other end ends it). */
+/* Whether the operation goes on after rv (a length query or
+ * CKR_BUFFER_TOO_SMALL keeps it; any other end ends it: PKCS#11 5.2). */
 static int goes_on(int kind, int stage, CK_RV rv, const struct front_ha_args *a)
 {
     if (stage == FRONT_HA_UPDATE)

@@ -150,6 +150,8 @@ check "the load was spread (each member did some) and moved: the killed member m
 #    after two C_SignUpdate (its data kept, replayed on the next member).
 hold_lab=$work/lab-hold
 lab_with_keys "$hold_lab" net || notok "lab: hold lab"
+mkdir -p "$hold_lab/halog"
+sed -i "s#^   statusTimeout = .*#&\n   haLogStatus = enabled;\n   haLogPath = $hold_lab/halog;#" "$hold_lab/Chrystoki.conf"
 for how in single multi; do
     d=$hold_lab
     mkfifo "$work/go-$how"
@@ -167,6 +169,10 @@ for how in single multi; do
         bash -c "grep -q '^done rv 0x0 ok' '$work/hold-$how' && grep -qE '^slot .* failovers [1-9]' '$work/hold-$how' &&
                  grep -q '^member $busy down' '$work/hold-$how'"
 done
+
+check "the HA log records each failover: member, function, code (event=lost function=operation rv=0x30)" \
+    bash -c "[ \$(grep -c 'event=lost function=operation rv=0x30 ' '$hold_lab/halog/haErrorLog.txt') = 2 ]"
+sed 's/^/    /' "$hold_lab/halog/haErrorLog.txt"
 
 # 4. A wrong PIN: one C_Login on one member, never one per member (a PIN
 #    lockout is not multiplied). pkcs11-spy between the front and the
