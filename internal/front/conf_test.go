@@ -78,6 +78,7 @@ func compare(t *testing.T, data []byte) int {
 		}
 		if err == nil {
 			n++
+			compareGroups(t, in, cfg)
 			if got.Module() != cfg.ModulePath {
 				t.Fatalf("input %q: the C reader finds module %q, pkg/conf %q (%s)", in, got.Module(),
 					cfg.ModulePath, cfg.ModuleKey)
@@ -88,6 +89,39 @@ func compare(t *testing.T, data []byte) int {
 		}
 	}
 	return n
+}
+
+// compareGroups checks the HA slot's C reader (haconf.c) against the
+// groups pkg/conf accepted: the same groups, labels (the C reader keeps 32
+// bytes, a token label's room, up to a NUL byte), serials and members.
+func compareGroups(t *testing.T, in []byte, cfg *conf.Config) {
+	t.Helper()
+	got := ParseHAGroups(in)
+	if len(got) != len(cfg.Groups) {
+		t.Fatalf("input %q: the HA slot's reader finds %d groups, pkg/conf %d", in, len(got), len(cfg.Groups))
+	}
+	byNN := map[int]HAGroup{}
+	for _, g := range got {
+		byNN[g.NN] = g
+	}
+	for _, g := range cfg.Groups {
+		c, ok := byNN[g.Index]
+		label := g.Label
+		if len(label) > 32 {
+			label = label[:32]
+		}
+		if i := strings.IndexByte(label, 0); i >= 0 {
+			label = label[:i] // the C reader's strings end at a NUL byte
+		}
+		serial, err := conf.ParseSerial(c.Serial)
+		members := make([]uint64, 0, len(g.Members))
+		for _, m := range g.Members {
+			members = append(members, m.Serial)
+		}
+		if !ok || c.Label != label || err != nil || serial != g.Serial || !assert.ObjectsAreEqual(members, c.Members) {
+			t.Fatalf("input %q: group %02d: the HA slot's reader has %+v, pkg/conf %+v", in, g.Index, c, g)
+		}
+	}
 }
 
 func seeds(t testing.TB) [][]byte {
@@ -114,6 +148,11 @@ func seeds(t testing.TB) [][]byte {
 		[]byte("[Chrystoki2]\nLibUNIX64 = /a ; not a comment # either\n-=1\n"),
 		[]byte("[Chrystoki2]\r\nLibUNIX64=/crlf\r\nLibHAExtVendor=  /vendor  \r\n"),
 		[]byte("LibUNIX64 = {\n}\nChrystoki2 = {\nk = v {\nLibUNIX64 = /x {\n}\n"),
+		[]byte("Chrystoki2 = {\nLibUNIX64 = /a;\n}\nVirtualToken = {\nVirtualToken03Label = three;\nVirtualToken03SN = 3;\n" +
+			"VirtualToken03Members = 0c58c16bfd2afe6f, 123 ,abc;\nVirtualToken03LibHAExtStandby = 123;\n}\n" +
+			"HAConfiguration = {\nHAOnly = 1;\nLibHAExtKeepPIN = 0;\n}\n"),
+		[]byte("[Chrystoki2]\nLibUNIX64=/a\n[VirtualToken]\nvirtualtoken07label = a label longer than thirty-two bytes\n" +
+			"VIRTUALTOKEN07SN=7\nVirtualToken07Members=1,2,3\n"),
 	}
 	for _, name := range []string{"Chrystoki.conf", "crystoki.ini"} {
 		b, err := os.ReadFile(filepath.Join("..", "..", "pkg", "conf", "testdata", name))

@@ -27,6 +27,7 @@ package front
 #cgo LDFLAGS: -ldl -lpthread
 #include <stdlib.h>
 #include "front.h"
+#include "ha.h"
 */
 import "C"
 
@@ -183,4 +184,36 @@ func (k ConfKeys) Module() string {
 		}
 	}
 	return ""
+}
+
+// HAGroup is a group as the HA slot's C reader (haconf.c) sees it.
+type HAGroup struct {
+	NN      int
+	Label   string
+	Serial  string
+	Members []uint64
+}
+
+// ParseHAGroups runs the C reader of conf_parse.c and haconf.c on the
+// contents of a configuration file: the groups the HA slot would present.
+// Tests compare them with pkg/conf's.
+func ParseHAGroups(data []byte) []HAGroup {
+	var k C.struct_front_conf_keys
+	c := (*C.struct_front_ha_conf)(C.calloc(1, C.sizeof_struct_front_ha_conf))
+	defer C.free(unsafe.Pointer(c))
+	p := C.CBytes(data)
+	defer C.free(p)
+	C.front_conf_parse((*C.char)(p), C.size_t(len(data)), &k)
+	defer C.front_conf_keys_free(&k)
+	C.front_haconf_build(&k, c)
+	out := make([]HAGroup, 0, int(c.ngroups))
+	for i := 0; i < int(c.ngroups); i++ {
+		g := &c.group[i]
+		h := HAGroup{NN: int(g.nn), Label: C.GoString(&g.label[0]), Serial: C.GoString(&g.serial[0])}
+		for m := 0; m < int(g.nmembers); m++ {
+			h.Members = append(h.Members, uint64(g.member[m]))
+		}
+		out = append(out, h)
+	}
+	return out
 }

@@ -185,6 +185,27 @@ conf_unset "$net" LibHAExtVendor
 check "a wrong PIN on the HA slot: CKR_PIN_INCORRECT after exactly one C_Login on one member" \
     bash -c "grep -q '^login rv 0xa0' '$work/wrongpin' && [ \$(grep -c 'C_Login' '$work/spy.log') = 1 ]"
 
+# 4b. A standby member: logged in and ready, no work while an active member
+#     is usable; all the work once none is.
+sb=$work/lab-standby
+lab_with_keys "$sb" net || notok "lab: standby lab"
+read -r -a ser <<<"$(. "$sb/env" && echo "$HALAB_SERIALS")"
+sed -i "s/^   VirtualToken00Members = .*/&\n   VirtualToken00LibHAExtStandby = ${ser[2]};\n   VirtualToken00LibHAExtOpTimeout = 500;/" \
+    "$sb/Chrystoki.conf"
+in_lab "$sb" "$host" "$front" "$HA" "$sb/hakeys" storm 3 4 >"$work/sb1" 2>&1
+check "a standby member (${ser[2]}) gets no work while the active members are usable" \
+    bash -c "grep -qE '^ops [1-9][0-9]* errors 0 bad 0 ' '$work/sb1' && grep -q '^member ${ser[2]} up standby ops 0 ' '$work/sb1'"
+in_lab "$sb" "$host" "$front" "$HA" "$sb/hakeys" storm 6 4 >"$work/sb2" 2>&1 &
+spid=$!
+sleep 2
+bash "$lab" kill --dir "$sb" 0 >/dev/null
+bash "$lab" kill --dir "$sb" 1 >/dev/null
+wait "$spid"
+grep -v '^second' "$work/sb2" | sed 's/^/    /'
+check "both active members killed: the standby member takes the work, 0 errors, every signature verifies" \
+    bash -c "grep -qE '^ops [1-9][0-9]* errors 0 bad 0 ' '$work/sb2' &&
+             awk '\$1 == \"member\" && \$2 == \"${ser[2]}\" && \$6 > 0 {f=1} END {exit !f}' '$work/sb2'"
+
 # 5. A member missing a key (m02 has no EC key): that key's operations go
 #    to the others only, and the drift is reported, naming member and key.
 echo "== a member without one key, SoftHSM2 directly"
