@@ -241,7 +241,8 @@ CK_RV front_haobj_find(struct front_ha_slot *s, CK_ATTRIBUTE_PTR t, CK_ULONG n, 
                        CK_ULONG *count);
 /* Records a session object member m made (handle real): the front's. */
 CK_OBJECT_HANDLE front_haobj_add_session(struct front_ha_slot *s, int m, CK_OBJECT_HANDLE real);
-/* Forgets the session objects (the last HA session closed) or all. */
+/* Forgets the session objects (all 0: the last HA session closed), or all
+ * (1: the host's C_Finalize; 2: the same in a fork child). */
 void front_haobj_forget(struct front_ha_slot *s, int all);
 /* Drift reports so far, and the i-th note (the last 32 are kept; NULL for
  * one not kept). */

@@ -38,7 +38,7 @@ struct front_ha_objtab {
 
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
 static atomic_ulong drift;
-static char notes[32][160];
+static char notes[32][160]; /* the last 32 notes */
 static unsigned nnotes;
 
 static struct front_ha_objtab *table(struct front_ha_slot *s)
@@ -88,10 +88,7 @@ static void note(struct front_ha_slot *s, int m, const struct front_ha_obj *x, c
 
 unsigned long front_haobj_drift(void) { return atomic_load(&drift); }
 
-const char *front_haobj_note(unsigned i)
-{
-    return i < nnotes && i + 32 >= nnotes ? notes[i % 32] : NULL;
-}
+const char *front_haobj_note(unsigned i) { return i < nnotes && i + 32 >= nnotes ? notes[i % 32] : NULL; }
 
 /* x on member m (session h): HAVE, MISSING, AMBIGUOUS; or UNKNOWN, *rv. */
 static int lookup(const struct front_ha_obj *x, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *real, CK_RV *rv)
@@ -180,7 +177,7 @@ int front_haobj_owner(struct front_ha_slot *s, CK_OBJECT_HANDLE o)
     struct front_ha_obj *x;
     int owner = -2;
     if (t == NULL)
-        return -2;
+        return owner;
     pthread_mutex_lock(&t->mu);
     if ((x = get(t, o)) != NULL)
         owner = x->owner;
@@ -256,9 +253,8 @@ static int read_identity(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE real, struct fron
     return tok == CK_TRUE;
 }
 
-/* Records that member m has object real (searched with session h) and
- * appends the front's handle to *out (deduplicated). seen marks the
- * identities this search found on m, for ambiguity. */
+/* Member m has object real (found with session h): its front handle
+ * appended to *out, once. */
 static void found_one(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE real,
                       struct front_ha_objtab *t, CK_OBJECT_HANDLE **out, CK_ULONG *count)
 {
@@ -380,8 +376,13 @@ CK_RV front_haobj_find(struct front_ha_slot *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG 
 
 void front_haobj_forget(struct front_ha_slot *s, int all)
 {
-    struct front_ha_objtab *t = table(s);
-    if (t == NULL)
+    struct front_ha_objtab *t;
+    if (all == 2) { /* the fork child: the locks may be lost threads' */
+        pthread_mutex_init(&tab_mu, NULL);
+        if (s->objs != NULL)
+            pthread_mutex_init(&s->objs->mu, NULL);
+    }
+    if ((t = table(s)) == NULL)
         return;
     pthread_mutex_lock(&t->mu);
     for (CK_ULONG i = 0; i < t->n; i++) {

@@ -352,7 +352,7 @@ static void forget_sessions(int child)
     }
     pthread_mutex_unlock(&sess_mu);
     for (int i = 0; i < front_hamember_count(); i++)
-        front_haobj_forget(front_hamember_at(i), 1);
+        front_haobj_forget(front_hamember_at(i), child ? 2 : 1);
 }
 
 void front_haslot_finalized(void)

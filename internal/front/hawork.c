@@ -151,6 +151,7 @@ int front_hawork_run(struct front_ha_slot *s, int m, front_hawork_fn fn, front_h
 /* The fork child: the workers are gone with their threads. */
 void front_hawork_reset(struct front_ha_member *x)
 {
+    pthread_mutex_init(&make_mu, NULL); /* a lost thread's, maybe */
     x->worker = NULL;
     atomic_store(&x->stuck, 0);
 }
