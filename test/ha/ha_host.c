@@ -352,6 +352,9 @@ static int lifecycle(int rounds, int with_fork)
     }
     printf("lifecycle rounds %d fails %d fds %d %d threads %d %d\n", rounds, fails, fd0,
            count_dir("/proc/self/fd"), th0, count_dir("/proc/self/task"));
+    /* The HA sessions closed: every session of the front's on the members
+     * with them (pkcs11-spy counts, test/ha/run.sh). */
+    f->C_CloseAllSessions(slot);
     return fails != 0;
 }
 

@@ -230,5 +230,14 @@ in_lab "$net" "$host" "$front" "$HA" "$keys" lifecycle 3 >"$work/life-net" 2>&1
 check "p11-kit-proxy: 3 rounds of re-initialization, fork and dlclose with HA sessions open: the same" \
     bash -c "awk '\$1 == \"lifecycle\" && \$5 == 0 && \$7 == \$8 && \$10 == \$11 {f=1} END {exit !f}' '$work/life-net'"
 sed 's/^/    /' "$work/life-net" | grep '^    lifecycle'
+conf_set "$net" LibHAExtVendor "$spy"
+in_lab "$net" env PKCS11SPY="$vendor" PKCS11SPY_OUTPUT="$work/spy-life.log" \
+    "$host" "$front" "$HA" "$keys" lifecycle 3 nofork >"$work/life-spy" 2>&1
+conf_unset "$net" LibHAExtVendor
+# After the host's last C_Finalize: as many sessions closed as opened.
+opened=$(awk '/C_Finalize/ {n = 0} /^[0-9]+: C_OpenSession/ {n++} END {print n + 0}' "$work/spy-life.log")
+closed=$(awk '/C_Finalize/ {n = 0} /^[0-9]+: C_CloseSession/ {n++} END {print n + 0}' "$work/spy-life.log")
+check "pkcs11-spy: after re-initializations with HA sessions open, the members' sessions the front opened are all closed with the host's ($opened opened, $closed closed)" \
+    bash -c "grep -q 'fails 0' '$work/life-spy' && [ '$opened' -gt 0 ] && [ '$opened' = '$closed' ]"
 
 t_done
