@@ -235,12 +235,12 @@ typedef void (CK_ENTRY *CK_HA_STATE_CALLBACK)(CK_SLOT_ID slotId, const char *mem
  * group with the one before: the host's status calls (any thread, either
  * layout), and, when intervalMs is not 0, checks libhaext makes on its own
  * every intervalMs milliseconds (the first at once; never two of a group
- * at a time), through the same path
- * as a status call, so they add no call to a member that already has one in
- * flight. intervalMs 0: only the host's status calls are compared. The
- * first report after a group's registration only sets the statuses later
- * reports are compared with: it calls nothing (ask CA_GetCurrentHAState for
- * the state at that moment). Re-registering keeps them.
+ * at a time), through the same path as a status call, so they add no call
+ * to a member that already has one in flight. intervalMs 0: only the host's
+ * status calls are compared. The first report after a group's registration
+ * only sets the statuses later reports are compared with: it calls nothing
+ * (ask CA_GetCurrentHAState for the state at that moment). Re-registering
+ * keeps them.
  *
  * Returns CKR_OK; CKR_ARGUMENTS_BAD for an intervalMs other than 0 outside
  * LIBHAEXT_CALLBACK_INTERVAL_MIN_MS..LIBHAEXT_CALLBACK_INTERVAL_MAX_MS;
