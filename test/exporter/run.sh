@@ -5,7 +5,8 @@
 #
 #  1. every member up (haext_member_up 1, haext_member_status 0 CKR_OK),
 #     haext_config_info names the lab's Chrystoki.conf; /healthz answers;
-#     the process is not woken for 3 s while nobody scrapes;
+#     the process is not woken for 3 s while nobody scrapes (from
+#     statusTimeout + 1 s after the scrape);
 #  2. a second hastatus --listen on the same port exits 3 and says the
 #     address is in use;
 #  3. a member stopped (SIGSTOP on its p11-kit-remote): the first scrape
@@ -98,10 +99,14 @@ check "haext_check_duration_seconds has the check" grep -q '^haext_check_duratio
 check "/healthz" test "$(curl -sS --max-time 5 "http://$addr/healthz")" = ok
 
 # Nothing runs between scrapes: the checking process (the guard's child)
-# is not woken while nobody scrapes (its threads' context switches).
+# is not woken while nobody scrapes (its threads' context switches). The
+# window starts once the last scrape's deadline (statusTimeout, plus the
+# exporter's grace of 0.25 s) is past: a timer stopped before it fires stays
+# in the Go runtime's heap until it is due, and may wake the runtime once
+# then to drop it (seen on a loaded machine, 2.2 to 2.4 s after the scrape).
 switches() { cat /proc/"$1"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }'; }
 child=$(pgrep -P "$exporter" -x hastatus | head -n 1 || true)
-sleep 1
+sleep "$((timeout_s + 1))"
 s0=$(switches "$child")
 sleep 3
 s1=$(switches "$child")
