@@ -64,7 +64,9 @@ ok "examples/ha_state.c builds with cc \$(pkg-config --cflags --libs haext)" \
     -o "$work/ha_state"
 ok "the example needs libhaext.so.1" bash -c "readelf -d '$work/ha_state' | grep -q 'NEEDED.*\[libhaext.so.1\]'"
 
-bash "$lab" up --dir "$work/lab" --mode direct --members 3 >/dev/null
+# The HA slot off (LibHAExtHASlot = 0), as in the front's other side-by-side
+# tests: pkcs11-tool through the front then lists exactly the vendor's slots.
+bash "$lab" up --dir "$work/lab" --mode direct --members 3 --ha-slot 0 >/dev/null
 # shellcheck source=/dev/null
 . "$work/lab/env"
 first=${HALAB_SERIALS%% *}
