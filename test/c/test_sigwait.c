@@ -175,7 +175,7 @@ static int host_main(const char *scenario)
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = redirect;
-        sa.sa_flags = SA_SIGINFO | SA_RESTART;
+        sa.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK; /* it may run on a Go thread: its signal stack */
         sigfillset(&sa.sa_mask);
         sigaction(sig, &sa, NULL);
     }
