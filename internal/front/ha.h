@@ -55,6 +55,9 @@ void front_haconf_build(const struct front_conf_keys *keys, struct front_ha_conf
 /* Reads the configuration file once (front_conf_locate); NULL when it has
  * no group or the HA slot is off. */
 const struct front_ha_conf *front_haconf(void);
+/* Whether front_haconf has read the file (nothing of the HA slot exists
+ * before: the host's C_Finalize and a fork child have nothing to forget). */
+int front_haconf_loaded(void);
 /* A token serial (CK_TOKEN_INFO's, blank-padded) parsed as pkg/conf's
  * ParseSerial; -1 when it is not one. */
 int front_haconf_serial(const unsigned char *text, size_t n, unsigned long long *out);

@@ -15,6 +15,7 @@
  *                                     replay (default 1048576)
  */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,7 +153,8 @@ void front_haconf_build(const struct front_conf_keys *k, struct front_ha_conf *c
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static struct front_ha_conf conf;
+static struct front_ha_conf *conf; /* made on first use: no BSS for a host that never needs it */
+static atomic_int loaded;
 
 static void load(void)
 {
@@ -162,12 +164,19 @@ static void load(void)
         return;
     if (front_conf_read(path, &keys, err, sizeof err) != 0)
         return;
-    front_haconf_build(&keys, &conf);
+    if ((conf = malloc(sizeof *conf)) != NULL)
+        front_haconf_build(&keys, conf);
     front_conf_keys_free(&keys);
+    atomic_store(&loaded, 1);
+}
+
+int front_haconf_loaded(void)
+{
+    return atomic_load(&loaded);
 }
 
 const struct front_ha_conf *front_haconf(void)
 {
     pthread_once(&once, load);
-    return conf.enabled ? &conf : NULL;
+    return conf != NULL && conf->enabled ? conf : NULL;
 }

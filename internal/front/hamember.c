@@ -7,13 +7,14 @@
  * on an HA slot; the group's lock is never held across a vendor call.
  */
 #include <dirent.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "ha.h"
 
-static struct front_ha_slot slots[FRONT_HA_MAX_GROUPS];
+static struct front_ha_slot *slots; /* nslots of them, made on first use (no BSS for a host without groups) */
 static int nslots;
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 atomic_ulong front_ha_failovers;
@@ -21,7 +22,7 @@ atomic_ulong front_ha_failovers;
 static void setup(void)
 {
     const struct front_ha_conf *c = front_haconf();
-    if (c == NULL)
+    if (c == NULL || (slots = calloc((size_t)c->ngroups, sizeof *slots)) == NULL)
         return;
     for (int i = 0; i < c->ngroups; i++) {
         struct front_ha_slot *s = &slots[i];

@@ -30,10 +30,14 @@ struct front_ha_obj {
     unsigned char state[FRONT_HA_MAX_MEMBERS], noted[FRONT_HA_MAX_MEMBERS];
 };
 
+/* Written under mu, read without it: o never moves (room for MAX_OBJS), n
+ * grows after its entry is in place, and an object's gen[m] is written
+ * after its state[m] and real[m] (a reader that sees the gen sees them). */
+#define MAX_OBJS 16384
 struct front_ha_objtab {
     pthread_mutex_t mu;
     struct front_ha_obj **o;
-    CK_ULONG n, cap;
+    CK_ULONG n;
 };
 
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -43,35 +47,47 @@ static unsigned nnotes;
 
 static struct front_ha_objtab *table(struct front_ha_slot *s)
 {
+    struct front_ha_objtab *t = __atomic_load_n(&s->objs, __ATOMIC_ACQUIRE);
+    if (t != NULL) /* made once, never freed */
+        return t;
     pthread_mutex_lock(&tab_mu);
-    if (s->objs == NULL && (s->objs = calloc(1, sizeof *s->objs)) != NULL)
-        pthread_mutex_init(&s->objs->mu, NULL);
+    if (s->objs == NULL && (t = calloc(1, sizeof *t)) != NULL && (t->o = calloc(MAX_OBJS, sizeof *t->o)) == NULL) {
+        free(t);
+        t = NULL;
+    }
+    if (s->objs == NULL && t != NULL) {
+        pthread_mutex_init(&t->mu, NULL);
+        __atomic_store_n(&s->objs, t, __ATOMIC_RELEASE);
+    }
     pthread_mutex_unlock(&tab_mu);
     return s->objs;
 }
 
-/* Locked: the object of handle o, or NULL. */
+/* The object of handle o, or NULL (locked or not). */
 static struct front_ha_obj *get(struct front_ha_objtab *t, CK_OBJECT_HANDLE o)
 {
     CK_ULONG i = (o & ~FRONT_HA_OBJ_TAG) - 1;
-    if ((o & 0xFF000000UL) != FRONT_HA_OBJ_TAG || o > 0xFFFFFFFFUL || i >= t->n)
+    if ((o & 0xFF000000UL) != FRONT_HA_OBJ_TAG || o > 0xFFFFFFFFUL || i >= __atomic_load_n(&t->n, __ATOMIC_ACQUIRE))
         return NULL;
-    return t->o[i];
+    return __atomic_load_n(&t->o[i], __ATOMIC_ACQUIRE);
 }
 
-/* Locked: adds x, returns its handle (0: no memory). */
+/* Locked: adds x, returns its handle (0: no room). */
 static CK_OBJECT_HANDLE add(struct front_ha_objtab *t, struct front_ha_obj *x)
 {
-    if (t->n == t->cap) {
-        CK_ULONG cap = t->cap ? t->cap * 2 : 64;
-        struct front_ha_obj **g = realloc(t->o, cap * sizeof *g);
-        if (g == NULL || cap > 0xFFFFFF)
-            return 0;
-        t->o = g;
-        t->cap = cap;
-    }
-    t->o[t->n++] = x;
+    if (t->n == MAX_OBJS)
+        return 0;
+    __atomic_store_n(&t->o[t->n], x, __ATOMIC_RELEASE);
+    __atomic_store_n(&t->n, t->n + 1, __ATOMIC_RELEASE);
     return FRONT_HA_OBJ_TAG | t->n;
+}
+
+/* Locked: records where x is on member m, its gen last. */
+static void place(struct front_ha_obj *x, int m, int state, CK_OBJECT_HANDLE real, unsigned long gen)
+{
+    x->real[m] = real;
+    x->state[m] = (unsigned char)state;
+    __atomic_store_n(&x->gen[m], gen, __ATOMIC_RELEASE);
 }
 
 static void note(struct front_ha_slot *s, int m, const struct front_ha_obj *x, const char *what)
@@ -90,7 +106,7 @@ unsigned long front_haobj_drift(void) { return atomic_load(&drift); }
 
 const char *front_haobj_note(unsigned i) { return i < nnotes && i + 32 >= nnotes ? notes[i % 32] : NULL; }
 
-/* x on member m (session h): HAVE, MISSING, AMBIGUOUS; or UNKNOWN, *rv. */
+/* x on member m (session h): HAVE, MISSING, AMBIGUOUS; UNKNOWN and *rv. */
 static int lookup(const struct front_ha_obj *x, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *real, CK_RV *rv)
 {
     CK_BBOOL tok = CK_TRUE;
@@ -125,27 +141,22 @@ CK_RV front_haobj_on(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m, CK_SESS
     int st;
     if (t == NULL)
         return CKR_HOST_MEMORY;
-    pthread_mutex_lock(&t->mu);
     x = get(t, o);
-    if (x == NULL || (x->owner >= 0 && x->owner != m)) {
-        pthread_mutex_unlock(&t->mu);
+    if (x == NULL || (x->owner >= 0 && x->owner != m))
         return x == NULL ? CKR_OBJECT_HANDLE_INVALID : CKR_KEY_HANDLE_INVALID;
-    }
-    if (x->owner == m || (x->gen[m] == gen && x->state[m] != UNKNOWN)) {
+    if (x->owner == m || (__atomic_load_n(&x->gen[m], __ATOMIC_ACQUIRE) == gen && x->state[m] != UNKNOWN)) {
         st = x->owner == m ? HAVE : x->state[m];
         *out = x->real[m];
-        pthread_mutex_unlock(&t->mu);
         return st == HAVE ? CKR_OK : CKR_KEY_HANDLE_INVALID;
     }
+    pthread_mutex_lock(&t->mu);
     copy = *x;
     pthread_mutex_unlock(&t->mu);
     st = lookup(&copy, h, &real, &rv);
     if (st == UNKNOWN)
         return rv;
     pthread_mutex_lock(&t->mu);
-    x->state[m] = (unsigned char)st;
-    x->gen[m] = gen;
-    x->real[m] = real;
+    place(x, m, st, real, gen);
     if (st != HAVE && !x->noted[m]) {
         x->noted[m] = 1;
         note(s, m, x, st == MISSING ? "missing" : "ambiguous (two or more match)");
@@ -159,16 +170,12 @@ int front_haobj_may_have(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m)
 {
     struct front_ha_objtab *t = table(s);
     struct front_ha_obj *x;
-    int may;
-    if (t == NULL)
+    if (t == NULL || (x = get(t, o)) == NULL)
         return 0;
-    pthread_mutex_lock(&t->mu);
-    x = get(t, o);
-    may = x != NULL && (x->owner < 0 ? !(x->gen[m] == atomic_load(&s->m[m].gen) &&
-                                         (x->state[m] == MISSING || x->state[m] == AMBIGUOUS))
-                                     : x->owner == m);
-    pthread_mutex_unlock(&t->mu);
-    return may;
+    if (x->owner >= 0)
+        return x->owner == m;
+    return !(__atomic_load_n(&x->gen[m], __ATOMIC_ACQUIRE) == atomic_load(&s->m[m].gen) &&
+             (x->state[m] == MISSING || x->state[m] == AMBIGUOUS));
 }
 
 int front_haobj_owner(struct front_ha_slot *s, CK_OBJECT_HANDLE o)
@@ -176,12 +183,8 @@ int front_haobj_owner(struct front_ha_slot *s, CK_OBJECT_HANDLE o)
     struct front_ha_objtab *t = table(s);
     struct front_ha_obj *x;
     int owner = -2;
-    if (t == NULL)
-        return owner;
-    pthread_mutex_lock(&t->mu);
-    if ((x = get(t, o)) != NULL)
+    if (t != NULL && (x = get(t, o)) != NULL)
         owner = x->owner;
-    pthread_mutex_unlock(&t->mu);
     return owner;
 }
 
@@ -269,9 +272,7 @@ static void found_one(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, CK_OB
         struct front_ha_obj *x;
         if ((o = identity(t, &id)) != 0 && (x = get(t, o)) != NULL) {
             int again = x->gen[m] == atomic_load(&s->m[m].gen) && x->state[m] == HAVE && x->real[m] != real;
-            x->state[m] = again ? AMBIGUOUS : HAVE;
-            x->real[m] = real;
-            x->gen[m] = atomic_load(&s->m[m].gen);
+            place(x, m, again ? AMBIGUOUS : HAVE, real, atomic_load(&s->m[m].gen));
         }
     } else {
         for (i = 0; i < t->n && o == 0; i++)
@@ -331,8 +332,7 @@ static void mark_missing(struct front_ha_slot *s, const int *answered, const CK_
             unsigned long gen = atomic_load(&s->m[m].gen);
             if (!answered[m] || (x->gen[m] == gen && x->state[m] != UNKNOWN && x->state[m] != MISSING))
                 continue;
-            x->state[m] = MISSING;
-            x->gen[m] = gen;
+            place(x, m, MISSING, x->real[m], gen);
             if (!x->noted[m]) {
                 x->noted[m] = 1;
                 note(s, m, x, "missing");
@@ -390,8 +390,8 @@ void front_haobj_forget(struct front_ha_slot *s, int all)
         if (x == NULL)
             continue;
         if (x->owner >= 0) {
+            __atomic_store_n(&t->o[i], NULL, __ATOMIC_RELEASE);
             free(x); /* its handle stays unused: the front never reuses one */
-            t->o[i] = NULL;
         } else if (all) {
             memset(x->state, UNKNOWN, sizeof x->state);
         }

@@ -66,16 +66,16 @@ int front_haslot_ids(CK_SLOT_ID *ids, int *only)
     return n;
 }
 
+/* Without the lock: an entry, once made, is never freed (a closed one is
+ * reused), and the host does not close a session while it calls on it. */
 struct front_ha_sess *front_haslot_session(CK_SESSION_HANDLE h)
 {
     struct front_ha_sess *e;
     if (!FRONT_HA_TAGGED(h))
         return NULL;
-    pthread_mutex_lock(&sess_mu);
-    e = sess[h & (MAX_SESS - 1)];
-    if (e != NULL && (!e->used || e->h != h))
+    e = __atomic_load_n(&sess[h & (MAX_SESS - 1)], __ATOMIC_ACQUIRE);
+    if (e != NULL && (!__atomic_load_n(&e->used, __ATOMIC_ACQUIRE) || e->h != h))
         e = NULL;
-    pthread_mutex_unlock(&sess_mu);
     return e;
 }
 
@@ -271,7 +271,7 @@ CK_RV front_haslot_open(CK_SLOT_ID id, CK_FLAGS flags, CK_SESSION_HANDLE_PTR out
     for (i = 1; i < MAX_SESS && sess[i] != NULL && sess[i]->used; i++)
         ;
     if (i < MAX_SESS && sess[i] == NULL)
-        sess[i] = calloc(1, sizeof *sess[i]);
+        __atomic_store_n(&sess[i], calloc(1, sizeof *sess[i]), __ATOMIC_RELEASE);
     if (i < MAX_SESS && sess[i] != NULL) {
         e = sess[i];
         memset(e, 0, sizeof *e);
@@ -279,7 +279,7 @@ CK_RV front_haslot_open(CK_SLOT_ID id, CK_FLAGS flags, CK_SESSION_HANDLE_PTR out
         e->h = FRONT_HA_SESSION_TAG | ((CK_SESSION_HANDLE)sess_gen << 12) | i;
         e->s = s;
         e->flags = flags;
-        e->used = 1;
+        __atomic_store_n(&e->used, 1, __ATOMIC_RELEASE);
     }
     pthread_mutex_unlock(&sess_mu);
     if (e == NULL)
@@ -357,7 +357,7 @@ static void forget_sessions(int child)
 
 void front_haslot_finalized(void)
 {
-    if (front_haconf() == NULL)
+    if (!front_haconf_loaded() || front_haconf() == NULL)
         return;
     forget_sessions(0);
     front_halogin_forget();
@@ -365,7 +365,7 @@ void front_haslot_finalized(void)
 
 void front_haslot_reset(void)
 {
-    if (front_haconf() == NULL)
+    if (!front_haconf_loaded() || front_haconf() == NULL)
         return;
     forget_sessions(1);
     front_halogin_reset();

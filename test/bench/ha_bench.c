@@ -129,7 +129,7 @@ static double batch(CK_FUNCTION_LIST_PTR f, CK_SESSION_HANDLE h, CK_OBJECT_HANDL
 
 static void overhead(int iterations)
 {
-    CK_SESSION_HANDLE ha = session(ff, HA_SLOT), d = session(vf, m00);
+    CK_SESSION_HANDLE ha = session(ff, HA_SLOT), d = session(vf, m00), df = session(ff, m00);
     struct {
         const char *name, *label;
         CK_OBJECT_CLASS cls;
@@ -139,29 +139,38 @@ static void overhead(int iterations)
                  {"ECDSA P-256", "ha-ec", CKO_PRIVATE_KEY, CKM_ECDSA, 20}};
     for (int c = 0; c < 2; c++) {
         CK_OBJECT_HANDLE kh = find(ff, ha, cases[c].cls, cases[c].label), kd = find(vf, d, cases[c].cls, cases[c].label);
+        CK_OBJECT_HANDLE kf = find(ff, df, cases[c].cls, cases[c].label);
         int nb = iterations / cases[c].k;
         double *bh = calloc((size_t)nb, sizeof *bh), *bd = calloc((size_t)nb, sizeof *bd), *diff = calloc((size_t)nb, sizeof *diff);
+        double *bf = calloc((size_t)nb, sizeof *bf), *diff2 = calloc((size_t)nb, sizeof *diff2);
         batch(ff, ha, kh, cases[c].mech, cases[c].k); /* warm both */
         batch(vf, d, kd, cases[c].mech, cases[c].k);
         for (int b = 0; b < nb; b++) {
             if (b & 1) {
                 bh[b] = batch(ff, ha, kh, cases[c].mech, cases[c].k);
+                bf[b] = batch(ff, df, kf, cases[c].mech, cases[c].k);
                 bd[b] = batch(vf, d, kd, cases[c].mech, cases[c].k);
             } else {
                 bd[b] = batch(vf, d, kd, cases[c].mech, cases[c].k);
+                bf[b] = batch(ff, df, kf, cases[c].mech, cases[c].k);
                 bh[b] = batch(ff, ha, kh, cases[c].mech, cases[c].k);
             }
             diff[b] = bh[b] - bd[b];
+            diff2[b] = bh[b] - bf[b];
         }
         qsort(bh, (size_t)nb, sizeof *bh, cmp);
         qsort(bd, (size_t)nb, sizeof *bd, cmp);
+        qsort(bf, (size_t)nb, sizeof *bf, cmp);
         qsort(diff, (size_t)nb, sizeof *diff, cmp);
+        qsort(diff2, (size_t)nb, sizeof *diff2, cmp);
         printf("{\"scenario\": \"ha_overhead\", \"mech\": \"%s\", \"operations\": %d, \"direct_p50_ns\": %.0f, "
-               "\"ha_p50_ns\": %.0f, \"added_p50_ns\": %.0f}\n",
-               cases[c].name, nb * cases[c].k, bd[nb / 2], bh[nb / 2], diff[nb / 2]);
+               "\"front_p50_ns\": %.0f, \"ha_p50_ns\": %.0f, \"added_p50_ns\": %.0f, \"over_front_p50_ns\": %.0f}\n",
+               cases[c].name, nb * cases[c].k, bd[nb / 2], bf[nb / 2], bh[nb / 2], diff[nb / 2], diff2[nb / 2]);
         free(bh);
         free(bd);
+        free(bf);
         free(diff);
+        free(diff2);
     }
 }
 
