@@ -16,11 +16,6 @@
     if (e == NULL) \
     return CKR_SESSION_HANDLE_INVALID
 
-static int failover_rv(CK_RV rv)
-{
-    return haext_rv_connection(rv) || haext_rv_dropped(rv);
-}
-
 static int has_key(struct front_ha_slot *s, int m, void *arg)
 {
     return front_haobj_may_have(s, *(CK_OBJECT_HANDLE *)arg, m);
@@ -53,8 +48,8 @@ static CK_RV once(struct front_ha_slot *s, const CK_OBJECT_HANDLE *keys, int nke
             skip[m] = 1; /* a second key this member lacks */
             continue;
         }
-        if (!failover_rv(rv)) {
-            front_hamember_release(s, m, h, failover_rv(rv));
+        if (!haext_rv_failover(rv)) {
+            front_hamember_release(s, m, h, haext_rv_failover(rv));
             front_hamember_done(s, m);
             if (where != NULL)
                 *where = m;

@@ -15,11 +15,6 @@
 #include "ha.h"
 #include "state.h"
 
-static int failover_rv(CK_RV rv)
-{
-    return haext_rv_connection(rv) || haext_rv_dropped(rv);
-}
-
 /* Makes h member m's anchor, the session that keeps it logged in while
  * the pool's sessions come and go (a member logs out when the last session
  * of the application there closes), unless it has one: 1 when it did. */
@@ -59,7 +54,7 @@ static CK_RV login_one(struct front_ha_slot *s, int m, CK_UTF8CHAR_PTR pin, CK_U
         rv = CKR_OK;
     if (rv == CKR_OK && anchor(s, m, h))
         return rv;
-    front_hamember_release(s, m, h, failover_rv(rv));
+    front_hamember_release(s, m, h, haext_rv_failover(rv));
     return rv;
 }
 
@@ -81,7 +76,7 @@ static CK_RV login_first(struct front_ha_slot *s, CK_UTF8CHAR_PTR pin, CK_ULONG 
             return CKR_TOKEN_NOT_PRESENT;
         rv = login_one(s, m, pin, len);
         front_hamember_done(s, m);
-        if (failover_rv(rv)) {
+        if (haext_rv_failover(rv)) {
             front_halogin_lost(s, m, "C_Login", rv);
             skip[m] = 1;
             continue;
@@ -102,7 +97,7 @@ static void login_rest(struct front_ha_slot *s, CK_UTF8CHAR_PTR pin, CK_ULONG le
         if (m == first || !atomic_load(&s->m[m].up) || s->m[m].logged_in)
             continue;
         rv = login_one(s, m, pin, len);
-        if (failover_rv(rv))
+        if (haext_rv_failover(rv))
             front_halogin_lost(s, m, "C_Login", rv);
         else
             set_logged_in(s, m, rv == CKR_OK); /* another answer: its PIN differs; it gets no work */
@@ -146,7 +141,7 @@ CK_RV front_halogin_logout(struct front_ha_slot *s)
         set_logged_in(s, m, 0);
         if (!atomic_load(&s->m[m].up) || front_hamember_session(s, m, &h) != CKR_OK)
             continue;
-        front_hamember_release(s, m, h, failover_rv(front_vendor_copy.C_Logout(h)));
+        front_hamember_release(s, m, h, haext_rv_failover(front_vendor_copy.C_Logout(h)));
     }
     return CKR_OK;
 }

@@ -314,7 +314,7 @@ static CK_RV find_on(struct front_ha_slot *s, int m, CK_ATTRIBUTE_PTR tmpl, CK_U
     }
     if (rv == CKR_OK)
         rv = front_vendor_copy.C_FindObjectsFinal(h);
-    front_hamember_release(s, m, h, haext_rv_connection(rv) || haext_rv_dropped(rv));
+    front_hamember_release(s, m, h, haext_rv_failover(rv));
     return rv;
 }
 
@@ -354,7 +354,7 @@ CK_RV front_haobj_find(struct front_ha_slot *s, CK_ATTRIBUTE_PTR tmpl, CK_ULONG 
         if (!atomic_load(&s->m[m].up))
             continue;
         rv = find_on(s, m, tmpl, n, out, count);
-        if (haext_rv_connection(rv) || haext_rv_dropped(rv)) {
+        if (haext_rv_failover(rv)) {
             front_halogin_lost(s, m, "C_FindObjects", rv);
             continue;
         }

@@ -18,11 +18,6 @@
 #include "ha.h"
 #include "state.h"
 
-static int failover_rv(CK_RV rv)
-{
-    return haext_rv_connection(rv) || haext_rv_dropped(rv);
-}
-
 static int has_key(struct front_ha_slot *s, int m, void *arg) { return front_haobj_may_have(s, *(CK_OBJECT_HANDLE *)arg, m); }
 
 /* The vendor's Init of kind on session h. */
@@ -74,7 +69,7 @@ static CK_RV start_direct(struct front_ha_slot *s, struct front_ha_op *op, int m
     if (rv == CKR_OK && op->blen > 0)
         rv = vendor_update(op->kind, h, op->buf, op->blen);
     if (rv != CKR_OK) {
-        front_hamember_release(s, m, h, failover_rv(rv));
+        front_hamember_release(s, m, h, haext_rv_failover(rv));
         return rv;
     }
     op->m = m;
@@ -170,7 +165,7 @@ static CK_RV bind(struct front_ha_slot *s, struct front_ha_op *op, const char *f
             op->skip[m] = 1; /* not on that member after all */
             continue;
         }
-        if (!failover_rv(rv))
+        if (!haext_rv_failover(rv))
             return rv;
         front_halogin_lost(s, m, fn, rv);
         op->skip[m] = 1;
@@ -372,7 +367,7 @@ CK_RV front_haop_call(struct front_ha_slot *s, struct front_ha_op *op, int kind,
     for (;;) {
         CK_RV rv = call_on(s, op, kind, stage, a);
         int m = op->m;
-        if (rv != FRONT_HA_TIMED_OUT && !failover_rv(rv)) {
+        if (rv != FRONT_HA_TIMED_OUT && !haext_rv_failover(rv)) {
             if (stage == FRONT_HA_UPDATE && rv == CKR_OK)
                 op->updates++;
             if (!goes_on(kind, stage, rv, a))

@@ -15,3 +15,8 @@ func RVConnection(rv uint) bool { return C.haext_rv_connection(C.CK_RV(rv)) != 0
 // RVDropped is ckr.h's haext_rv_dropped, the twin of
 // cryptoki.SessionDropped: the front forgets a session that answers it.
 func RVDropped(rv uint) bool { return C.haext_rv_dropped(C.CK_RV(rv)) != 0 }
+
+// RVFailover is ckr.h's haext_rv_failover, the twin of cryptoki.FailOver:
+// the HA slot issues an operation again on the next member when its member
+// answers it.
+func RVFailover(rv uint) bool { return C.haext_rv_failover(C.CK_RV(rv)) != 0 }

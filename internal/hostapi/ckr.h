@@ -8,6 +8,8 @@
  *                         slot may be gone
  *   haext_rv_dropped      cryptoki.SessionDropped: the module no longer has
  *                         the session
+ *   haext_rv_failover     cryptoki.FailOver: either; on a session of one's
+ *                         own, the member is lost (the HA slot moves on)
  */
 #ifndef HAEXT_CKR_H
 #define HAEXT_CKR_H
@@ -22,6 +24,11 @@ static inline int haext_rv_connection(CK_RV rv)
 static inline int haext_rv_dropped(CK_RV rv)
 {
     return rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED;
+}
+
+static inline int haext_rv_failover(CK_RV rv)
+{
+    return haext_rv_connection(rv) || haext_rv_dropped(rv);
 }
 
 #endif

@@ -28,7 +28,8 @@ func TestCKRTwinMatchesGo(t *testing.T) {
 			named++
 		}
 		if !assert.Equal(t, cryptoki.ConnectionLost(rv), hostapi.RVConnection(rv), "haext_rv_connection(%s)", name) ||
-			!assert.Equal(t, cryptoki.SessionDropped(rv), hostapi.RVDropped(rv), "haext_rv_dropped(%s)", name) {
+			!assert.Equal(t, cryptoki.SessionDropped(rv), hostapi.RVDropped(rv), "haext_rv_dropped(%s)", name) ||
+			!assert.Equal(t, cryptoki.FailOver(rv), hostapi.RVFailover(rv), "haext_rv_failover(%s)", name) {
 			return
 		}
 		if hostapi.RVConnection(rv) {
