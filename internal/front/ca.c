@@ -215,7 +215,7 @@ CK_ULONG CA_HAExtGetHASlotReport(CK_SLOT_ID slotId, char *buf, CK_ULONG size)
         return 0;
     say(buf, size, &at, "slot %lu label %s serial %s sessions %ld failovers %lu drift %lu\n", (unsigned long)s->id,
         s->g->label, s->g->serial, s->sessions, (unsigned long)atomic_load(&front_ha_failovers),
-        front_haobj_drift());
+        front_hanote_drift_count());
     for (int m = 0; m < s->nmembers; m++) {
         struct front_ha_member *x = &s->m[m];
         say(buf, size, &at, "member %s %s%s ops %lu lost %lu inflight %d\n", s->g->text[m],
@@ -223,7 +223,7 @@ CK_ULONG CA_HAExtGetHASlotReport(CK_SLOT_ID slotId, char *buf, CK_ULONG size)
             (unsigned long)atomic_load(&x->lost), atomic_load(&x->inflight));
     }
     for (unsigned i = 0; i < 32; i++) {
-        const char *n = front_haobj_note(i);
+        const char *n = front_hanote_drift_note(i);
         if (n != NULL)
             say(buf, size, &at, "drift %s\n", n);
     }

@@ -16,17 +16,17 @@
  * right now) <- own.c (the front's own sessions) <- lend.c (borrow,
  * give_back) <- gate.c (libhaext's calls against the host's C_Finalize) <-
  * events.c (what the host did, for the engine) <- slotlist.c (the host's
- * C_GetSlotList answer) <- the HA slot (ha.h): hapin.c (the kept PIN) <-
- * harec.c (recovery threads, the exit fence) <- hawork.c (the operation
- * timeout's workers) <- hamember.c (members, their sessions, which one
- * works) <- halogin.c (login, loss, recovery) <- haobj.c (objects) <-
- * haop.c (operations, failover) <- haslot.c (the slots, HA sessions) <-
- * hasess.c, hakeys.c (the host's calls on HA sessions) <- setup.c (first
- * use, the fork child) <- host.c (C_Initialize, C_Finalize,
- * C_GetSlotList) <- session.c (C_OpenSession, C_CloseSession,
- * C_CloseAllSessions, C_Login, C_InitToken) <- front.c (the trampolines,
- * the 2.40 list) <- iface.c (the 3.0 interfaces) <- attach.c (what
- * libhaext.so gets) <- ca.c (the CA_* calls).
+ * C_GetSlotList answer) <- the HA slot (ha.h): hanote.c (its log lines) <-
+ * hapin.c (the kept PIN) <- harec.c (recovery threads, the exit fence) <-
+ * hawork.c (the operation timeout's workers) <- hamember.c (members, their
+ * sessions, which one works) <- halogin.c (login, loss, recovery) <-
+ * haobj.c (objects) <- haop.c (an operation's start) <- hacall.c (its
+ * calls, failover) <- haslot.c (the slots, HA sessions) <- hasess.c,
+ * hakeys.c (the host's calls on HA sessions) <- setup.c (first use, the
+ * fork child) <- host.c (C_Initialize, C_Finalize, C_GetSlotList) <-
+ * session.c (C_OpenSession, C_CloseSession, C_CloseAllSessions, C_Login,
+ * C_InitToken) <- front.c (the trampolines, the 2.40 list) <- iface.c (the
+ * 3.0 interfaces) <- attach.c (what libhaext.so gets) <- ca.c (the CA_*).
  *
  * Names: front_<file>_ for what a file offers the files after it
  * (conf_text.c: front_text_; conf_parse.c and conf.c: front_conf_; the HA
@@ -65,6 +65,15 @@ static inline void front_cond_init(pthread_cond_t *cv)
 
 /* Hidden: the trampolines reach them without a GOT load. */
 #define FRONT_HIDDEN __attribute__((visibility("hidden")))
+
+/* The HA slot's per-operation path: its functions together (.text.hot),
+ * each from a line's start. A vendor call that enters the kernel leaves
+ * the front's lines cold: each one touched again costs a miss. */
+#define FRONT_HOT __attribute__((hot, aligned(64)))
+/* Off it: what only a failure, a first use or a timeout needs. */
+#define FRONT_COLD __attribute__((noinline, cold))
+#define FRONT_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define FRONT_LIKELY(x) __builtin_expect(!!(x), 1)
 
 /* --- vendor.c: the vendor module --------------------------------------- */
 

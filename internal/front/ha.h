@@ -5,10 +5,7 @@
  * in flight, and one whose member is lost (a connection-class answer) is
  * issued again, its Init included, on the next one.
  *
- * Files, lowest first (front.h's layers): haconf.c (the keys), hamember.c
- * (members: slots, sessions, login, health, recovery), haobj.c (the object
- * table), haop.c (operations), haslot.c (the slot, the HA sessions, the
- * dispatch from the trampolines).
+ * Its files, lowest first, are front.h's layers haconf.c to hakeys.c.
  */
 #ifndef HAEXT_FRONT_HA_H
 #define HAEXT_FRONT_HA_H
@@ -22,7 +19,7 @@
 /* --- haconf.c: the configuration ------------------------------------------ */
 
 #define FRONT_HA_MAX_GROUPS 100
-#define FRONT_HA_MAX_MEMBERS 32
+#define FRONT_HA_MAX_MEMBERS 32 /* at most: a member is a bit of an unsigned (front_ha_op's skip) */
 /* An HA slot's ID: the base plus the group's NN. It does not depend on the
  * members, their slots or their health, and is the same in every run with
  * the same configuration. */
@@ -64,42 +61,53 @@ int front_haconf_serial(const unsigned char *text, size_t n, unsigned long long 
 
 /* --- hamember.c: members -------------------------------------------------- */
 
-#define FRONT_HA_POOL 64 /* idle sessions kept per member */
+#define FRONT_HA_POOL 64 /* idle sessions kept per member, under the lock */
+#define FRONT_HA_FAST 8  /* and without it */
 
+/* A member: what every operation reads in its first line, its fast idle
+ * sessions in the next (front.h, FRONT_HOT: each line touched may miss). */
 struct front_ha_member {
-    unsigned long long serial;
+    atomic_int up;          /* gets work */
+    atomic_int stuck;       /* a call of its worker outlived the timeout */
+    atomic_int inflight;    /* operations on it right now */
     int standby;
+    int logged_in;          /* under the group's lock */
+    atomic_ulong gen;       /* changes whenever it comes back: objects are matched again */
+    atomic_long busy_since; /* ms of the monotonic clock when its oldest unanswered call started;
+                             * 0: none; FRONT_HA_BUSY_UNSTAMPED: not known yet */
+    atomic_ulong ops;       /* operations done */
+    _Alignas(64) _Atomic CK_SESSION_HANDLE fast[FRONT_HA_FAST]; /* idle sessions (0: an empty place) */
+    _Alignas(64) unsigned long long serial;
     CK_SLOT_ID slot;
     int resolved;           /* slot is the member's (under the group's lock) */
-    atomic_int up;          /* gets work */
-    atomic_int inflight;    /* operations on it right now */
-    atomic_ulong gen;       /* changes whenever it comes back: objects are matched again */
-    atomic_ulong ops, lost; /* operations done, times lost */
-    atomic_long busy_since; /* ms of the monotonic clock when its oldest unanswered call started */
-    int logged_in;          /* under the group's lock */
     int recovering;         /* a recovery thread runs for it */
+    atomic_ulong lost;      /* times lost */
     int nidle;
     CK_SESSION_HANDLE idle[FRONT_HA_POOL];
     CK_SESSION_HANDLE anchor; /* the session that holds its login: never used, closed when idle */
-    long open; /* sessions of ours open on it */
+    long open; /* sessions of ours open on it (the idle ones included) */
     CK_TOKEN_INFO ti; /* its token, as last seen (resolution, recovery) */
     struct front_ha_worker *worker; /* with an operation timeout (hawork.c) */
-    atomic_int stuck;               /* a call of its worker outlived the timeout */
 };
+
+/* busy_since of a member with calls in flight, their oldest start not known:
+ * stamped by the next pick (no clock read on a lone thread's path). */
+#define FRONT_HA_BUSY_UNSTAMPED (-1L)
 
 struct front_ha_slot;
 
-/* One group's state. */
+/* One group's state; its first line is what every operation reads. */
 struct front_ha_slot {
     const struct front_ha_group *g;
-    CK_SLOT_ID id;
-    pthread_mutex_t mu;
-    int nmembers;
-    struct front_ha_member m[FRONT_HA_MAX_MEMBERS];
-    long sessions;      /* HA sessions open */
-    int logged_in;      /* the host logged in (CKU_USER) */
-    int index;          /* its place among the slots */
     struct front_ha_objtab *objs;
+    long op_timeout_ms; /* g's, here to spare a line */
+    int nmembers;
+    int logged_in;      /* the host logged in (CKU_USER) */
+    atomic_long sessions; /* HA sessions open */
+    CK_SLOT_ID id;
+    int index;          /* its place among the slots */
+    pthread_mutex_t mu;
+    struct front_ha_member m[FRONT_HA_MAX_MEMBERS];
 };
 
 /* The group of HA slot id, or NULL. */
@@ -111,7 +119,7 @@ struct front_ha_slot *front_hamember_at(int i);
  * set once the process was seen with a socket open (a networked vendor),
  * at a resolution. A vendor without one never raises SIGPIPE, and the
  * guard (three system calls) is then spared. */
-extern atomic_int front_hamember_sockets;
+extern atomic_int front_hamember_sockets FRONT_HIDDEN;
 
 /* An HA call of the host's, inside the SIGPIPE guard when needed: a member
  * that dies mid-call must not take the host with it. */
@@ -131,10 +139,11 @@ extern atomic_int front_hamember_sockets;
  * C_GetTokenInfo), on the host's thread. */
 void front_hamember_resolve(struct front_ha_slot *s);
 /* The usable member for new work holding what has (NULL: any), with the
- * fewest operations in flight: active members first, standby ones when no
- * active one is usable. Its inflight is counted; -1 when none. */
+ * fewest operations in flight, none of skip's (bit m: member m): active
+ * members first, standby ones when no active one is usable. Its inflight
+ * is counted; -1 when none. */
 typedef int (*front_ha_has)(struct front_ha_slot *s, int m, void *arg);
-int front_hamember_pick(struct front_ha_slot *s, front_ha_has has, void *arg, const int *skip);
+int front_hamember_pick(struct front_ha_slot *s, front_ha_has has, void *arg, unsigned skip);
 /* The operation picked on m is over. */
 void front_hamember_done(struct front_ha_slot *s, int m);
 /* A session of ours on member m (opened when none is idle): CKR_OK, or
@@ -145,7 +154,8 @@ void front_hamember_release(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h,
 /* The monotonic clock, coarse, in ms. */
 long front_hamember_now_ms(void);
 /* Takes member m's idle sessions out of the pool into out (room for
- * FRONT_HA_POOL); returns how many. */
+ * FRONT_HA_IDLE_MAX); returns how many. */
+#define FRONT_HA_IDLE_MAX (FRONT_HA_POOL + FRONT_HA_FAST)
 int front_hamember_drain(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out);
 
 /* --- hanote.c: the HA log's lines of the HA slot ------------------------- */
@@ -154,6 +164,12 @@ int front_hamember_drain(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
  * writes it: time first), when the configuration enables it; printf-like.
  * Nothing goes to standard output or error. */
 void front_hanote(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Keeps a drift note (haobj.c: an object missing on a member) for
+ * CA_HAExtGetHASlotReport: their count, and the i-th (the last 32 are kept;
+ * NULL for one not kept). */
+void front_hanote_drift(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+unsigned long front_hanote_drift_count(void);
+const char *front_hanote_drift_note(unsigned i);
 
 /* --- hapin.c: the PIN, kept for members that come back -------------------- */
 
@@ -227,17 +243,19 @@ extern atomic_ulong front_ha_failovers;
  * object lives on the member that made it (owner). */
 struct front_ha_obj;
 
-/* Locates object handle o of slot s on member m: CKR_OK and its handle
- * there, CKR_OBJECT_HANDLE_INVALID (not ours), or CKR_KEY_HANDLE_INVALID
- * when it is not on that member (missing or ambiguous: reported once). h is
- * a session of ours on m for the search. */
-CK_RV front_haobj_on(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m, CK_SESSION_HANDLE h,
-                     CK_OBJECT_HANDLE *out);
-/* Whether object o may be on member m (not known to be missing there). */
-int front_haobj_may_have(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m);
 /* The member a session object lives on, -1 for a token object, -2 when o
  * is not an object of s. */
 int front_haobj_owner(struct front_ha_slot *s, CK_OBJECT_HANDLE o);
+/* Object o of s, for the calls below (NULL: o is not an object of s; an
+ * object lives until the slot's last HA session closes). x_on: x on member
+ * m: CKR_OK and its handle there, or CKR_KEY_HANDLE_INVALID when it is not
+ * on that member (missing or ambiguous: reported once); h is a session of
+ * ours on m for the search. x_may_have: whether x may be on member m (not
+ * known to be missing there). */
+struct front_ha_obj *front_haobj_get(struct front_ha_slot *s, CK_OBJECT_HANDLE o);
+CK_RV front_haobj_x_on(struct front_ha_slot *s, struct front_ha_obj *x, int m, CK_SESSION_HANDLE h,
+                       CK_OBJECT_HANDLE *out);
+int front_haobj_x_may_have(struct front_ha_slot *s, const struct front_ha_obj *x, int m);
 /* C_FindObjectsInit's search on every usable member: the front's handles
  * (malloc'd) in *out. */
 CK_RV front_haobj_find(struct front_ha_slot *s, CK_ATTRIBUTE_PTR t, CK_ULONG n, CK_OBJECT_HANDLE **out,
@@ -247,10 +265,7 @@ CK_OBJECT_HANDLE front_haobj_add_session(struct front_ha_slot *s, int m, CK_OBJE
 /* Forgets the session objects (all 0: the last HA session closed), or all
  * (1: the host's C_Finalize; 2: the same in a fork child). */
 void front_haobj_forget(struct front_ha_slot *s, int all);
-/* Drift reports so far, and the i-th note (the last 32 are kept; NULL for
- * one not kept). */
-unsigned long front_haobj_drift(void);
-const char *front_haobj_note(unsigned i);
+
 
 /* --- haop.c: operations ----------------------------------------------------- */
 
@@ -258,16 +273,16 @@ const char *front_haobj_note(unsigned i);
  * on another member (the mechanism, the key, the data of the updates so
  * far, up to LibHAExtReplayLimit bytes), and where it runs now. */
 struct front_ha_op {
-    int kind; /* FRONT_HA_OP_*, 0: none */
-    CK_MECHANISM mech;
-    CK_OBJECT_HANDLE key; /* the front's handle (0: none, C_DigestInit) */
-    int m;                /* the member it runs on */
+    int kind;               /* FRONT_HA_OP_*, 0: none */
+    int m;                  /* the member it runs on */
     CK_SESSION_HANDLE real; /* our session there */
-    int pinned;           /* it cannot move: a member lost ends it */
-    int updates;          /* updates so far */
-    unsigned char *buf;   /* their data, while not pinned */
+    CK_OBJECT_HANDLE key;   /* the front's handle (0: none, C_DigestInit) */
+    CK_MECHANISM mech;
+    unsigned skip;          /* members lost during it (bit m) */
+    int pinned;             /* it cannot move: a member lost ends it */
+    int updates;            /* updates so far */
+    unsigned char *buf;     /* their data, while not pinned */
     CK_ULONG blen, bcap;
-    int skip[FRONT_HA_MAX_MEMBERS]; /* members lost during it */
 };
 
 enum {
@@ -295,14 +310,31 @@ struct front_ha_args {
     CK_ULONG_PTR outlen;
 };
 
-/* Starts an operation of kind on the HA slot's session op (Init). */
-CK_RV front_haop_init(struct front_ha_slot *s, struct front_ha_op *op, int kind, CK_MECHANISM_PTR mech,
-                      CK_OBJECT_HANDLE key);
+/* The key an HA session last started an operation with, and its object
+ * (front_haobj_get's, valid while the session is open): looked up once. */
+struct front_ha_key {
+    CK_OBJECT_HANDLE h;
+    struct front_ha_obj *x;
+};
+
+/* Starts an operation of kind on the HA slot's session op (Init) with key
+ * (one of the slot's objects: CKR_KEY_HANDLE_INVALID when not; none for a
+ * digest), last: the session's key cache. */
+CK_RV front_haop_init(struct front_ha_slot *s, struct front_ha_op *op, struct front_ha_key *last, int kind,
+                      CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key);
+/* Ends the operation in progress, if any (its session closed). */
+void front_haop_end(struct front_ha_slot *s, struct front_ha_op *op);
+/* Binds op, whose member was lost, to the next member (its Init again):
+ * CKR_OK or why not. */
+CK_RV front_haop_bind(struct front_ha_slot *s, struct front_ha_op *op, const char *fn);
+/* Forgets op (what it allocated freed). */
+void front_haop_clear(struct front_ha_op *op);
+
+/* --- hacall.c: an operation's calls after its Init ----------------------- */
+
 /* One call of the operation in progress (stage FRONT_HA_*), issued again
  * on another member when its member is lost. */
 CK_RV front_haop_call(struct front_ha_slot *s, struct front_ha_op *op, int kind, int stage, struct front_ha_args *a);
-/* Ends the operation in progress, if any (its session closed). */
-void front_haop_end(struct front_ha_slot *s, struct front_ha_op *op);
 /* A call of hakeys.c: fn(session, the keys' handles there, arg). */
 typedef CK_RV (*front_haop_fn)(CK_SESSION_HANDLE h, const CK_OBJECT_HANDLE *real, void *arg);
 
@@ -314,14 +346,15 @@ typedef CK_RV (*front_haop_fn)(CK_SESSION_HANDLE h, const CK_OBJECT_HANDLE *real
 
 /* An HA session: the front's, on an HA slot. */
 struct front_ha_sess {
-    CK_SESSION_HANDLE h;
+    CK_SESSION_HANDLE h; /* what an operation reads first: h, used, s, key, op */
     int used;
     struct front_ha_slot *s;
+    struct front_ha_key key;
+    struct front_ha_op op;
     CK_FLAGS flags;
     CK_OBJECT_HANDLE *found; /* C_FindObjectsInit's result */
     CK_ULONG nfound, pos;
     int finding;
-    struct front_ha_op op;
 };
 
 /* The HA session h, or NULL. */

@@ -18,7 +18,8 @@
 
 static int has_key(struct front_ha_slot *s, int m, void *arg)
 {
-    return front_haobj_may_have(s, *(CK_OBJECT_HANDLE *)arg, m);
+    struct front_ha_obj *x = front_haobj_get(s, *(CK_OBJECT_HANDLE *)arg);
+    return x != NULL && front_haobj_x_may_have(s, x, m);
 }
 
 /* One call on the member picked for keys[0..nkeys) (the front's handles,
@@ -28,24 +29,26 @@ static int has_key(struct front_ha_slot *s, int m, void *arg)
 static CK_RV once(struct front_ha_slot *s, const CK_OBJECT_HANDLE *keys, int nkeys, front_haop_fn fn, void *arg,
                   int *where)
 {
-    int skip[FRONT_HA_MAX_MEMBERS] = {0};
+    unsigned skip = 0;
     CK_OBJECT_HANDLE key0 = nkeys > 0 ? keys[0] : CK_INVALID_HANDLE;
     for (;;) {
         CK_OBJECT_HANDLE real[2] = {CK_INVALID_HANDLE, CK_INVALID_HANDLE};
         CK_SESSION_HANDLE h;
         int m = front_hamember_pick(s, nkeys > 0 ? has_key : NULL, &key0, skip);
+        struct front_ha_obj *x;
         CK_RV rv;
         if (m < 0)
             return CKR_DEVICE_ERROR;
         rv = front_hamember_session(s, m, &h);
         for (int i = 0; i < nkeys && i < 2 && rv == CKR_OK; i++)
-            rv = front_haobj_on(s, keys[i], m, h, &real[i]);
+            rv = (x = front_haobj_get(s, keys[i])) == NULL ? CKR_OBJECT_HANDLE_INVALID
+                                                           : front_haobj_x_on(s, x, m, h, &real[i]);
         if (rv == CKR_OK)
             rv = fn(h, real, arg);
         else if (rv == CKR_KEY_HANDLE_INVALID) {
             front_hamember_release(s, m, h, 0);
             front_hamember_done(s, m);
-            skip[m] = 1; /* a second key this member lacks */
+            skip |= 1U << m; /* a second key this member lacks */
             continue;
         }
         if (!haext_rv_failover(rv)) {
@@ -58,7 +61,7 @@ static CK_RV once(struct front_ha_slot *s, const CK_OBJECT_HANDLE *keys, int nke
         front_hamember_release(s, m, h, 1);
         front_hamember_done(s, m);
         front_halogin_lost(s, m, "call", rv);
-        skip[m] = 1;
+        skip |= 1U << m;
         atomic_fetch_add(&front_ha_failovers, 1);
     }
 }

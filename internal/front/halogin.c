@@ -68,7 +68,7 @@ static void set_logged_in(struct front_ha_slot *s, int m, int v)
 /* The first member: the one answer that decides. */
 static CK_RV login_first(struct front_ha_slot *s, CK_UTF8CHAR_PTR pin, CK_ULONG len, int *first)
 {
-    int skip[FRONT_HA_MAX_MEMBERS] = {0};
+    unsigned skip = 0;
     for (;;) {
         CK_RV rv;
         int m = front_hamember_pick(s, NULL, NULL, skip);
@@ -78,7 +78,7 @@ static CK_RV login_first(struct front_ha_slot *s, CK_UTF8CHAR_PTR pin, CK_ULONG 
         front_hamember_done(s, m);
         if (haext_rv_failover(rv)) {
             front_halogin_lost(s, m, "C_Login", rv);
-            skip[m] = 1;
+            skip |= 1U << m;
             continue;
         }
         if (rv == CKR_OK) {
@@ -148,7 +148,7 @@ CK_RV front_halogin_logout(struct front_ha_slot *s)
 
 void front_halogin_idle(struct front_ha_slot *s)
 {
-    CK_SESSION_HANDLE idle[FRONT_HA_POOL];
+    CK_SESSION_HANDLE idle[FRONT_HA_IDLE_MAX];
     pthread_mutex_lock(&s->mu);
     s->logged_in = 0;
     pthread_mutex_unlock(&s->mu);
@@ -171,7 +171,7 @@ static int attempt(struct front_ha_slot *s, int m)
     struct front_ha_member *x = &s->m[m];
     CK_UTF8CHAR pin[256];
     CK_TOKEN_INFO ti;
-    CK_SESSION_HANDLE h, old[FRONT_HA_POOL + 1];
+    CK_SESSION_HANDLE h, old[FRONT_HA_IDLE_MAX + 1];
     unsigned long long ser;
     long len;
     int n, back;
@@ -250,6 +250,8 @@ static void forget(int child)
             x->resolved = x->logged_in = x->nidle = 0;
             x->anchor = CK_INVALID_HANDLE;
             x->open = 0;
+            for (int i = 0; i < FRONT_HA_FAST; i++)
+                atomic_store(&x->fast[i], CK_INVALID_HANDLE);
             if (child) {
                 x->recovering = 0;
                 front_hawork_reset(x);

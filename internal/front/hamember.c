@@ -22,14 +22,17 @@ atomic_ulong front_ha_failovers;
 static void setup(void)
 {
     const struct front_ha_conf *c = front_haconf();
-    if (c == NULL || (slots = calloc((size_t)c->ngroups, sizeof *slots)) == NULL)
+    size_t size = (size_t)c->ngroups * sizeof *slots;
+    if (c == NULL || (slots = aligned_alloc(_Alignof(struct front_ha_slot), size)) == NULL)
         return;
+    memset(slots, 0, size);
     for (int i = 0; i < c->ngroups; i++) {
         struct front_ha_slot *s = &slots[i];
         s->g = &c->group[i];
         s->index = i;
         s->id = FRONT_HA_SLOT_BASE + (CK_SLOT_ID)c->group[i].nn;
         s->nmembers = c->group[i].nmembers;
+        s->op_timeout_ms = c->group[i].op_timeout_ms;
         pthread_mutex_init(&s->mu, NULL);
         for (int m = 0; m < s->nmembers; m++) {
             s->m[m].anchor = CK_INVALID_HANDLE;
@@ -95,7 +98,7 @@ static int all_resolved(struct front_ha_slot *s)
     return all;
 }
 
-atomic_int front_hamember_sockets;
+atomic_int front_hamember_sockets FRONT_HIDDEN;
 
 /* Whether this process has a socket open: a vendor that reaches its
  * members through one may write to it after the member died, and raise
@@ -136,61 +139,82 @@ void front_hamember_resolve(struct front_ha_slot *s)
     }
 }
 
+/* The clock for a busy member's check, read once per pick and only when
+ * needed (*now: 0 before). */
+static long clock_once(long *now)
+{
+    if (*now == 0)
+        *now = front_hamember_now_ms();
+    return *now;
+}
+
+/* Whether busy member x (calls in flight since since) may get new work:
+ * not when none of them was answered for a second or the group's operation
+ * timeout. A member not stamped yet is stamped now. */
+static __attribute__((noinline)) int busy_usable(struct front_ha_slot *s, struct front_ha_member *x, long since,
+                                                 long *now)
+{
+    long limit = s->op_timeout_ms > 0 ? s->op_timeout_ms : 1000;
+    if (since == FRONT_HA_BUSY_UNSTAMPED) {
+        atomic_compare_exchange_strong_explicit(&x->busy_since, &since, clock_once(now), memory_order_relaxed,
+                                                memory_order_relaxed);
+        return 1;
+    }
+    return clock_once(now) - since < limit;
+}
+
 /* Whether member m may get new work: up, logged in when the slot is, and
- * not stuck (calls in flight, none answered for a second or the group's
- * operation timeout). */
-static int usable(struct front_ha_slot *s, int m, long now)
+ * not stuck (busy_usable). */
+FRONT_HOT static inline int usable(struct front_ha_slot *s, int m, long *now)
 {
     struct front_ha_member *x = &s->m[m];
-    long since, limit = s->g->op_timeout_ms > 0 ? s->g->op_timeout_ms : 1000;
+    long since;
     if (!atomic_load_explicit(&x->up, memory_order_acquire))
         return 0;
     if ((s->logged_in && !x->logged_in) || atomic_load_explicit(&x->stuck, memory_order_relaxed))
         return 0;
     since = atomic_load_explicit(&x->busy_since, memory_order_relaxed);
-    return since == 0 || now - since < limit;
+    return FRONT_LIKELY(since == 0) || busy_usable(s, x, since, now);
 }
 
-int front_hamember_pick(struct front_ha_slot *s, front_ha_has has, void *arg, const int *skip)
+FRONT_HOT int front_hamember_pick(struct front_ha_slot *s, front_ha_has has, void *arg, unsigned skip)
 {
-    long now = front_hamember_now_ms();
+    long now = 0;
     for (int pass = 0; pass < 2; pass++) {
         int best = -1, load = 0;
         for (int m = 0; m < s->nmembers; m++) {
             int l;
-            if (skip[m] || s->m[m].standby != pass || !usable(s, m, now))
-                continue;
-            if (has != NULL && !has(s, m, arg))
+            if ((skip >> m & 1U) || s->m[m].standby != pass || !usable(s, m, &now))
                 continue;
             l = atomic_load_explicit(&s->m[m].inflight, memory_order_relaxed);
-            if (best < 0 || l < load) {
-                best = m;
-                load = l;
-            }
+            /* has only for a member that would be the best so far */
+            if ((best >= 0 && l >= load) || (has != NULL && !has(s, m, arg)))
+                continue;
+            best = m;
+            load = l;
         }
         if (best >= 0) {
             struct front_ha_member *x = &s->m[best];
             if (atomic_fetch_add(&x->inflight, 1) == 0)
-                atomic_store_explicit(&x->busy_since, now, memory_order_relaxed);
+                atomic_store_explicit(&x->busy_since, FRONT_HA_BUSY_UNSTAMPED, memory_order_relaxed);
             return best;
         }
     }
     return -1;
 }
 
-void front_hamember_done(struct front_ha_slot *s, int m)
+FRONT_HOT void front_hamember_done(struct front_ha_slot *s, int m)
 {
     struct front_ha_member *x = &s->m[m];
     atomic_fetch_add_explicit(&x->ops, 1, memory_order_relaxed);
     /* An answer: the member is not stuck; the calls still out are as old
-     * as now, at worst. */
-    if (atomic_fetch_sub(&x->inflight, 1) == 1)
-        atomic_store_explicit(&x->busy_since, 0, memory_order_relaxed);
-    else
-        atomic_store_explicit(&x->busy_since, front_hamember_now_ms(), memory_order_relaxed);
+     * as now, at worst (stamped when next looked at). */
+    atomic_store_explicit(&x->busy_since, atomic_fetch_sub(&x->inflight, 1) == 1 ? 0 : FRONT_HA_BUSY_UNSTAMPED,
+                          memory_order_relaxed);
 }
 
-CK_RV front_hamember_session(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
+/* A session of member m from the locked pool, or a new one. */
+FRONT_COLD static CK_RV session_slow(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
 {
     struct front_ha_member *x = &s->m[m];
     CK_SLOT_ID slot;
@@ -212,7 +236,47 @@ CK_RV front_hamember_session(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *
     return rv;
 }
 
-void front_hamember_release(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, int failed)
+FRONT_HOT CK_RV front_hamember_session(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
+{
+    struct front_ha_member *x = &s->m[m];
+    for (int i = 0; i < FRONT_HA_FAST; i++) {
+        CK_SESSION_HANDLE h = atomic_load_explicit(&x->fast[i], memory_order_relaxed);
+        if (h != CK_INVALID_HANDLE &&
+            atomic_compare_exchange_strong_explicit(&x->fast[i], &h, CK_INVALID_HANDLE, memory_order_acquire,
+                                                    memory_order_relaxed)) {
+            *out = h;
+            return CKR_OK;
+        }
+    }
+    return session_slow(s, m, out);
+}
+
+/* Whether an idle session of member x may be kept. */
+FRONT_HOT static int keepable(struct front_ha_slot *s, struct front_ha_member *x)
+{
+    return atomic_load_explicit(&s->sessions, memory_order_relaxed) > 0 && atomic_load_explicit(&x->up, memory_order_relaxed);
+}
+
+/* Puts h among x's fast idle sessions: 1, or 0 when there is no room, or
+ * when it may not be kept after all (a drain raced it: it is taken back). */
+FRONT_HOT static int give_fast(struct front_ha_slot *s, struct front_ha_member *x, CK_SESSION_HANDLE h)
+{
+    for (int i = 0; i < FRONT_HA_FAST; i++) {
+        CK_SESSION_HANDLE empty = CK_INVALID_HANDLE;
+        if (!atomic_compare_exchange_strong_explicit(&x->fast[i], &empty, h, memory_order_release,
+                                                     memory_order_relaxed))
+            continue;
+        if (keepable(s, x))
+            return 1;
+        /* The last HA session closed, or the member was lost, meanwhile:
+         * take it back unless a drain already did (then it is the drain's). */
+        return !atomic_compare_exchange_strong(&x->fast[i], &h, CK_INVALID_HANDLE);
+    }
+    return 0;
+}
+
+/* Session h of member m back to the locked pool, or closed. */
+FRONT_COLD static void release_slow(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, int failed)
 {
     struct front_ha_member *x = &s->m[m];
     pthread_mutex_lock(&s->mu);
@@ -230,6 +294,14 @@ void front_hamember_release(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h,
     front_vendor_copy.C_CloseSession(h);
 }
 
+FRONT_HOT void front_hamember_release(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, int failed)
+{
+    struct front_ha_member *x = &s->m[m];
+    if (FRONT_LIKELY(!failed && keepable(s, x) && give_fast(s, x, h)))
+        return;
+    release_slow(s, m, h, failed);
+}
+
 /* Takes member m's idle sessions out of the pool into out; returns how many. */
 int front_hamember_drain(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
 {
@@ -239,6 +311,11 @@ int front_hamember_drain(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out)
     n = x->nidle;
     memcpy(out, x->idle, (size_t)n * sizeof *out);
     x->nidle = 0;
+    for (int i = 0; i < FRONT_HA_FAST; i++) {
+        CK_SESSION_HANDLE h = atomic_exchange(&x->fast[i], CK_INVALID_HANDLE);
+        if (h != CK_INVALID_HANDLE)
+            out[n++] = h;
+    }
     x->open -= n;
     if (n > 0 && x->open <= 0)
         atomic_fetch_add(&x->gen, 1);

@@ -66,3 +66,23 @@ void front_hanote(const char *fmt, ...)
     }
     close(fd);
 }
+
+static atomic_ulong drift;
+static char notes[32][160]; /* the last 32 drift notes */
+
+void front_hanote_drift(const char *fmt, ...)
+{
+    unsigned long i = atomic_fetch_add(&drift, 1);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(notes[i % 32], sizeof notes[0], fmt, ap);
+    va_end(ap);
+}
+
+unsigned long front_hanote_drift_count(void) { return atomic_load(&drift); }
+
+const char *front_hanote_drift_note(unsigned i)
+{
+    unsigned long n = atomic_load(&drift);
+    return i < n && i + 32 >= n ? notes[i % 32] : NULL;
+}

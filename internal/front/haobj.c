@@ -19,20 +19,25 @@
 
 enum { UNKNOWN, HAVE, MISSING, AMBIGUOUS };
 
+/* An object: where it is on each member first (what an operation reads),
+ * then what it is. */
 struct front_ha_obj {
     int owner; /* -1: a token object; else the member of a session object */
+    struct {
+        CK_OBJECT_HANDLE real;
+        unsigned long gen;
+        unsigned char state, noted;
+    } on[FRONT_HA_MAX_MEMBERS];
     CK_OBJECT_CLASS cls;
     CK_KEY_TYPE kt;
     CK_ULONG idlen, labellen;
     unsigned char id[MAX_VALUE], label[MAX_VALUE];
-    CK_OBJECT_HANDLE real[FRONT_HA_MAX_MEMBERS];
-    unsigned long gen[FRONT_HA_MAX_MEMBERS];
-    unsigned char state[FRONT_HA_MAX_MEMBERS], noted[FRONT_HA_MAX_MEMBERS];
 };
 
 /* Written under mu, read without it: o never moves (room for MAX_OBJS), n
- * grows after its entry is in place, and an object's gen[m] is written
- * after its state[m] and real[m] (a reader that sees the gen sees them). */
+ * grows after its entry is in place, and an object's on[m].gen is written
+ * after its on[m].state and on[m].real (a reader that sees the gen sees
+ * them). */
 #define MAX_OBJS 16384
 struct front_ha_objtab {
     pthread_mutex_t mu;
@@ -41,21 +46,17 @@ struct front_ha_objtab {
 };
 
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
-static atomic_ulong drift;
-static char notes[32][160]; /* the last 32 notes */
-static unsigned nnotes;
 
-static struct front_ha_objtab *table(struct front_ha_slot *s)
+FRONT_HOT static struct front_ha_objtab *table(struct front_ha_slot *s)
 {
     struct front_ha_objtab *t = __atomic_load_n(&s->objs, __ATOMIC_ACQUIRE);
     if (t != NULL) /* made once, never freed */
         return t;
     pthread_mutex_lock(&tab_mu);
-    if (s->objs == NULL && (t = calloc(1, sizeof *t)) != NULL && (t->o = calloc(MAX_OBJS, sizeof *t->o)) == NULL) {
-        free(t);
-        t = NULL;
-    }
-    if (s->objs == NULL && t != NULL) {
+    /* The handles right after the header: the first objects' entries
+     * share its page. */
+    if (s->objs == NULL && (t = calloc(1, sizeof *t + MAX_OBJS * sizeof *t->o)) != NULL) {
+        t->o = (struct front_ha_obj **)(t + 1);
         pthread_mutex_init(&t->mu, NULL);
         __atomic_store_n(&s->objs, t, __ATOMIC_RELEASE);
     }
@@ -64,7 +65,7 @@ static struct front_ha_objtab *table(struct front_ha_slot *s)
 }
 
 /* The object of handle o, or NULL (locked or not). */
-static struct front_ha_obj *get(struct front_ha_objtab *t, CK_OBJECT_HANDLE o)
+FRONT_HOT static struct front_ha_obj *get(struct front_ha_objtab *t, CK_OBJECT_HANDLE o)
 {
     CK_ULONG i = (o & ~FRONT_HA_OBJ_TAG) - 1;
     if ((o & 0xFF000000UL) != FRONT_HA_OBJ_TAG || o > 0xFFFFFFFFUL || i >= __atomic_load_n(&t->n, __ATOMIC_ACQUIRE))
@@ -85,26 +86,22 @@ static CK_OBJECT_HANDLE add(struct front_ha_objtab *t, struct front_ha_obj *x)
 /* Locked: records where x is on member m, its gen last. */
 static void place(struct front_ha_obj *x, int m, int state, CK_OBJECT_HANDLE real, unsigned long gen)
 {
-    x->real[m] = real;
-    x->state[m] = (unsigned char)state;
-    __atomic_store_n(&x->gen[m], gen, __ATOMIC_RELEASE);
+    x->on[m].real = real;
+    x->on[m].state = (unsigned char)state;
+    __atomic_store_n(&x->on[m].gen, gen, __ATOMIC_RELEASE);
 }
 
 static void note(struct front_ha_slot *s, int m, const struct front_ha_obj *x, const char *what)
 {
-    char *n = notes[nnotes++ % 32];
-    snprintf(n, sizeof notes[0], "HA slot %lu (%s): member %s: object class 0x%lx label \"%.*s\" is %s there",
-             (unsigned long)s->id, s->g->label, s->g->text[m], (unsigned long)x->cls,
-             (int)(x->labellen > 64 ? 64 : x->labellen), (const char *)x->label, what);
-    atomic_fetch_add(&drift, 1);
+    int n = (int)(x->labellen > 64 ? 64 : x->labellen);
+    front_hanote_drift("HA slot %lu (%s): member %s: object class 0x%lx label \"%.*s\" is %s there",
+                       (unsigned long)s->id, s->g->label, s->g->text[m], (unsigned long)x->cls, n,
+                       (const char *)x->label, what);
     front_hanote("group=\"%s\" group_serial=%s member=%s event=drift object_class=0x%lx label=\"%.*s\" (%s there: "
                  "its operations go to the other members)", s->g->label, s->g->serial, s->g->text[m],
-                 (unsigned long)x->cls, (int)(x->labellen > 64 ? 64 : x->labellen), (const char *)x->label, what);
+                 (unsigned long)x->cls, n, (const char *)x->label, what);
 }
 
-unsigned long front_haobj_drift(void) { return atomic_load(&drift); }
-
-const char *front_haobj_note(unsigned i) { return i < nnotes && i + 32 >= nnotes ? notes[i % 32] : NULL; }
 
 /* x on member m (session h): HAVE, MISSING, AMBIGUOUS; UNKNOWN and *rv. */
 static int lookup(const struct front_ha_obj *x, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *real, CK_RV *rv)
@@ -131,24 +128,21 @@ static int lookup(const struct front_ha_obj *x, CK_SESSION_HANDLE h, CK_OBJECT_H
     return n == 1 ? HAVE : n == 0 ? MISSING : AMBIGUOUS;
 }
 
-CK_RV front_haobj_on(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m, CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *out)
+FRONT_HOT struct front_ha_obj *front_haobj_get(struct front_ha_slot *s, CK_OBJECT_HANDLE o)
 {
     struct front_ha_objtab *t = table(s);
-    struct front_ha_obj *x, copy;
-    unsigned long gen = atomic_load(&s->m[m].gen);
+    return t != NULL ? get(t, o) : NULL;
+}
+
+/* x's lookup on member m, once per object and member (and comeback). */
+FRONT_COLD static CK_RV on_lookup(struct front_ha_slot *s, struct front_ha_obj *x, int m, unsigned long gen,
+                                  CK_SESSION_HANDLE h, CK_OBJECT_HANDLE *out)
+{
+    struct front_ha_objtab *t = table(s);
+    struct front_ha_obj copy;
     CK_OBJECT_HANDLE real = CK_INVALID_HANDLE;
     CK_RV rv;
     int st;
-    if (t == NULL)
-        return CKR_HOST_MEMORY;
-    x = get(t, o);
-    if (x == NULL || (x->owner >= 0 && x->owner != m))
-        return x == NULL ? CKR_OBJECT_HANDLE_INVALID : CKR_KEY_HANDLE_INVALID;
-    if (x->owner == m || (__atomic_load_n(&x->gen[m], __ATOMIC_ACQUIRE) == gen && x->state[m] != UNKNOWN)) {
-        st = x->owner == m ? HAVE : x->state[m];
-        *out = x->real[m];
-        return st == HAVE ? CKR_OK : CKR_KEY_HANDLE_INVALID;
-    }
     pthread_mutex_lock(&t->mu);
     copy = *x;
     pthread_mutex_unlock(&t->mu);
@@ -157,8 +151,8 @@ CK_RV front_haobj_on(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m, CK_SESS
         return rv;
     pthread_mutex_lock(&t->mu);
     place(x, m, st, real, gen);
-    if (st != HAVE && !x->noted[m]) {
-        x->noted[m] = 1;
+    if (st != HAVE && !x->on[m].noted) {
+        x->on[m].noted = 1;
         note(s, m, x, st == MISSING ? "missing" : "ambiguous (two or more match)");
     }
     pthread_mutex_unlock(&t->mu);
@@ -166,26 +160,33 @@ CK_RV front_haobj_on(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m, CK_SESS
     return st == HAVE ? CKR_OK : CKR_KEY_HANDLE_INVALID;
 }
 
-int front_haobj_may_have(struct front_ha_slot *s, CK_OBJECT_HANDLE o, int m)
+FRONT_HOT CK_RV front_haobj_x_on(struct front_ha_slot *s, struct front_ha_obj *x, int m, CK_SESSION_HANDLE h,
+                                 CK_OBJECT_HANDLE *out)
 {
-    struct front_ha_objtab *t = table(s);
-    struct front_ha_obj *x;
-    if (t == NULL || (x = get(t, o)) == NULL)
-        return 0;
+    unsigned long gen = atomic_load_explicit(&s->m[m].gen, memory_order_acquire);
+    if (x->owner >= 0) {
+        *out = x->on[m].real;
+        return x->owner == m ? CKR_OK : CKR_KEY_HANDLE_INVALID;
+    }
+    if (__atomic_load_n(&x->on[m].gen, __ATOMIC_ACQUIRE) == gen && x->on[m].state != UNKNOWN) {
+        *out = x->on[m].real;
+        return x->on[m].state == HAVE ? CKR_OK : CKR_KEY_HANDLE_INVALID;
+    }
+    return on_lookup(s, x, m, gen, h, out);
+}
+
+FRONT_HOT int front_haobj_x_may_have(struct front_ha_slot *s, const struct front_ha_obj *x, int m)
+{
     if (x->owner >= 0)
         return x->owner == m;
-    return !(__atomic_load_n(&x->gen[m], __ATOMIC_ACQUIRE) == atomic_load(&s->m[m].gen) &&
-             (x->state[m] == MISSING || x->state[m] == AMBIGUOUS));
+    return !(__atomic_load_n(&x->on[m].gen, __ATOMIC_ACQUIRE) == atomic_load(&s->m[m].gen) &&
+             (x->on[m].state == MISSING || x->on[m].state == AMBIGUOUS));
 }
 
 int front_haobj_owner(struct front_ha_slot *s, CK_OBJECT_HANDLE o)
 {
-    struct front_ha_objtab *t = table(s);
-    struct front_ha_obj *x;
-    int owner = -2;
-    if (t != NULL && (x = get(t, o)) != NULL)
-        owner = x->owner;
-    return owner;
+    struct front_ha_obj *x = front_haobj_get(s, o);
+    return x != NULL ? x->owner : -2;
 }
 
 CK_OBJECT_HANDLE front_haobj_add_session(struct front_ha_slot *s, int m, CK_OBJECT_HANDLE real)
@@ -198,8 +199,8 @@ CK_OBJECT_HANDLE front_haobj_add_session(struct front_ha_slot *s, int m, CK_OBJE
         return 0;
     }
     x->owner = m;
-    x->real[m] = real;
-    x->state[m] = HAVE;
+    x->on[m].real = real;
+    x->on[m].state = HAVE;
     pthread_mutex_lock(&t->mu);
     o = add(t, x);
     pthread_mutex_unlock(&t->mu);
@@ -223,9 +224,7 @@ static CK_OBJECT_HANDLE identity(struct front_ha_objtab *t, const struct front_h
     if ((x = malloc(sizeof *x)) == NULL)
         return 0;
     *x = *id;
-    memset(x->state, UNKNOWN, sizeof x->state);
-    memset(x->noted, 0, sizeof x->noted);
-    memset(x->gen, 0, sizeof x->gen);
+    memset(x->on, 0, sizeof x->on); /* UNKNOWN everywhere */
     if ((o = add(t, x)) == 0)
         free(x);
     return o;
@@ -271,12 +270,12 @@ static void found_one(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, CK_OB
     if (tok) {
         struct front_ha_obj *x;
         if ((o = identity(t, &id)) != 0 && (x = get(t, o)) != NULL) {
-            int again = x->gen[m] == atomic_load(&s->m[m].gen) && x->state[m] == HAVE && x->real[m] != real;
+            int again = x->on[m].gen == atomic_load(&s->m[m].gen) && x->on[m].state == HAVE && x->on[m].real != real;
             place(x, m, again ? AMBIGUOUS : HAVE, real, atomic_load(&s->m[m].gen));
         }
     } else {
         for (i = 0; i < t->n && o == 0; i++)
-            if (t->o[i] != NULL && t->o[i]->owner == m && t->o[i]->real[m] == real)
+            if (t->o[i] != NULL && t->o[i]->owner == m && t->o[i]->on[m].real == real)
                 o = FRONT_HA_OBJ_TAG | (i + 1);
     }
     pthread_mutex_unlock(&t->mu);
@@ -330,11 +329,11 @@ static void mark_missing(struct front_ha_slot *s, const int *answered, const CK_
             continue;
         for (int m = 0; m < s->nmembers; m++) {
             unsigned long gen = atomic_load(&s->m[m].gen);
-            if (!answered[m] || (x->gen[m] == gen && x->state[m] != UNKNOWN && x->state[m] != MISSING))
+            if (!answered[m] || (x->on[m].gen == gen && x->on[m].state != UNKNOWN && x->on[m].state != MISSING))
                 continue;
-            place(x, m, MISSING, x->real[m], gen);
-            if (!x->noted[m]) {
-                x->noted[m] = 1;
+            place(x, m, MISSING, x->on[m].real, gen);
+            if (!x->on[m].noted) {
+                x->on[m].noted = 1;
                 note(s, m, x, "missing");
             }
         }
@@ -393,7 +392,8 @@ void front_haobj_forget(struct front_ha_slot *s, int all)
             __atomic_store_n(&t->o[i], NULL, __ATOMIC_RELEASE);
             free(x); /* its handle stays unused: the front never reuses one */
         } else if (all) {
-            memset(x->state, UNKNOWN, sizeof x->state);
+            for (int m = 0; m < FRONT_HA_MAX_MEMBERS; m++)
+                x->on[m].state = UNKNOWN;
         }
     }
     pthread_mutex_unlock(&t->mu);

@@ -95,16 +95,14 @@ CK_RV front_ha_C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR a, CK_ULONG 
 /* --- operations ------------------------------------------------------------ */
 
 #define OP_INIT(name, kind) \
-    CK_RV front_ha_##name(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMech, CK_OBJECT_HANDLE hKey) \
+    FRONT_HOT CK_RV front_ha_##name(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMech, CK_OBJECT_HANDLE hKey) \
     { \
         SESS(e); \
-        if (front_haobj_owner(e->s, hKey) == -2) \
-            return CKR_KEY_HANDLE_INVALID; \
-        return front_haop_init(e->s, &e->op, kind, pMech, hKey); \
+        return front_haop_init(e->s, &e->op, &e->key, kind, pMech, hKey); \
     }
 
 #define OP_DATA(name, kind, stage) \
-    CK_RV front_ha_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulIn, CK_BYTE_PTR pOut, \
+    FRONT_HOT CK_RV front_ha_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulIn, CK_BYTE_PTR pOut, \
                               CK_ULONG_PTR pulOut) \
     { \
         struct front_ha_args a = {pIn, ulIn, pOut, pulOut}; \
@@ -115,7 +113,7 @@ CK_RV front_ha_C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR a, CK_ULONG 
     }
 
 #define OP_UPDATE(name, kind) \
-    CK_RV front_ha_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulIn) \
+    FRONT_HOT CK_RV front_ha_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulIn) \
     { \
         struct front_ha_args a = {pIn, ulIn, NULL, NULL}; \
         SESS(e); \
@@ -123,7 +121,7 @@ CK_RV front_ha_C_SetPIN(CK_SESSION_HANDLE hSession, CK_UTF8CHAR_PTR a, CK_ULONG 
     }
 
 #define OP_FINAL(name, kind) \
-    CK_RV front_ha_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOut, CK_ULONG_PTR pulOut) \
+    FRONT_HOT CK_RV front_ha_##name(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pOut, CK_ULONG_PTR pulOut) \
     { \
         struct front_ha_args a = {NULL, 0, pOut, pulOut}; \
         SESS(e); \
@@ -157,10 +155,10 @@ OP_FINAL(C_DigestFinal, FRONT_HA_OP_DIGEST)
 CK_RV front_ha_C_DigestInit(CK_SESSION_HANDLE hSession, CK_MECHANISM_PTR pMech)
 {
     SESS(e);
-    return front_haop_init(e->s, &e->op, FRONT_HA_OP_DIGEST, pMech, CK_INVALID_HANDLE);
+    return front_haop_init(e->s, &e->op, &e->key, FRONT_HA_OP_DIGEST, pMech, CK_INVALID_HANDLE);
 }
 
-CK_RV front_ha_C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulIn, CK_BYTE_PTR pSig,
+FRONT_HOT CK_RV front_ha_C_Verify(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pIn, CK_ULONG ulIn, CK_BYTE_PTR pSig,
                             CK_ULONG ulSig)
 {
     struct front_ha_args a = {pIn, ulIn, pSig, &ulSig};

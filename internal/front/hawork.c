@@ -117,8 +117,8 @@ int front_hawork_run(struct front_ha_slot *s, int m, front_hawork_fn fn, front_h
     }
     *j = (struct job){.fn = fn, .orphan = orphan, .arg = arg};
     clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += s->g->op_timeout_ms / 1000;
-    dl.tv_nsec += (s->g->op_timeout_ms % 1000) * 1000000L;
+    dl.tv_sec += s->op_timeout_ms / 1000;
+    dl.tv_nsec += (s->op_timeout_ms % 1000) * 1000000L;
     if (dl.tv_nsec >= 1000000000L) {
         dl.tv_sec++;
         dl.tv_nsec -= 1000000000L;

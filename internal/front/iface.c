@@ -73,13 +73,15 @@ FRONT_SESSION_FUNCTIONS_3_0(DECLARE)
 CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,
                   CK_UTF8CHAR_PTR pUsername, CK_ULONG ulUsernameLen);
 
-/* An HA session answers none of them (the HA slot is 2.40's). */
-static CK_RV ha_3_0(void)
+/* An HA session answers none of them (the HA slot is 2.40's); it takes
+ * the call's arguments, unused. */
+static CK_RV ha_3_0(CK_SESSION_HANDLE h, ...)
 {
+    (void)h;
     return front_haslot_refuse(CKR_FUNCTION_NOT_SUPPORTED, "the PKCS#11 3.0 functions are not supported on an HA slot");
 }
 #define SESSION_TRAMPOLINE_3_0(name, params, args) \
-    FRONT_SESSION_TRAMPOLINE_HA(front_vendor_copy3, name, params, args, ha_3_0())
+    FRONT_SESSION_TRAMPOLINE_HA(front_vendor_copy3, name, params, args, ha_3_0 args)
 FRONT_SESSION_FUNCTIONS_3_0(SESSION_TRAMPOLINE_3_0)
 
 CK_RV C_LoginUser(CK_SESSION_HANDLE hSession, CK_USER_TYPE userType, CK_UTF8CHAR_PTR pPin, CK_ULONG ulPinLen,

@@ -31,7 +31,6 @@
 #include "front.h"
 #include "ha.h"
 
-#define FRONT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
 /* Around every forwarded call that takes a session: the calling thread
  * marks itself in a call on session h and returns what it was in before
@@ -76,15 +75,20 @@ static inline void front_busy_end(CK_SESSION_HANDLE prev)
                                                                                    front_ha_##name args)
 
 /* The same, where an HA session's call goes to ha_call (ha.h): one compare
- * of the handle's top bits on every call. */
+ * of the handle's top bits on every call. The HA branch is a function of
+ * its own (ha_<name>, with the SIGPIPE guard), so that the trampoline stays
+ * small and the HA path's code sits together (FRONT_HOT). */
 #define FRONT_SESSION_TRAMPOLINE_HA(copy, name, params, args, ha_call) \
+    static __attribute__((noinline)) CK_RV ha_##name params \
+    { \
+        CK_RV ha_rv_; \
+        FRONT_HA_GUARDED(ha_rv_, ha_call); \
+        return ha_rv_; \
+    } \
     CK_RV name params \
     { \
-        if (FRONT_UNLIKELY(FRONT_HA_TAGGED(hSession)) && front_haslot_session(hSession) != NULL) { \
-            CK_RV ha_rv_; \
-            FRONT_HA_GUARDED(ha_rv_, ha_call); \
-            return ha_rv_; \
-        } \
+        if (FRONT_UNLIKELY(FRONT_HA_TAGGED(hSession)) && front_haslot_session(hSession) != NULL) \
+            return ha_##name args; \
         FRONT_VENDOR_OR_RETURN(copy, f, name); \
         CK_SESSION_HANDLE prev = front_busy_begin(hSession); \
         CK_RV rv = f args; \

@@ -14,7 +14,7 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 front=$top/internal/front
 cc=${CC:-cc}
 LAYERS="conf_text conf_parse conf haconf vendor busy table loans own lend gate events slotlist hanote hapin harec hawork hamember halogin
-haobj haop haslot hasess hakeys setup host session front
+haobj haop hacall haslot hasess hakeys setup host session front
 iface attach ca"
 
 work=$(mktemp -d)
