@@ -116,9 +116,8 @@ struct front_ha_slot *front_hamember_slot(CK_SLOT_ID id);
 int front_hamember_count(void);
 struct front_ha_slot *front_hamember_at(int i);
 /* Whether the host's calls on HA slots need the SIGPIPE guard (call.h):
- * set once the process was seen with a socket open (a networked vendor),
- * at a resolution. A vendor without one never raises SIGPIPE, and the
- * guard (three system calls) is then spared. */
+ * set at a resolution once a socket is open in the process (a networked
+ * vendor; without one, the guard's three system calls are spared). */
 extern atomic_int front_hamember_sockets FRONT_HIDDEN;
 
 /* An HA call of the host's, inside the SIGPIPE guard when needed: a member
@@ -144,6 +143,9 @@ void front_hamember_resolve(struct front_ha_slot *s);
  * is counted; -1 when none. */
 typedef int (*front_ha_has)(struct front_ha_slot *s, int m, void *arg);
 int front_hamember_pick(struct front_ha_slot *s, front_ha_has has, void *arg, unsigned skip);
+/* Picks member m if it is an active, usable member with no operation in
+ * flight (then none is less busy): 1, its inflight counted, or 0. */
+int front_hamember_take(struct front_ha_slot *s, int m);
 /* The operation picked on m is over. */
 void front_hamember_done(struct front_ha_slot *s, int m);
 /* A session of ours on member m (opened when none is idle): CKR_OK, or
@@ -151,8 +153,6 @@ void front_hamember_done(struct front_ha_slot *s, int m);
 CK_RV front_hamember_session(struct front_ha_slot *s, int m, CK_SESSION_HANDLE *out);
 /* Gives session h of member m back; failed: it is closed, not kept. */
 void front_hamember_release(struct front_ha_slot *s, int m, CK_SESSION_HANDLE h, int failed);
-/* The monotonic clock, coarse, in ms. */
-long front_hamember_now_ms(void);
 /* Takes member m's idle sessions out of the pool into out (room for
  * FRONT_HA_IDLE_MAX); returns how many. */
 #define FRONT_HA_IDLE_MAX (FRONT_HA_POOL + FRONT_HA_FAST)
@@ -315,6 +315,7 @@ struct front_ha_args {
 struct front_ha_key {
     CK_OBJECT_HANDLE h;
     struct front_ha_obj *x;
+    int m1; /* the member it ran on, plus one (0: none) */
 };
 
 /* Starts an operation of kind on the HA slot's session op (Init) with key

@@ -65,7 +65,8 @@ struct front_ha_slot *front_hamember_slot(CK_SLOT_ID id)
     return NULL;
 }
 
-long front_hamember_now_ms(void)
+/* The monotonic clock, coarse, in ms. */
+static long now_ms(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC_COARSE, &t);
@@ -144,7 +145,7 @@ void front_hamember_resolve(struct front_ha_slot *s)
 static long clock_once(long *now)
 {
     if (*now == 0)
-        *now = front_hamember_now_ms();
+        *now = now_ms();
     return *now;
 }
 
@@ -201,6 +202,18 @@ FRONT_HOT int front_hamember_pick(struct front_ha_slot *s, front_ha_has has, voi
         }
     }
     return -1;
+}
+
+FRONT_HOT int front_hamember_take(struct front_ha_slot *s, int m)
+{
+    struct front_ha_member *x = &s->m[m];
+    int idle = 0;
+    if (x->standby || !atomic_load_explicit(&x->up, memory_order_acquire) ||
+        atomic_load_explicit(&x->stuck, memory_order_relaxed) || (s->logged_in && !x->logged_in) ||
+        !atomic_compare_exchange_strong(&x->inflight, &idle, 1))
+        return 0;
+    atomic_store_explicit(&x->busy_since, FRONT_HA_BUSY_UNSTAMPED, memory_order_relaxed);
+    return 1;
 }
 
 FRONT_HOT void front_hamember_done(struct front_ha_slot *s, int m)

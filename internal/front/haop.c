@@ -19,23 +19,29 @@
 
 FRONT_HOT static int has_obj(struct front_ha_slot *s, int m, void *x) { return front_haobj_x_may_have(s, x, m); }
 
-/* The vendor's Init of kind on session h. */
-static inline __attribute__((always_inline)) CK_RV vendor_init(int kind, CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDLE key)
+/* The vendor's Init of kind on session h, but a sign's or a verify's. */
+static __attribute__((noinline)) CK_RV vendor_init_other(int kind, CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech,
+                                                         CK_OBJECT_HANDLE key)
 {
-    /* Compares, not a switch: a jump table would be one more line to load. */
+    switch (kind) {
+    case FRONT_HA_OP_ENCRYPT: return front_vendor_copy.C_EncryptInit(h, mech, key);
+    case FRONT_HA_OP_DECRYPT: return front_vendor_copy.C_DecryptInit(h, mech, key);
+    case FRONT_HA_OP_DIGEST: return front_vendor_copy.C_DigestInit(h, mech);
+    case FRONT_HA_OP_SIGNREC: return front_vendor_copy.C_SignRecoverInit(h, mech, key);
+    default: return front_vendor_copy.C_VerifyRecoverInit(h, mech, key);
+    }
+}
+
+/* The vendor's Init of kind on session h: a sign's and a verify's without
+ * a jump table (one more line to load). */
+static inline __attribute__((always_inline)) CK_RV vendor_init(int kind, CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech,
+                                                               CK_OBJECT_HANDLE key)
+{
     if (kind == FRONT_HA_OP_SIGN)
         return front_vendor_copy.C_SignInit(h, mech, key);
     if (kind == FRONT_HA_OP_VERIFY)
         return front_vendor_copy.C_VerifyInit(h, mech, key);
-    if (kind == FRONT_HA_OP_ENCRYPT)
-        return front_vendor_copy.C_EncryptInit(h, mech, key);
-    if (kind == FRONT_HA_OP_DECRYPT)
-        return front_vendor_copy.C_DecryptInit(h, mech, key);
-    if (kind == FRONT_HA_OP_DIGEST)
-        return front_vendor_copy.C_DigestInit(h, mech);
-    if (kind == FRONT_HA_OP_SIGNREC)
-        return front_vendor_copy.C_SignRecoverInit(h, mech, key);
-    return front_vendor_copy.C_VerifyRecoverInit(h, mech, key);
+    return vendor_init_other(kind, h, mech, key);
 }
 
 /* The update of a replayable kind (sign, verify, digest). */
@@ -259,9 +265,23 @@ FRONT_HOT CK_RV front_haop_init(struct front_ha_slot *s, struct front_ha_op *op,
         front_haop_clear(op);
         return CKR_HOST_MEMORY;
     }
+    /* The member the session's last operation with this key ran on, when
+     * it is as good as any (no operation in flight): no look at the others. */
+    if (x != NULL && last->m1 > 0 && front_haobj_x_may_have(s, x, last->m1 - 1) &&
+        front_hamember_take(s, last->m1 - 1)) {
+        rv = start_on(s, op, last->m1 - 1, x);
+        if (FRONT_LIKELY(rv == CKR_OK))
+            return CKR_OK;
+        if (!start_failed(s, op, last->m1 - 1, x, rv, "Init")) {
+            front_haop_clear(op);
+            return rv;
+        }
+    }
     rv = bind(s, op, x, "Init");
     if (FRONT_UNLIKELY(rv != CKR_OK))
         front_haop_clear(op);
+    else if (x != NULL)
+        last->m1 = op->m + 1;
     return rv;
 }
 

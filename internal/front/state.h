@@ -76,14 +76,24 @@ static inline void front_busy_end(CK_SESSION_HANDLE prev)
 
 /* The same, where an HA session's call goes to ha_call (ha.h): one compare
  * of the handle's top bits on every call. The HA branch is a function of
- * its own (ha_<name>, with the SIGPIPE guard), so that the trampoline stays
- * small and the HA path's code sits together (FRONT_HOT). */
+ * its own (ha_<name>), and the SIGPIPE guard another (guarded_<name>), so
+ * that the trampoline stays small and ha_<name> has no frame: the guard's
+ * signal sets would be one on every call. */
 #define FRONT_SESSION_TRAMPOLINE_HA(copy, name, params, args, ha_call) \
+    static __attribute__((noinline)) CK_RV guarded_##name params \
+    { \
+        struct hx_guard g_; \
+        CK_RV rv; \
+        hx_guard_begin(&g_); \
+        rv = ha_call; \
+        hx_guard_end(&g_); \
+        return rv; \
+    } \
     static __attribute__((noinline)) CK_RV ha_##name params \
     { \
-        CK_RV ha_rv_; \
-        FRONT_HA_GUARDED(ha_rv_, ha_call); \
-        return ha_rv_; \
+        if (atomic_load_explicit(&front_hamember_sockets, memory_order_relaxed)) \
+            return guarded_##name args; \
+        return ha_call; \
     } \
     CK_RV name params \
     { \
