@@ -94,7 +94,7 @@ static void call_orphan(void *arg, CK_RV rv)
  * timeout: FRONT_HA_TIMED_OUT when it did not answer in time (the session
  * is then the worker's). */
 FRONT_COLD static CK_RV call_job(struct front_ha_slot *s, struct front_ha_op *op, int kind, int stage,
-                                                struct front_ha_args *a)
+                                 struct front_ha_args *a)
 {
     int verify = kind == FRONT_HA_OP_VERIFY;
     struct call_job *j;

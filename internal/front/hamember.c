@@ -153,7 +153,7 @@ static long clock_once(long *now)
  * not when none of them was answered for a second or the group's operation
  * timeout. A member not stamped yet is stamped now. */
 static __attribute__((noinline)) int busy_usable(struct front_ha_slot *s, struct front_ha_member *x, long since,
-                                                 long *now)
+                                                  long *now)
 {
     long limit = s->op_timeout_ms > 0 ? s->op_timeout_ms : 1000;
     if (since == FRONT_HA_BUSY_UNSTAMPED) {
@@ -293,7 +293,7 @@ FRONT_COLD static void release_slow(struct front_ha_slot *s, int m, CK_SESSION_H
 {
     struct front_ha_member *x = &s->m[m];
     pthread_mutex_lock(&s->mu);
-    if (!failed && s->sessions > 0 && x->nidle < FRONT_HA_POOL && atomic_load(&x->up)) {
+    if (!failed && x->nidle < FRONT_HA_POOL && keepable(s, x)) {
         x->idle[x->nidle++] = h;
         pthread_mutex_unlock(&s->mu);
         return;

@@ -117,8 +117,7 @@ static void start_orphan(void *arg, CK_RV rv)
 }
 
 /* start_direct on the member's worker, with an operation timeout. */
-FRONT_COLD static CK_RV start_job(struct front_ha_slot *s, struct front_ha_op *op, int m,
-                                                 struct front_ha_obj *x)
+FRONT_COLD static CK_RV start_job(struct front_ha_slot *s, struct front_ha_op *op, int m, struct front_ha_obj *x)
 {
     struct start_job *j;
     CK_RV rv;
@@ -157,8 +156,7 @@ FRONT_HOT static inline CK_RV start_on(struct front_ha_slot *s, struct front_ha_
 
 /* No usable member holds op's key (x: NULL for none): CKR_KEY_HANDLE_INVALID
  * when some member is usable (none has it), else CKR_DEVICE_ERROR. */
-FRONT_COLD static CK_RV none_usable(struct front_ha_slot *s, struct front_ha_op *op,
-                                                   const struct front_ha_obj *x)
+FRONT_COLD static CK_RV none_usable(struct front_ha_slot *s, struct front_ha_op *op, const struct front_ha_obj *x)
 {
     int any = front_hamember_pick(s, NULL, NULL, op->skip);
     if (any >= 0)
@@ -168,8 +166,8 @@ FRONT_COLD static CK_RV none_usable(struct front_ha_slot *s, struct front_ha_op 
 
 /* The start of op on member m failed with rv: 1 to try the next member
  * (m is left out), 0 to give the host rv. */
-FRONT_COLD static int start_failed(struct front_ha_slot *s, struct front_ha_op *op, int m,
-                                                  const struct front_ha_obj *x, CK_RV rv, const char *fn)
+FRONT_COLD static int start_failed(struct front_ha_slot *s, struct front_ha_op *op, int m, const struct front_ha_obj *x,
+                                   CK_RV rv, const char *fn)
 {
     front_hamember_done(s, m);
     if (rv == FRONT_HA_TIMED_OUT) {
@@ -194,12 +192,19 @@ FRONT_COLD static int start_failed(struct front_ha_slot *s, struct front_ha_op *
 /* Binds op to the best member holding its key x (NULL: none needed), the
  * next while members are lost or stuck: CKR_OK, the deciding member's
  * answer, or (no usable member holds the key) CKR_KEY_HANDLE_INVALID (none
- * has it) or CKR_DEVICE_ERROR. */
-static inline __attribute__((always_inline)) CK_RV bind(struct front_ha_slot *s, struct front_ha_op *op, struct front_ha_obj *x, const char *fn)
+ * has it) or CKR_DEVICE_ERROR. hint (-1: none) is tried first when it is
+ * as good as any: it has no operation in flight, so no member is less busy,
+ * and the others are not looked at. */
+static inline __attribute__((always_inline)) CK_RV bind(struct front_ha_slot *s, struct front_ha_op *op,
+                                                        struct front_ha_obj *x, int hint, const char *fn)
 {
     for (;;) {
-        int m = front_hamember_pick(s, x != NULL ? has_obj : NULL, x, op->skip);
+        int m = hint >= 0 && !(op->skip >> hint & 1U) && (x == NULL || front_haobj_x_may_have(s, x, hint)) &&
+                        front_hamember_take(s, hint)
+                    ? hint
+                    : front_hamember_pick(s, x != NULL ? has_obj : NULL, x, op->skip);
         CK_RV rv;
+        hint = -1;
         if (FRONT_UNLIKELY(m < 0))
             return none_usable(s, op, x);
         rv = start_on(s, op, m, x);
@@ -265,19 +270,8 @@ FRONT_HOT CK_RV front_haop_init(struct front_ha_slot *s, struct front_ha_op *op,
         front_haop_clear(op);
         return CKR_HOST_MEMORY;
     }
-    /* The member the session's last operation with this key ran on, when
-     * it is as good as any (no operation in flight): no look at the others. */
-    if (x != NULL && last->m1 > 0 && front_haobj_x_may_have(s, x, last->m1 - 1) &&
-        front_hamember_take(s, last->m1 - 1)) {
-        rv = start_on(s, op, last->m1 - 1, x);
-        if (FRONT_LIKELY(rv == CKR_OK))
-            return CKR_OK;
-        if (!start_failed(s, op, last->m1 - 1, x, rv, "Init")) {
-            front_haop_clear(op);
-            return rv;
-        }
-    }
-    rv = bind(s, op, x, "Init");
+    /* The member the session's last operation with this key ran on first. */
+    rv = bind(s, op, x, x != NULL ? last->m1 - 1 : -1, "Init");
     if (FRONT_UNLIKELY(rv != CKR_OK))
         front_haop_clear(op);
     else if (x != NULL)
@@ -290,5 +284,5 @@ CK_RV front_haop_bind(struct front_ha_slot *s, struct front_ha_op *op, const cha
     struct front_ha_obj *x = op->kind != FRONT_HA_OP_DIGEST ? front_haobj_get(s, op->key) : NULL;
     if (op->kind != FRONT_HA_OP_DIGEST && x == NULL)
         return CKR_KEY_HANDLE_INVALID;
-    return bind(s, op, x, fn);
+    return bind(s, op, x, -1, fn);
 }
